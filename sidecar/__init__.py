@@ -1,0 +1,3 @@
+"""Observability and resilience sidecar for Python microservices."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Load balancers: pick one endpoint among the healthy ones of an upstream."""

@@ -1,0 +1,521 @@
+"""Configuration: pydantic models of DESIGN §3, YAML loading, env overrides, validation errors.
+
+Loading order: YAML file < standard variables (CONSUL_HTTP_*, OTEL_*) < SIDECAR_<SECTION>__<KEY>.
+Per-upstream policies are deep-merged over `upstreams.default` before validation, so error
+paths name the key the user wrote (`upstreams.document-service.timeouts.per_try`)."""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+# ---------------------------------------------------------------- scalar parsing
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|µs|ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB|k|K|M|G)?\s*$")
+_SIZE_UNITS = {
+    None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3,
+    "KB": 1000, "MB": 1000**2, "GB": 1000**3, "k": 1024, "K": 1024, "M": 1024**2, "G": 1024**3,
+}
+
+
+def parse_duration(value: Any) -> float:
+    """`250ms`, `3s`, `1m`, `1h`, or a bare number of seconds → seconds (float)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 250ms, 3s or 1m")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("duration must not be negative")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    raise ValueError(f"invalid duration {value!r}: expected a number with unit ms, s, m or h")
+
+
+def parse_size(value: Any) -> int:
+    """`64KiB`, `8MiB`, or a bare number of bytes → bytes (int)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size like 64KiB or 8MiB")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("size must not be negative")
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    raise ValueError(f"invalid size {value!r}: expected bytes or a number with unit KiB, MiB, GiB")
+
+
+def parse_host_port(value: Any) -> str:
+    """`host:port` (IPv6 as `[::1]:port`); normalised to text."""
+    if not isinstance(value, str):
+        raise ValueError("expected host:port")
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"invalid address {value!r}: expected host:port with port 0-65535")
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+HostPort = Annotated[str, BeforeValidator(parse_host_port)]
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- sections
+
+_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+
+
+class ServiceConfig(StrictModel):
+    name: str = Field(pattern=_NAME_RE)
+    address: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    health_path: str = Field(default="/healthz", pattern=r"^/")
+    tags: list[str] = []
+    meta: dict[str, str] = {}
+
+
+class ListenersConfig(StrictModel):
+    inbound: HostPort = "0.0.0.0:15000"
+    outbound: HostPort = "127.0.0.1:15001"
+    admin: HostPort = "0.0.0.0:15090"
+
+
+class ConsulConfig(StrictModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    address: str = "http://127.0.0.1:8500"
+    token: str = ""
+    datacenter: str | None = None
+    # `register` would shadow a BaseModel attribute; the YAML key stays `register`.
+    register_service: bool = Field(default=True, alias="register")
+    deregister_critical_after: Duration = 60.0
+    wait: Duration = 55.0
+    stale_after: Duration = 300.0
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if "://" not in v:
+            v = "http://" + v
+        if not re.match(r"^https?://[^/\s]+/?$", v):
+            raise ValueError(f"invalid Consul address {v!r}: expected http(s)://host:port")
+        return v.rstrip("/")
+
+    @field_validator("deregister_critical_after")
+    @classmethod
+    def _dereg(cls, v: float) -> float:
+        if v < 60:
+            raise ValueError("must be at least 1m (Consul's minimum)")
+        return v
+
+    @field_validator("wait")
+    @classmethod
+    def _wait(cls, v: float) -> float:
+        if not 1 <= v <= 600:
+            raise ValueError("must be between 1s and 10m (Consul's maximum)")
+        return v
+
+
+class FileDiscoveryConfig(StrictModel):
+    path: str
+
+
+class DiscoveryConfig(StrictModel):
+    static: dict[str, list[HostPort]] = {}
+    file: FileDiscoveryConfig | None = None
+    consul: ConsulConfig | None = None
+
+    @field_validator("static")
+    @classmethod
+    def _names(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name in v:
+            if not re.match(_NAME_RE, name):
+                raise ValueError(f"invalid upstream name {name!r}")
+        return v
+
+
+class TimeoutsConfig(StrictModel):
+    connect: Duration = 1.0
+    per_try: Duration = 3.0
+    total: Duration = 10.0
+    idle: Duration = 60.0
+
+
+RETRY_CONDITIONS = ("connect_failure", "reset", "timeout", "5xx")
+
+
+class RetriesConfig(StrictModel):
+    attempts: int = Field(default=2, ge=0, le=10)  # retries after the first try
+    on: list[str | int] = ["connect_failure", "reset", 502, 503]
+    budget_ratio: float = Field(default=0.2, ge=0.0, le=10.0)
+    min_retries_per_s: float = Field(default=10.0, ge=0.0)
+    backoff_base: Duration = 0.025
+    backoff_max: Duration = 0.25
+
+    @field_validator("on")
+    @classmethod
+    def _on(cls, v: list[str | int]) -> list[str | int]:
+        out: list[str | int] = []
+        for c in v:
+            if isinstance(c, str) and c.isdigit():
+                c = int(c)
+            if isinstance(c, int):
+                if not 500 <= c <= 599:
+                    raise ValueError(f"retry status {c} must be a 5xx (4xx are never retried)")
+            elif c not in RETRY_CONDITIONS:
+                raise ValueError(
+                    f"unknown retry condition {c!r}: expected one of "
+                    f"{', '.join(RETRY_CONDITIONS)} or a 5xx status"
+                )
+            out.append(c)
+        return out
+
+
+class CircuitBreakerConfig(StrictModel):
+    enabled: bool = True
+    failure_ratio: float = Field(default=0.5, gt=0.0, le=1.0)
+    minimum_requests: int = Field(default=20, ge=1)
+    window: Duration = 10.0
+    consecutive_failures: int = Field(default=5, ge=0)  # 0 disables the consecutive trigger
+    reset_timeout: Duration = 30.0
+    half_open_requests: int = Field(default=1, ge=1)
+
+
+class OutlierDetectionConfig(StrictModel):
+    enabled: bool = True
+    consecutive_5xx: int = Field(default=5, ge=1)
+    base_ejection: Duration = 30.0
+    max_ejection_percent: int = Field(default=50, ge=0, le=100)
+
+
+class StaticFallbackConfig(StrictModel):
+    status: int = Field(default=200, ge=200, le=599)
+    headers: dict[str, str] = {}
+    body: str = ""
+
+
+class LastGoodConfig(StrictModel):
+    enabled: bool = False
+    max_entries: int = Field(default=1000, ge=1)
+    max_bytes: Size = 8 * 1024 * 1024
+    max_age: Duration = 300.0
+
+
+class FallbackConfig(StrictModel):
+    on: list[Literal["circuit_open", "no_healthy_endpoints"]] = [
+        "circuit_open",
+        "no_healthy_endpoints",
+    ]
+    static: StaticFallbackConfig | None = None
+    last_good: LastGoodConfig = LastGoodConfig()
+
+
+class UpstreamConfig(StrictModel):
+    load_balancer: Literal["round_robin", "random", "least_request", "ewma"] = "ewma"
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+    retries: RetriesConfig = RetriesConfig()
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+    outlier_detection: OutlierDetectionConfig = OutlierDetectionConfig()
+    max_concurrent_requests: int = Field(default=1024, ge=1)
+    fallback: FallbackConfig = FallbackConfig()
+    listen: HostPort | None = None
+
+
+PROPAGATORS = ("tracecontext", "baggage", "b3", "b3multi", "jaeger")
+SAMPLERS = (
+    "parentbased_traceidratio",
+    "traceidratio",
+    "always_on",
+    "always_off",
+    "parentbased_always_on",
+    "parentbased_always_off",
+)
+
+
+class TracingConfig(StrictModel):
+    exporter: Literal["otlp_grpc", "otlp_http", "none"] = "otlp_grpc"
+    endpoint: str = "http://127.0.0.1:4317"
+    sampler: Literal[
+        "parentbased_traceidratio",
+        "traceidratio",
+        "always_on",
+        "always_off",
+        "parentbased_always_on",
+        "parentbased_always_off",
+    ] = "parentbased_traceidratio"
+    ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    propagators: list[Literal["tracecontext", "baggage", "b3", "b3multi", "jaeger"]] = [
+        "tracecontext",
+        "baggage",
+        "b3multi",
+    ]
+    buffer_spans: int = Field(default=10000, ge=0, le=1_000_000)
+
+
+class MetricsConfig(StrictModel):
+    enabled: bool = True
+    route_templates: list[str] = []
+
+    @field_validator("route_templates")
+    @classmethod
+    def _templates(cls, v: list[str]) -> list[str]:
+        for t in v:
+            if not t.startswith("/"):
+                raise ValueError(f"route template {t!r} must start with /")
+        if len(v) > 1000:
+            raise ValueError("at most 1000 route templates")
+        return v
+
+
+class LoggingConfig(StrictModel):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = False
+    format: Literal["json", "text"] = "json"
+
+
+class AdminConfig(StrictModel):
+    expose_debug: bool = False
+
+
+class LimitsConfig(StrictModel):
+    max_connections: int = Field(default=10000, ge=1)
+    max_header_bytes: Size = 16384
+    max_body_bytes: Size | None = None
+    header_read_timeout: Duration = 10.0
+    drain_timeout: Duration = 15.0
+    retry_buffer_bytes: Size = 65536
+
+
+class Config(StrictModel):
+    service: ServiceConfig
+    listeners: ListenersConfig = ListenersConfig()
+    discovery: DiscoveryConfig = DiscoveryConfig()
+    upstreams: dict[str, UpstreamConfig] = {}
+    tracing: TracingConfig = TracingConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    logging: LoggingConfig = LoggingConfig()
+    admin: AdminConfig = AdminConfig()
+    limits: LimitsConfig = LimitsConfig()
+
+    @field_validator("upstreams")
+    @classmethod
+    def _upstream_names(cls, v: dict[str, UpstreamConfig]) -> dict[str, UpstreamConfig]:
+        for name in v:
+            if not re.match(_NAME_RE, name):
+                raise ValueError(f"invalid upstream name {name!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _ports_unique(self) -> Config:
+        seen: dict[str, str] = {}
+        for where, addr in self.listen_addresses().items():
+            host, port = split_host_port(addr)
+            if port == 0:
+                continue
+            key = f"{port}"
+            if key in seen:
+                raise ValueError(f"{where} and {seen[key]} both listen on port {port}")
+            seen[key] = where
+        return self
+
+    def listen_addresses(self) -> dict[str, str]:
+        out = {
+            "listeners.inbound": self.listeners.inbound,
+            "listeners.outbound": self.listeners.outbound,
+            "listeners.admin": self.listeners.admin,
+        }
+        for name, up in self.upstreams.items():
+            if up.listen:
+                out[f"upstreams.{name}.listen"] = up.listen
+        return out
+
+    def policy(self, upstream: str) -> UpstreamConfig:
+        """The effective policy of an upstream: its own entry (already merged over `default`
+        at load time) or `default`."""
+        return self.upstreams.get(upstream) or self.upstreams.get("default") or UpstreamConfig()
+
+    def configured_upstreams(self) -> set[str]:
+        """Upstream names the config itself makes routable."""
+        return set(self.discovery.static) | {n for n in self.upstreams if n != "default"}
+
+
+# ---------------------------------------------------------------- loading
+
+
+class ConfigError(Exception):
+    """Invalid configuration; `problems` are `field.path: reason` lines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
+    cur = data
+    for key in path[:-1]:
+        nxt = cur.get(key)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            cur[key] = nxt
+        cur = nxt
+    cur[path[-1]] = value
+
+
+def _env_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
+def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    if env.get("CONSUL_HTTP_ADDR"):
+        addr = env["CONSUL_HTTP_ADDR"]
+        if "://" not in addr:
+            scheme = "https" if env.get("CONSUL_HTTP_SSL", "").lower() in ("1", "true") else "http"
+            addr = f"{scheme}://{addr}"
+        _set_path(data, ["discovery", "consul", "address"], addr)
+    if env.get("CONSUL_HTTP_TOKEN"):
+        _set_path(data, ["discovery", "consul", "token"], env["CONSUL_HTTP_TOKEN"])
+    if env.get("OTEL_SERVICE_NAME"):
+        _set_path(data, ["service", "name"], env["OTEL_SERVICE_NAME"])
+    if env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        _set_path(data, ["tracing", "endpoint"], env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    if env.get("OTEL_EXPORTER_OTLP_PROTOCOL"):
+        proto = env["OTEL_EXPORTER_OTLP_PROTOCOL"]
+        exporter = {"grpc": "otlp_grpc", "http/protobuf": "otlp_http"}.get(proto, proto)
+        _set_path(data, ["tracing", "exporter"], exporter)
+    if env.get("OTEL_TRACES_EXPORTER", "").lower() == "none":
+        _set_path(data, ["tracing", "exporter"], "none")
+    if env.get("OTEL_TRACES_SAMPLER"):
+        _set_path(data, ["tracing", "sampler"], env["OTEL_TRACES_SAMPLER"])
+    if env.get("OTEL_TRACES_SAMPLER_ARG"):
+        _set_path(data, ["tracing", "ratio"], _env_value(env["OTEL_TRACES_SAMPLER_ARG"]))
+    if env.get("OTEL_PROPAGATORS"):
+        props = [p.strip() for p in env["OTEL_PROPAGATORS"].split(",") if p.strip()]
+        _set_path(data, ["tracing", "propagators"], props)
+    for key in sorted(env):
+        if not key.startswith("SIDECAR_") or "__" not in key:
+            continue
+        path = [p.lower() for p in key[len("SIDECAR_") :].split("__")]
+        if any(not p for p in path):
+            continue
+        _set_path(data, path, _env_value(env[key]))
+    return data
+
+
+def _merge_upstreams(data: dict[str, Any]) -> dict[str, Any]:
+    ups = data.get("upstreams")
+    if not isinstance(ups, dict):
+        return data
+    default = ups.get("default")
+    if not isinstance(default, dict):
+        return data
+    merged: dict[str, Any] = {}
+    for name, policy in ups.items():
+        if name != "default" and isinstance(policy, dict):
+            merged[name] = _deep_merge(default, policy)
+        elif name != "default" and policy is None:
+            merged[name] = copy.deepcopy(default)
+        else:
+            merged[name] = policy
+    return {**data, "upstreams": merged}
+
+
+def _format_errors(err: ValidationError) -> list[str]:
+    problems = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        problems.append(f"{loc or '(top level)'}: {msg}")
+    return problems
+
+
+def build_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(["(top level): expected a mapping of sections"])
+    data = apply_env(data, os.environ if env is None else env)
+    data = _merge_upstreams(data)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err)) from None
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read, merge and validate a config file. Raises ConfigError with every problem."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError([f"(file) {path}: {exc.strerror or exc}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([f"(file) {path}: invalid YAML{where}: {exc}"]) from None
+    return build_config(data, env)
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The effective config as JSON-able data with secrets removed (for /admin/config)."""
+    data = config.model_dump(mode="json", by_alias=True)
+    consul = data.get("discovery", {}).get("consul")
+    if consul and consul.get("token"):
+        consul["token"] = "<redacted>"
+    return data
+
+
+def is_literal_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True

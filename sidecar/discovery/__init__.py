@@ -1,0 +1,1 @@
+"""Service discovery: resolvers yield endpoint-set snapshots per upstream name."""

@@ -1,0 +1,142 @@
+"""The data path's own small HTTP types.
+
+Layers see these, never a transport library's classes, so the transport (server protocol and
+upstream pool) can be swapped without touching a layer (DESIGN §1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sidecar.discovery.endpoints import Endpoint
+
+
+class Headers:
+    """An ordered multi-map of header fields; names are stored lower-case (HTTP/1.1 is
+    case-insensitive and HTTP/2 requires lower case), values as received (latin-1 text)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        self._items: list[tuple[str, str]] = [(k.lower(), v) for k, v in items]
+
+    @classmethod
+    def from_lower(cls, items: list[tuple[str, str]]) -> Headers:
+        """Adopt a list whose names are already lower-case (the parsers produce that)."""
+        h = cls.__new__(cls)
+        h._items = items
+        return h
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        for k, v in self._items:
+            if k == name:
+                return v
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        return [v for k, v in self._items if k == name]
+
+    def __contains__(self, name: object) -> bool:
+        return any(k == name for k, _ in self._items)
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every field called `name` with one field."""
+        name = name.lower()
+        self._items = [(k, v) for k, v in self._items if k != name]
+        self._items.append((name, value))
+
+    def add(self, name: str, value: str) -> None:
+        self._items.append((name.lower(), value))
+
+    def remove(self, name: str) -> None:
+        self._items = [(k, v) for k, v in self._items if k != name]
+
+    def items(self) -> list[tuple[str, str]]:
+        return self._items
+
+    def copy(self) -> Headers:
+        return Headers.from_lower(list(self._items))
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
+
+
+class Body(Protocol):
+    """A request or response body: an async stream of non-empty byte chunks.
+
+    `length` is the Content-Length when known (None: chunked / close-delimited).
+    `replayable` bodies can be iterated more than once (needed for retries)."""
+
+    length: int | None
+    replayable: bool
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+
+class BytesBody:
+    """A body held in memory; replayable."""
+
+    __slots__ = ("data", "length", "replayable")
+
+    def __init__(self, data: bytes = b"") -> None:
+        self.data = data
+        self.length: int | None = len(data)
+        self.replayable = True
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self.data:
+            yield self.data
+
+
+EMPTY_BODY = BytesBody(b"")
+
+
+@dataclass(slots=True)
+class Request:
+    """One request travelling through the layer stack.
+
+    The fields after `body` are per-request context that layers fill in as it flows:
+    routing sets `upstream`, the deadline layer sets `deadline`, the balancer sets `endpoint`,
+    the retry layer sets `attempt`; telemetry keeps its span context in `trace`."""
+
+    method: str
+    target: str  # origin-form path+query as forwarded ("/users/1?x=y")
+    headers: Headers
+    body: Body
+    http_version: str = "1.1"
+    client_addr: str = ""
+    scheme: str = "http"
+    direction: str = "outbound"  # "inbound" | "outbound"
+    upstream: str = ""
+    authority: str = ""  # Host to send upstream
+    request_id: str = ""
+    start: float = 0.0  # monotonic time the request head was parsed
+    deadline: float | None = None  # monotonic deadline for the whole exchange
+    endpoint: Endpoint | None = None
+    attempt: int = 1
+    tried: list[Endpoint] = field(default_factory=list)
+    retry_reason: str = ""
+    trace: Any = None  # telemetry's span context; opaque to other layers
+    upstream_time: float = 0.0  # seconds spent waiting on upstream (for proxy overhead)
+
+    @property
+    def path(self) -> str:
+        q = self.target.find("?")
+        return self.target if q < 0 else self.target[:q]
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    headers: Headers
+    body: Body = EMPTY_BODY
+    reason: str = ""
+    error_code: str = ""  # DESIGN §6 code when the sidecar produced this reply itself
