@@ -82,9 +82,7 @@ class DeadlineExceeded(SidecarError):
     status = 504
 
 
-def error_response(
-    err: SidecarError, *, trace_id: str = "", request_id: str = ""
-) -> Response:
+def error_response(err: SidecarError, *, trace_id: str = "", request_id: str = "") -> Response:
     body = json.dumps(
         {
             "error": err.code,

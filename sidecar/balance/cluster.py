@@ -27,7 +27,7 @@ class EndpointState:
 class Cluster:
     """The endpoints of one upstream with their state (Envoy's "cluster")."""
 
-    __slots__ = ("name", "states", "_by_endpoint")
+    __slots__ = ("_by_endpoint", "name", "states")
 
     def __init__(self, name: str) -> None:
         self.name = name

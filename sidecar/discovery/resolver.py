@@ -124,7 +124,9 @@ class Directory:
 
     def start(self) -> None:
         for r in self._resolvers:
-            self._tasks.append(asyncio.create_task(r.run(self.publish), name=f"resolver-{r.source}"))
+            self._tasks.append(
+                asyncio.create_task(r.run(self.publish), name=f"resolver-{r.source}")
+            )
 
     async def stop(self) -> None:
         for t in self._tasks:

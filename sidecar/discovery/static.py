@@ -19,7 +19,9 @@ class StaticResolver:
     source = "static"
 
     def __init__(self, table: Mapping[str, Sequence[str]]) -> None:
-        self._table = {name: tuple(parse_endpoint(a) for a in addrs) for name, addrs in table.items()}
+        self._table = {
+            name: tuple(parse_endpoint(a) for a in addrs) for name, addrs in table.items()
+        }
         self._publish: Publish | None = None
 
     def static_names(self) -> frozenset[str]:
@@ -38,7 +40,9 @@ class StaticResolver:
     def replace(self, table: Mapping[str, Sequence[str]]) -> list[str]:
         """Swap in a reloaded table; returns names that disappeared."""
         gone = [n for n in self._table if n not in table]
-        self._table = {name: tuple(parse_endpoint(a) for a in addrs) for name, addrs in table.items()}
+        self._table = {
+            name: tuple(parse_endpoint(a) for a in addrs) for name, addrs in table.items()
+        }
         if self._publish is not None:
             for snap in self.snapshots():
                 self._publish(snap)

@@ -1,1 +1,1 @@
-"""proxy."""
+"""Listeners, routing, header hygiene and forwarding."""

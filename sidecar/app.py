@@ -1,0 +1,317 @@
+"""Composition root: builds listeners, layer stacks, discovery and admin from a Config.
+
+Reads like the request path:
+    outbound  = listener → prepare → route → per-upstream stack → forward
+    per-upstream stack = compose([pick endpoint], terminal=forwarder.forward)
+    inbound   = listener → prepare → local app
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from sidecar.admin.server import AdminRoute, AdminServer, json_response
+from sidecar.balance.base import Balancer
+from sidecar.balance.cluster import Cluster
+from sidecar.balance.round_robin import RoundRobinBalancer
+from sidecar.clock import Clock, SystemClock
+from sidecar.config import Config, redacted, split_host_port
+from sidecar.discovery.endpoints import Endpoint, EndpointSet
+from sidecar.discovery.resolver import Directory
+from sidecar.discovery.static import StaticResolver
+from sidecar.errors import NoHealthyEndpoints
+from sidecar.http import BytesBody, Headers, Request, Response
+from sidecar.proxy.forward import Forwarder
+from sidecar.proxy.prepare import prepare_request
+from sidecar.proxy.routing import OutboundRouter
+from sidecar.stack import Handler, Layer, compose
+from sidecar.transport.client import UpstreamClient
+from sidecar.transport.server import ServerConnection, ServerLimits, ServerState
+
+log = logging.getLogger(__name__)
+
+
+class ListenError(Exception):
+    """A listener could not bind; message names the config field."""
+
+
+class PickEndpoint:
+    """Chooses the endpoint for this attempt from the upstream's healthy endpoints."""
+
+    def __init__(self, cluster: Cluster, balancer: Balancer, clock: Clock) -> None:
+        self._cluster = cluster
+        self._balancer = balancer
+        self._clock = clock
+
+    def wrap(self, inner: Handler) -> Handler:
+        cluster, balancer, clock = self._cluster, self._balancer, self._clock
+
+        async def pick(request: Request) -> Response:
+            candidates = cluster.available(clock.monotonic())
+            if not candidates:
+                raise NoHealthyEndpoints(
+                    f"no healthy endpoint for {request.upstream!r}", upstream=request.upstream
+                )
+            avoid: Collection[Endpoint] = request.tried
+            state = balancer.pick(candidates, avoid)
+            request.endpoint = state.endpoint
+            request.tried.append(state.endpoint)
+            return await inner(request)
+
+        return pick
+
+
+@dataclass
+class _Listener:
+    field_path: str
+    address: str
+    handler: Handler
+    direction: str
+    server: asyncio.Server | None = field(default=None)
+
+
+class Sidecar:
+    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.client = UpstreamClient()
+        self.static = StaticResolver(config.discovery.static)
+        self.directory = Directory([self.static])
+        self.clusters: dict[str, Cluster] = {}
+        self.directory.subscribe(self._on_snapshot)
+        self._stacks: dict[str, Handler] = {}
+        limits = config.limits
+        self.state = ServerState(
+            ServerLimits(
+                max_header_bytes=limits.max_header_bytes,
+                max_body_bytes=limits.max_body_bytes,
+                header_read_timeout=limits.header_read_timeout,
+                max_connections=limits.max_connections,
+            )
+        )
+        self.router = OutboundRouter(self.directory, self._stack_for, self._is_configured)
+        self.outbound: Handler = compose([], terminal=self.router)
+        default = config.policy(config.service.name)
+        self._local = Forwarder(self.client, default.timeouts.connect, default.timeouts.idle)
+        self._local_endpoint = Endpoint(config.service.address, config.service.port)
+        self.inbound: Handler = compose([], terminal=self._to_local_app)
+        self.admin = AdminServer(
+            self._admin_routes(), self.readiness, expose_debug=config.admin.expose_debug
+        )
+        self._listeners = self._plan_listeners()
+        self._started = False
+
+    # ------------------------------------------------------------ stacks
+    def _is_configured(self, name: str) -> bool:
+        return name in self.config.configured_upstreams()
+
+    def _cluster(self, name: str) -> Cluster:
+        cluster = self.clusters.get(name)
+        if cluster is None:
+            cluster = Cluster(name)
+            snap = self.directory.get(name)
+            if snap is not None:
+                cluster.update(snap)
+            self.clusters[name] = cluster
+        return cluster
+
+    def _on_snapshot(self, snapshot: EndpointSet) -> None:
+        self._cluster(snapshot.upstream).update(snapshot)
+        self.client.retain(snapshot.upstream, set(snapshot.endpoints))
+
+    def _stack_for(self, name: str) -> Handler:
+        stack = self._stacks.get(name)
+        if stack is None:
+            stack = self._build_upstream_stack(name)
+            self._stacks[name] = stack
+        return stack
+
+    def _build_upstream_stack(self, name: str) -> Handler:
+        policy = self.config.policy(name)
+        forwarder = Forwarder(self.client, policy.timeouts.connect, policy.timeouts.idle)
+        layers: Sequence[Layer] = [
+            PickEndpoint(self._cluster(name), RoundRobinBalancer(), self.clock),
+        ]
+        return compose(layers, terminal=forwarder.forward)
+
+    async def _to_local_app(self, request: Request) -> Response:
+        request.upstream = self.config.service.name
+        request.endpoint = self._local_endpoint
+        return await self._local.forward(request)
+
+    def _fixed_port_handler(self, name: str) -> Handler:
+        outbound = self.outbound
+
+        async def handle(request: Request) -> Response:
+            request.upstream = name
+            request.authority = name
+            return await outbound(request)
+
+        return handle
+
+    # ------------------------------------------------------------ admin
+    def _admin_routes(self) -> list[AdminRoute]:
+
+        async def config_view(request: web.Request) -> web.StreamResponse:
+            return json_response(redacted(self.config))
+
+        async def endpoints_view(request: web.Request) -> web.StreamResponse:
+            now = self.clock.monotonic()
+            return json_response(
+                {
+                    name: [
+                        {
+                            "address": st.endpoint.address,
+                            "ejected": st.is_ejected(now),
+                            "inflight": st.inflight,
+                            "ewma_ms": round(st.ewma_rtt * 1000, 3),
+                        }
+                        for st in cluster.states
+                    ]
+                    for name, cluster in sorted(self.clusters.items())
+                }
+            )
+
+        return [("GET", "/admin/config", config_view), ("GET", "/admin/endpoints", endpoints_view)]
+
+    async def readiness(self) -> list[str]:
+        reasons = []
+        if not self._started:
+            reasons.append("listeners not started")
+        try:
+            probe = Request(
+                method="GET",
+                target=self.config.service.health_path,
+                headers=Headers.from_lower([("host", self.config.service.name)]),
+                body=BytesBody(b""),
+                upstream=self.config.service.name,
+                endpoint=self._local_endpoint,
+            )
+            async with asyncio.timeout(2.0):
+                resp = await self._local.forward(probe)
+                async for _ in resp.body:
+                    pass
+            if resp.status >= 300:
+                reasons.append(f"local app health check returned {resp.status}")
+        except Exception as exc:
+            reasons.append(f"local app not healthy: {exc}")
+        return reasons
+
+    # ------------------------------------------------------------ lifecycle
+    def _plan_listeners(self) -> list[_Listener]:
+        cfg = self.config
+        listeners = [
+            _Listener("listeners.inbound", cfg.listeners.inbound, self.inbound, "inbound"),
+            _Listener("listeners.outbound", cfg.listeners.outbound, self.outbound, "outbound"),
+        ]
+        for name, up in cfg.upstreams.items():
+            if up.listen and name != "default":
+                listeners.append(
+                    _Listener(
+                        f"upstreams.{name}.listen",
+                        up.listen,
+                        self._fixed_port_handler(name),
+                        "outbound",
+                    )
+                )
+        return listeners
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            for lst in self._listeners:
+                host, port = split_host_port(lst.address)
+                handler, direction = lst.handler, lst.direction
+
+                def factory(h: Handler = handler, d: str = direction) -> ServerConnection:
+                    return ServerConnection(h, self.state, d, prepare_request)
+
+                lst.server = await self._bind(loop, factory, host, port, lst)
+            host, port = split_host_port(self.config.listeners.admin)
+            try:
+                await self.admin.start(host, port)
+            except OSError as exc:
+                raise ListenError(
+                    f"cannot listen on {self.config.listeners.admin} (listeners.admin): "
+                    f"{exc.strerror or exc}"
+                ) from None
+        except BaseException:
+            await self._close_listeners()
+            raise
+        self.directory.start()
+        self._started = True
+
+    async def _bind(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        factory: Callable[[], ServerConnection],
+        host: str,
+        port: int,
+        lst: _Listener,
+    ) -> asyncio.Server:
+        try:
+            return await loop.create_server(
+                factory,
+                host,
+                port,
+                reuse_address=True,
+                backlog=1024,
+            )
+        except OSError as exc:
+            raise ListenError(
+                f"cannot listen on {lst.address} ({lst.field_path}): {exc.strerror or exc}"
+            ) from None
+
+    def bound_port(self, field_path: str) -> int:
+        """Actual port of a listener (useful when configured with port 0)."""
+        for lst in self._listeners:
+            if lst.field_path == field_path and lst.server is not None:
+                sock = lst.server.sockets[0]
+                return int(sock.getsockname()[1])
+        raise KeyError(field_path)
+
+    async def _close_listeners(self) -> None:
+        # Not awaiting wait_closed(): it waits for every client connection, which drain owns.
+        for lst in self._listeners:
+            if lst.server is not None:
+                lst.server.close()
+                lst.server = None
+
+    async def drain(self, timeout: float | None = None) -> bool:
+        """Stop accepting, let in-flight requests finish (bounded). True if all finished."""
+        self._started = False
+        for lst in self._listeners:
+            if lst.server is not None:
+                lst.server.close()
+        self.state.start_drain()
+        ok = await self.state.wait_idle(
+            self.config.limits.drain_timeout if timeout is None else timeout
+        )
+        if not ok:
+            log.warning("drain timeout: %d requests still in flight", self.state.active_requests)
+        return ok
+
+    async def stop(self) -> None:
+        await self._close_listeners()
+        for conn in list(self.state.connections):
+            conn.close_if_idle()
+        await self.directory.stop()
+        await self.admin.stop()
+        self.client.close()
+
+    # ------------------------------------------------------------ reload
+    def reload(self, config: Config) -> None:
+        """Swap policies and static endpoints; open connections stay. Listener addresses
+        are bound at start and need a restart to change."""
+        if config.listen_addresses() != self.config.listen_addresses():
+            log.warning("listener addresses changed in the new config: restart to apply them")
+        self.config = config
+        for name in self.static.replace(config.discovery.static):
+            self.directory.withdraw("static", name)
+        self._stacks.clear()
+        log.info("configuration reloaded")

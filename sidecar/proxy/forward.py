@@ -1,0 +1,38 @@
+"""The terminal handler: send a request to `request.endpoint` over a pooled connection."""
+
+from __future__ import annotations
+
+from sidecar.errors import UpstreamReset
+from sidecar.http import Request, Response
+from sidecar.transport.client import UpstreamClient
+
+
+class Forwarder:
+    """Forwards to the endpoint the balancer chose. Returns at response headers; the body
+    streams. Raises UpstreamConnectFailure / UpstreamReset (DESIGN §6)."""
+
+    def __init__(self, client: UpstreamClient, connect_timeout: float, idle_timeout: float) -> None:
+        self._client = client
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+
+    async def forward(self, request: Request) -> Response:
+        endpoint = request.endpoint
+        assert endpoint is not None, "the balance layer sets request.endpoint"
+        pool = self._client.pool(
+            request.upstream, endpoint, self.connect_timeout, self.idle_timeout
+        )
+        headers = request.headers.items()
+        if request.authority:
+            headers = [("host", request.authority), *[(k, v) for k, v in headers if k != "host"]]
+        conn, reused = await pool.acquire()
+        try:
+            return await conn.send(request.method, request.target, headers, request.body)
+        except UpstreamReset:
+            # A reused keep-alive connection the upstream had just closed: it never saw the
+            # request, so one more try on a fresh connection is safe when the body can be
+            # sent again.
+            if not reused or conn.received_any or not request.body.replayable:
+                raise
+            conn, _ = await pool.acquire_fresh()
+            return await conn.send(request.method, request.target, headers, request.body)

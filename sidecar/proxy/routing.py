@@ -1,0 +1,95 @@
+"""Outbound routing (DESIGN §4): which upstream a request is for, and never anything else.
+
+The name comes from the absolute URI (HTTP_PROXY clients), else the Host header, else the
+listener's fixed upstream. Only configured or discovered names are routable; literal IPs and
+localhost are refused outright, so the sidecar is never an open proxy or an SSRF pivot."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httptools
+
+from sidecar.config import is_literal_ip
+from sidecar.discovery.resolver import Directory
+from sidecar.errors import BadRequest, NoRoute
+from sidecar.http import Request, Response
+from sidecar.stack import Handler
+
+_CONSUL_SUFFIXES = (".service.consul",)
+
+
+def normalise_name(host: str) -> str:
+    name = host.strip().lower().rstrip(".")
+    for suffix in _CONSUL_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return name
+
+
+def split_authority(authority: str) -> str:
+    """Host part of `host[:port]` / `[v6]:port`."""
+    if authority.startswith("["):
+        end = authority.find("]")
+        return authority[: end + 1] if end > 0 else authority
+    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+
+
+def route_target(request: Request) -> str:
+    """Set request.target/authority from an absolute-form URI; return the upstream host name."""
+    target = request.target
+    if target.startswith("/") or target == "*":
+        host = request.headers.get("host")
+        if not host:
+            raise BadRequest("missing Host header: cannot tell which upstream to call")
+        request.authority = host
+        return split_authority(host)
+    try:
+        url = httptools.parse_url(target.encode("latin-1"))
+    except httptools.HttpParserInvalidURLError:
+        raise BadRequest("malformed request target") from None
+    scheme = (url.schema or b"").decode().lower()
+    if scheme != "http":
+        raise BadRequest(f"unsupported scheme {scheme or '(none)'!r}: only http:// is forwarded")
+    host = (url.host or b"").decode("latin-1")
+    if not host:
+        raise BadRequest("absolute URI without a host")
+    path = (url.path or b"/").decode("latin-1")
+    query = url.query
+    request.target = path + ("?" + query.decode("latin-1") if query else "")
+    request.authority = host if url.port is None else f"{host}:{url.port}"
+    request.headers.set("host", request.authority)
+    return host
+
+
+class OutboundRouter:
+    """Terminal of the outbound listener stack: resolve the name, hand off to the upstream's
+    own stack (built once per upstream, rebuilt after a reload)."""
+
+    def __init__(
+        self,
+        directory: Directory,
+        stack_for: Callable[[str], Handler],
+        is_configured: Callable[[str], bool],
+        resolve_timeout: float = 2.0,
+    ) -> None:
+        self._directory = directory
+        self._stack_for = stack_for
+        self._is_configured = is_configured
+        self._resolve_timeout = resolve_timeout
+
+    def upstream_name(self, request: Request) -> str:
+        host = route_target(request)
+        if is_literal_ip(host):
+            raise NoRoute(f"literal IP address {host!r} is not routable: call an upstream by name")
+        name = normalise_name(host)
+        if name == "localhost" or name.endswith(".localhost"):
+            raise NoRoute(f"{name!r} is not routable: call an upstream by name")
+        if not (self._is_configured(name) or self._directory.is_routable(name)):
+            raise NoRoute(f"unknown upstream {name!r}", upstream=name)
+        return name
+
+    async def __call__(self, request: Request) -> Response:
+        if not request.upstream:
+            request.upstream = self.upstream_name(request)
+        return await self._stack_for(request.upstream)(request)

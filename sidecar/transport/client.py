@@ -1,0 +1,338 @@
+"""Upstream HTTP/1.1 client: one exchange at a time per connection, keep-alive pools per endpoint.
+
+Like httpcore, the pool first decides (pure bookkeeping: reuse an idle connection or open one)
+and only then acts. A connection returns to its pool only when its response was read to the end
+and the request was fully written; anything else closes it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from typing import cast
+
+import httptools
+
+from sidecar.discovery.endpoints import Endpoint
+from sidecar.errors import UpstreamConnectFailure, UpstreamReset
+from sidecar.http import EMPTY_BODY, Body, BytesBody, Headers, Response
+from sidecar.proxy.hygiene import HOP_BY_HOP, connection_tokens
+from sidecar.transport.body import StreamBody
+from sidecar.transport.flow import WriteFlow
+
+log = logging.getLogger(__name__)
+
+_BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
+
+
+class UpstreamConnection(asyncio.Protocol):
+    def __init__(self, pool: EndpointPool) -> None:
+        self._pool = pool
+        self._parser = httptools.HttpResponseParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._flow = WriteFlow()
+        self._headers: list[tuple[str, str]] = []
+        self._response: asyncio.Future[Response] | None = None
+        self._body: StreamBody | None = None
+        self._head_only = False
+        self._until_close = False
+        self._request_done = True
+        self._message_done = True
+        self.closed = False
+        self.idle_since = 0.0
+        self.received_any = False
+
+    # ---------------------------------------------------------- protocol events
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but implement it.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._flow.connection_lost()
+        self._pool.forget(self)
+        err = UpstreamReset("upstream closed the connection", upstream=self._pool.upstream)
+        if self._response is not None and not self._response.done():
+            self._response.set_exception(err)
+        if self._body is not None:
+            if self._until_close:
+                self._body.feed_eof()  # close-delimited body: EOF is the end
+            else:
+                self._body.set_error(err)
+            self._body = None
+
+    def pause_writing(self) -> None:
+        self._flow.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._flow.resume_writing()
+
+    def data_received(self, data: bytes) -> None:
+        self.received_any = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            err = UpstreamReset(
+                f"malformed response from upstream: {exc}", upstream=self._pool.upstream
+            )
+            if self._response is not None and not self._response.done():
+                self._response.set_exception(err)
+            if self._body is not None:
+                self._body.set_error(err)
+                self._body = None
+            self.close()
+
+    # ---------------------------------------------------------- parser callbacks
+    def on_message_begin(self) -> None:
+        self._headers = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            return  # interim response (100 Continue): the real one follows
+        fut = self._response
+        if fut is None or fut.done():
+            raise UpstreamReset("unsolicited response from upstream")
+        items = self._headers
+        named = connection_tokens(items) if any(k == "connection" for k, _ in items) else ()
+        length: int | None = None
+        chunked = False
+        kept: list[tuple[str, str]] = []
+        for k, v in items:
+            if k == "content-length":
+                length = int(v)
+            elif k == "transfer-encoding":
+                chunked = True
+            if k in HOP_BY_HOP or k in named or k.startswith("proxy-"):
+                continue
+            kept.append((k, v))
+        headers = Headers.from_lower(kept)
+        no_body = self._head_only or status in (204, 304)
+        if no_body:
+            body: Body = EMPTY_BODY
+            if self._head_only:
+                # llhttp can't know this answers a HEAD: never reuse the connection.
+                self._message_done = True
+                fut.set_result(Response(status=status, headers=headers, body=body))
+                self.close()
+                return
+        elif not chunked and length == 0:
+            body = EMPTY_BODY
+        else:
+            if not chunked and length is None:
+                self._until_close = True
+            sb = StreamBody(None if chunked else length, self._pause, self._resume, self.close)
+            self._body = sb
+            body = sb
+        fut.set_result(Response(status=status, headers=headers, body=body))
+
+    def on_body(self, data: bytes) -> None:
+        if self._body is not None:
+            self._body.feed(data)
+
+    def on_message_complete(self) -> None:
+        if 100 <= self._parser.get_status_code() < 200:
+            return
+        self._message_done = True
+        if self._body is not None:
+            self._body.feed_eof()
+            self._body.detach()
+            self._body = None
+        self._maybe_release()
+
+    # ---------------------------------------------------------- exchange
+    async def send(
+        self, method: str, target: str, headers: list[tuple[str, str]], body: Body
+    ) -> Response:
+        transport = self._transport
+        if transport is None or self.closed:
+            raise UpstreamReset("connection closed", upstream=self._pool.upstream)
+        loop = asyncio.get_running_loop()
+        self._response = loop.create_future()
+        self._head_only = method == "HEAD"
+        self._until_close = False
+        self._message_done = False
+        self._request_done = False
+        self.received_any = False
+        lines = [f"{method} {target} HTTP/1.1\r\n"]
+        lines += [f"{k}: {v}\r\n" for k, v in headers]
+        if isinstance(body, BytesBody):
+            if body.data or method not in _BODYLESS_METHODS:
+                lines.append(f"content-length: {len(body.data)}\r\n")
+            lines.append("\r\n")
+            transport.write("".join(lines).encode("latin-1") + body.data)
+            self._request_done = True
+        else:
+            if body.length is not None:
+                lines.append(f"content-length: {body.length}\r\n")
+            else:
+                lines.append("transfer-encoding: chunked\r\n")
+            lines.append("\r\n")
+            transport.write("".join(lines).encode("latin-1"))
+            writer = loop.create_task(self._write_body(body))
+            writer.add_done_callback(self._body_written)
+        try:
+            return await self._response
+        finally:
+            self._response = None
+
+    async def _write_body(self, body: Body) -> None:
+        assert self._transport is not None
+        chunked = body.length is None
+        async for chunk in body:
+            if self.closed:
+                return
+            self._transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+            await self._flow.drain()
+        if chunked and not self.closed:
+            self._transport.write(b"0\r\n\r\n")
+
+    def _body_written(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            exc = None if task.cancelled() else task.exception()
+            log.debug("request body not fully sent upstream: %r", exc)
+            if self._response is not None and not self._response.done():
+                self._response.set_exception(
+                    UpstreamReset("request body could not be sent", upstream=self._pool.upstream)
+                )
+            self.close()
+            return
+        self._request_done = True
+        self._maybe_release()
+
+    def _maybe_release(self) -> None:
+        if self._message_done and self._request_done and not self.closed:
+            if self._until_close or not self._parser.should_keep_alive():
+                self.close()
+            else:
+                self._pool.release(self)
+
+    def _pause(self) -> None:
+        if self._transport is not None and not self.closed:
+            with contextlib.suppress(RuntimeError):
+                self._transport.pause_reading()
+
+    def _resume(self) -> None:
+        if self._transport is not None and not self.closed:
+            with contextlib.suppress(RuntimeError):
+                self._transport.resume_reading()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._pool.forget(self)
+            if self._transport is not None:
+                self._transport.close()
+
+
+class EndpointPool:
+    """Keep-alive connections to one endpoint; at most `max_idle` kept idle."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        upstream: str,
+        connect_timeout: float,
+        idle_timeout: float,
+        max_idle: int = 128,
+    ) -> None:
+        self.endpoint = endpoint
+        self.upstream = upstream
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.max_idle = max_idle
+        self._idle: deque[UpstreamConnection] = deque()
+        self._open: set[UpstreamConnection] = set()
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open)
+
+    async def acquire(self) -> tuple[UpstreamConnection, bool]:
+        """An idle connection (reused=True) or a new one."""
+        now = time.monotonic()
+        while self._idle:
+            conn = self._idle.pop()  # LIFO: the warmest connection
+            if conn.closed:
+                continue
+            if now - conn.idle_since > self.idle_timeout:
+                conn.close()
+                continue
+            return conn, True
+        return await self.acquire_fresh()
+
+    async def acquire_fresh(self) -> tuple[UpstreamConnection, bool]:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, proto = await loop.create_connection(
+                    lambda: UpstreamConnection(self), self.endpoint.host, self.endpoint.port
+                )
+        except TimeoutError:
+            raise UpstreamConnectFailure(
+                f"connect to {self.endpoint} timed out", upstream=self.upstream
+            ) from None
+        except OSError as exc:
+            raise UpstreamConnectFailure(
+                f"connect to {self.endpoint} failed: {exc.strerror or exc}", upstream=self.upstream
+            ) from None
+        self._open.add(proto)
+        return proto, False
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if conn.closed:
+            return
+        if len(self._idle) >= self.max_idle:
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        self._idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        self._open.discard(conn)
+        with contextlib.suppress(ValueError):
+            self._idle.remove(conn)
+
+    def close(self) -> None:
+        for conn in list(self._open):
+            conn.close()
+        self._idle.clear()
+
+
+class UpstreamClient:
+    """Pools per endpoint; the one object the forwarder talks to."""
+
+    def __init__(self, max_idle_per_endpoint: int = 128) -> None:
+        self._pools: dict[tuple[str, Endpoint], EndpointPool] = {}
+        self._max_idle = max_idle_per_endpoint
+
+    def pool(
+        self, upstream: str, endpoint: Endpoint, connect_timeout: float, idle_timeout: float
+    ) -> EndpointPool:
+        key = (upstream, endpoint)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = EndpointPool(endpoint, upstream, connect_timeout, idle_timeout, self._max_idle)
+            self._pools[key] = pool
+        else:
+            pool.connect_timeout = connect_timeout
+            pool.idle_timeout = idle_timeout
+        return pool
+
+    def retain(self, upstream: str, endpoints: set[Endpoint]) -> None:
+        """Close pools of endpoints that discovery removed."""
+        for key in [k for k in self._pools if k[0] == upstream and k[1] not in endpoints]:
+            self._pools.pop(key).close()
+
+    def open_connections(self) -> int:
+        return sum(p.open_connections for p in self._pools.values())
+
+    def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()

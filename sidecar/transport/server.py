@@ -1,0 +1,440 @@
+"""HTTP/1.1 server protocol on httptools (llhttp).
+
+One `ServerConnection` per client connection. llhttp parses strictly (CL+TE together, bad
+chunk sizes, invalid header characters are errors); on any parse error we answer 400 (431 for
+oversized heads) and close, so nothing half-parsed is ever forwarded. Requests on a keep-alive
+connection are handled one at a time in order (pipelined ones wait, bounded)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import cast
+
+import httptools
+
+from sidecar.errors import BadRequest, PayloadTooLarge, SidecarError, error_response
+from sidecar.http import EMPTY_BODY, BytesBody, Headers, Request, Response
+from sidecar.transport.body import StreamBody
+from sidecar.transport.flow import WriteFlow
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+_NO_BODY_STATUS = frozenset({204, 304})
+MAX_PIPELINED = 16
+IDLE_KEEPALIVE_TIMEOUT = 60.0
+
+
+@dataclass(slots=True)
+class ServerLimits:
+    max_header_bytes: int = 16384
+    max_body_bytes: int | None = None
+    header_read_timeout: float = 10.0
+    max_connections: int = 10000
+    idle_timeout: float = IDLE_KEEPALIVE_TIMEOUT
+
+
+class HeadTooLarge(Exception):
+    pass
+
+
+class ServerState:
+    """Shared by all connections of the process's listeners: counts, drain flag."""
+
+    def __init__(self, limits: ServerLimits) -> None:
+        self.limits = limits
+        self.connections: set[ServerConnection] = set()
+        self.active_requests = 0
+        self.draining = False
+        self._idle: asyncio.Event | None = None
+
+    def request_started(self) -> None:
+        self.active_requests += 1
+
+    def request_finished(self) -> None:
+        self.active_requests -= 1
+        if self.active_requests == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is in flight; False on timeout."""
+        if self.active_requests == 0:
+            return True
+        self._idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._idle = None
+
+    def start_drain(self) -> None:
+        self.draining = True
+        for conn in list(self.connections):
+            conn.close_if_idle()
+
+
+class ServerConnection(asyncio.Protocol):
+    def __init__(
+        self,
+        handler: Handler,
+        state: ServerState,
+        direction: str,
+        prepare: Callable[[Request], None] | None = None,
+    ) -> None:
+        self._handler = handler
+        self._state = state
+        self._limits = state.limits
+        self._direction = direction
+        self._prepare = prepare
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._flow = WriteFlow()
+        self._peer = ""
+        self._url = b""
+        self._headers: list[tuple[str, str]] = []
+        self._head_bytes = 0
+        self._body: StreamBody | None = None
+        self._body_bytes = 0
+        self._current: Request | None = None
+        self._pending: deque[tuple[Request, bool]] = deque()  # (request, keep_alive)
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing = False
+        self._reading_paused = False
+
+    # ------------------------------------------------------------ connection events
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but implement it.
+        self._transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self._peer = peer[0] if isinstance(peer, tuple) else ""
+        if len(self._state.connections) >= self._limits.max_connections:
+            # Over the limit: refuse at once rather than queue unboundedly.
+            self._send_error_and_close(SidecarError("too many connections", status=503))
+            return
+        self._state.connections.add(self)
+        self._arm_timer(self._limits.header_read_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self._state.connections.discard(self)
+        self._cancel_timer()
+        self._flow.connection_lost()
+        if self._body is not None:
+            self._body.set_error(ConnectionResetError("client closed the connection"))
+        # A client that went away no longer needs its upstream call (as Envoy does on reset).
+        if self._task is not None and not self._task.done() and not self._state.draining:
+            self._task.cancel()
+
+    def pause_writing(self) -> None:
+        self._flow.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._flow.resume_writing()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._protocol_error(BadRequest("protocol upgrades are not supported", status=400))
+        except HeadTooLarge:
+            self._protocol_error(BadRequest("request head too large", status=431))
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, HeadTooLarge):
+                self._protocol_error(BadRequest("request head too large", status=431))
+            elif isinstance(cause, SidecarError):
+                self._protocol_error(cause)
+            else:
+                self._protocol_error(BadRequest("malformed request"))
+        except httptools.HttpParserError as exc:
+            self._protocol_error(BadRequest(f"malformed request: {exc}"))
+
+    # ------------------------------------------------------------ parser callbacks
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_bytes = 0
+        self._body_bytes = 0
+        if self._timer is None:
+            self._arm_timer(self._limits.header_read_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_bytes += len(url)
+        if self._head_bytes > self._limits.max_header_bytes:
+            raise HeadTooLarge
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self._limits.max_header_bytes:
+            raise HeadTooLarge
+        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        self._cancel_timer()
+        parser = self._parser
+        method = parser.get_method().decode("ascii")
+        if method == "CONNECT":
+            raise BadRequest("CONNECT is not supported: this is not an open proxy", status=405)
+        headers = Headers.from_lower(self._headers)
+        length = _content_length(self._headers)
+        chunked = any(k == "transfer-encoding" for k, _ in self._headers)
+        max_body = self._limits.max_body_bytes
+        if max_body is not None and length is not None and length > max_body:
+            raise PayloadTooLarge(f"request body larger than {max_body} bytes")
+        if chunked or (length is not None and length > 0):
+            body = StreamBody(
+                None if chunked else length, self._pause_reading, self._resume_reading
+            )
+            self._body = body
+            req_body: StreamBody | BytesBody = body
+        else:
+            self._body = None
+            req_body = EMPTY_BODY
+        if any(k == "expect" for k, _ in self._headers):
+            headers.remove("expect")
+            if self._transport is not None and self._body is not None:
+                # We read the body ourselves; tell the client to send it.
+                self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request = Request(
+            method=method,
+            target=self._url.decode("latin-1"),
+            headers=headers,
+            body=req_body,
+            http_version=parser.get_http_version(),
+            client_addr=self._peer,
+            direction=self._direction,
+            start=time.monotonic(),
+        )
+        self._enqueue(request, parser.should_keep_alive())
+
+    def on_body(self, data: bytes) -> None:
+        max_body = self._limits.max_body_bytes
+        self._body_bytes += len(data)
+        if max_body is not None and self._body_bytes > max_body:
+            if self._body is not None:
+                self._body.set_error(PayloadTooLarge(f"request body larger than {max_body} bytes"))
+            raise PayloadTooLarge(f"request body larger than {max_body} bytes")
+        if self._body is not None:
+            self._body.feed(data)
+
+    def on_message_complete(self) -> None:
+        if self._body is not None:
+            self._body.feed_eof()
+            self._body.detach()
+            self._body = None
+
+    # ------------------------------------------------------------ request handling
+    def _enqueue(self, request: Request, keep_alive: bool) -> None:
+        self._pending.append((request, keep_alive))
+        if self._task is None:
+            self._task = self._loop.create_task(self._serve())
+        elif len(self._pending) >= MAX_PIPELINED:
+            self._pause_reading()
+
+    async def _serve(self) -> None:
+        try:
+            while self._pending and not self._closing:
+                request, keep_alive = self._pending.popleft()
+                if self._reading_paused and len(self._pending) < MAX_PIPELINED // 2:
+                    self._resume_reading()
+                self._current = request
+                self._state.request_started()
+                try:
+                    keep_alive = await self._handle(request, keep_alive)
+                finally:
+                    self._state.request_finished()
+                    self._current = None
+                if not keep_alive:
+                    self._close()
+                    return
+            if not self._closing:
+                if self._state.draining:
+                    self._close()
+                else:
+                    self._arm_timer(self._limits.idle_timeout)
+        except asyncio.CancelledError:
+            self._close()
+        finally:
+            self._task = None
+
+    async def _handle(self, request: Request, keep_alive: bool) -> bool:
+        if self._prepare is not None:
+            try:
+                self._prepare(request)
+            except SidecarError as err:
+                return await self._write(request, error_response(err), keep_alive)
+        try:
+            response = await self._handler(request)
+        except SidecarError as err:
+            response = error_response(err, request_id=request.request_id)
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception:
+            log.exception("unhandled error while handling %s %s", request.method, request.target)
+            response = error_response(
+                SidecarError("internal error in the sidecar"), request_id=request.request_id
+            )
+        body = request.body
+        if isinstance(body, StreamBody) and not body.at_eof:
+            # The request body was not read to the end (e.g. an early error): the connection's
+            # framing is unknown from here, so don't reuse it.
+            keep_alive = False
+        return await self._write(request, response, keep_alive)
+
+    async def _write(self, request: Request, response: Response, keep_alive: bool) -> bool:
+        transport = self._transport
+        if transport is None or self._closing:
+            _abort_body(response)
+            return False
+        if self._state.draining:
+            keep_alive = False
+        status = response.status
+        head_only = request.method == "HEAD" or status in _NO_BODY_STATUS or status < 200
+        parts = [f"HTTP/1.1 {status} {response.reason or _REASONS.get(status, '')}\r\n"]
+        for k, v in response.headers.items():
+            if not head_only and (k == "content-length" or k == "transfer-encoding"):
+                continue
+            if k == "connection":
+                continue
+            parts.append(f"{k}: {v}\r\n")
+        body = response.body
+        chunked = False
+        if not head_only:
+            if body.length is not None:
+                parts.append(f"content-length: {body.length}\r\n")
+            elif request.http_version == "1.1":
+                parts.append("transfer-encoding: chunked\r\n")
+                chunked = True
+            else:
+                keep_alive = False  # close-delimited body for HTTP/1.0 clients
+        if not keep_alive:
+            parts.append("connection: close\r\n")
+        elif request.http_version == "1.0":
+            parts.append("connection: keep-alive\r\n")
+        parts.append("\r\n")
+        head = "".join(parts).encode("latin-1")
+        if head_only:
+            transport.write(head)
+            _abort_body(response)
+            return keep_alive
+        if isinstance(body, BytesBody):
+            data = body.data
+            transport.write(head + (_chunk(data) + b"0\r\n\r\n" if chunked else data))
+            return keep_alive
+        transport.write(head)
+        sent = 0
+        try:
+            async for chunk in body:
+                sent += len(chunk)
+                transport.write(_chunk(chunk) if chunked else chunk)
+                await self._flow.drain()
+            if chunked:
+                transport.write(b"0\r\n\r\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            _abort_body(response)
+            raise
+        except Exception as exc:
+            # Upstream failed mid-body: headers are gone already, so the only honest signal
+            # left is to cut the stream (no terminating chunk / short content-length).
+            log.debug("response body aborted after %d bytes: %r", sent, exc)
+            _abort_body(response)
+            return False
+        return keep_alive
+
+    # ------------------------------------------------------------ errors and closing
+    def _protocol_error(self, err: SidecarError) -> None:
+        if self._body is not None:
+            self._body.set_error(err)
+            self._body = None
+        if self._current is not None or self._task is not None:
+            # A request is already being served: the stream is corrupt; just close after it.
+            self._closing = True
+            self._pause_reading()
+            if self._transport is not None and self._task is None:
+                self._transport.close()
+            return
+        self._send_error_and_close(err)
+
+    def _send_error_and_close(self, err: SidecarError) -> None:
+        transport = self._transport
+        self._closing = True
+        if transport is None:
+            return
+        resp = error_response(err)
+        assert isinstance(resp.body, BytesBody)
+        head = [f"HTTP/1.1 {resp.status} {_REASONS.get(resp.status, '')}\r\n"]
+        head += [f"{k}: {v}\r\n" for k, v in resp.headers.items()]
+        head.append(f"content-length: {len(resp.body.data)}\r\nconnection: close\r\n\r\n")
+        transport.write("".join(head).encode("latin-1") + resp.body.data)
+        transport.close()
+
+    def close_if_idle(self) -> None:
+        if self._task is None and self._current is None:
+            self._close()
+
+    def _close(self) -> None:
+        self._closing = True
+        self._cancel_timer()
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    def _arm_timer(self, delay: float) -> None:
+        self._cancel_timer()
+        self._timer = self._loop.call_later(delay, self._on_timeout)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        if self._task is None:
+            # Slowloris or an idle keep-alive connection: cut it off.
+            self._close()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self._transport is not None:
+            self._reading_paused = True
+            with contextlib.suppress(RuntimeError):
+                self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self._transport is not None and not self._closing:
+            self._reading_paused = False
+            with contextlib.suppress(RuntimeError):
+                self._transport.resume_reading()
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def _abort_body(response: Response) -> None:
+    abort = getattr(response.body, "abort", None)
+    if abort is not None:
+        abort()
+
+
+def _content_length(items: list[tuple[str, str]]) -> int | None:
+    # llhttp already rejects duplicate/conflicting/invalid Content-Length values.
+    for k, v in items:
+        if k == "content-length":
+            return int(v)
+    return None
