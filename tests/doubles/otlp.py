@@ -76,6 +76,7 @@ class OtlpReceiver:
     reject: bool = False
     spans: list[ReceivedSpan] = field(default_factory=list)
     requests: int = 0
+    rejected: int = 0  # export requests refused while `reject` was set
     http_port: int = 0
     grpc_port: int = 0
     _runner: web.AppRunner | None = None
@@ -97,6 +98,7 @@ class OtlpReceiver:
         if request.content_type != "application/x-protobuf":
             return web.Response(status=415, text="expected application/x-protobuf")
         if self.reject:
+            self.rejected += 1
             return web.Response(status=503, text="unavailable")
         body = await request.read()
         if request.headers.get("Content-Encoding") == "gzip":
@@ -126,6 +128,7 @@ class OtlpReceiver:
                 context: grpc.aio.ServicerContext[Any, Any],
             ) -> trace_service_pb2.ExportTraceServiceResponse:
                 if receiver.reject:
+                    receiver.rejected += 1
                     await context.abort(grpc.StatusCode.UNAVAILABLE, "unavailable")
                 receiver._record(request, "grpc")
                 return trace_service_pb2.ExportTraceServiceResponse()
