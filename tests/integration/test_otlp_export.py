@@ -153,7 +153,7 @@ async def test_collector_down_never_blocks_requests_and_counts_drops(transport: 
         response = await handler(request([]))  # type: ignore[operator]
         assert response.status == 200
     spent = time.monotonic() - t0
-    assert spent < 5.0  # 400 spans; generous for 2 busy cores, far below one export timeout×n
+    assert spent < 5.0  # 400 spans; generous for 2 busy cores
 
     def dropped() -> float:
         return metrics.registry.get_sample_value("sidecar_spans_dropped_total") or 0.0
