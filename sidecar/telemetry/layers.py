@@ -9,12 +9,19 @@ injected as the parent the upstream sees, and the per-attempt client duration wi
 
 from __future__ import annotations
 
-import uuid
+import random
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+)
 
 from sidecar.clock import Clock, SystemClock
 from sidecar.errors import SidecarError, error_response
@@ -79,7 +86,7 @@ class ServerTelemetryLayer:
             start = request.start or clock.monotonic()
             rid = request.headers.get("x-request-id")
             if not _valid_request_id(rid):
-                rid = uuid.uuid4().hex
+                rid = f"{random.getrandbits(128):032x}"
                 request.headers.set("x-request-id", rid)
             assert rid is not None
             request.request_id = rid
@@ -204,7 +211,9 @@ class ClientTelemetryLayer:
             upstream = metrics.upstream(request.upstream or default_upstream)
             method = method_label(request.method)
             route = routes.match(request.path)
-            span = tracer.start_span(span_name(method, route), parent, kind=SpanKind.CLIENT)
+            span = _unsampled_child(parent)
+            if span is None:
+                span = tracer.start_span(span_name(method, route), parent, kind=SpanKind.CLIENT)
             propagator.inject(request.headers, trace.set_span_in_context(span, parent))
             recording = span.is_recording()
             if recording:
@@ -250,6 +259,20 @@ class ClientTelemetryLayer:
             return response
 
         return handle
+
+
+def _unsampled_child(parent: Context) -> Span | None:
+    """Fast path for sampled-out requests: under our own unsampled SERVER span every sampler
+    we offer drops the child too, so skip the SDK and mint a non-recording span (a fresh span
+    id, so the upstream still sees a distinct parent)."""
+    sc = trace.get_current_span(parent).get_span_context()
+    if not sc.is_valid or sc.is_remote or sc.trace_flags.sampled:
+        return None
+    child = SpanContext(
+        sc.trace_id, random.getrandbits(64) or 1, is_remote=False,
+        trace_flags=sc.trace_flags, trace_state=sc.trace_state,
+    )
+    return NonRecordingSpan(child)
 
 
 def _client_attributes(

@@ -8,15 +8,15 @@ emit one format at a time). B3 and Jaeger are implemented here (small, no extra 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from opentelemetry import trace
+from opentelemetry import baggage, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter, Setter
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
 from sidecar.http import Headers
 
@@ -66,20 +66,42 @@ def _remote(trace_id: int, span_id: int, sampled: bool) -> SpanContext:
     )
 
 
+_TRACEPARENT_RE = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+
+
 class W3CTraceContext:
-    _propagator = TraceContextTextMapPropagator()
+    """`traceparent` / `tracestate`, parsed and formatted here rather than through OTel's
+    propagator: the same rules (W3C Trace Context level 1) at a fraction of the cost, since
+    this runs on every request."""
 
     def extract(self, headers: Headers) -> SpanContext | None:
-        if "traceparent" not in headers:
+        value = headers.get("traceparent")
+        if not value:
             return None
-        ctx = trace.get_current_span(self._propagator.extract(headers, getter=GETTER))
-        sc = ctx.get_span_context()
-        return sc if sc.is_valid else None
+        m = _TRACEPARENT_RE.fullmatch(value.strip())
+        if m is None:
+            return None
+        version, trace_hex, span_hex, flags_hex, rest = m.groups()
+        # Version ff is invalid; version 00 allows nothing after the flags.
+        if version == "ff" or (version == "00" and rest):
+            return None
+        trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
+        if not trace_id or not span_id:
+            return None
+        state = headers.get_all("tracestate")
+        return SpanContext(
+            trace_id, span_id, is_remote=True,
+            trace_flags=TraceFlags(int(flags_hex, 16) & TraceFlags.SAMPLED),
+            trace_state=TraceState.from_header(state) if state else None,
+        )
 
     def inject(self, headers: Headers, ctx: SpanContext) -> None:
-        self._propagator.inject(
-            headers, trace.set_span_in_context(NonRecordingSpan(ctx)), setter=SETTER
-        )
+        # Formatted directly: the same output as OTel's propagator at a fraction of the cost
+        # (this runs on every forwarded request).
+        value = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
+        headers.set("traceparent", value)
+        if ctx.trace_state:
+            headers.set("tracestate", ctx.trace_state.to_header())
 
 
 class B3Single:
@@ -190,4 +212,5 @@ class HeaderPropagator:
         if sc.is_valid:
             for fmt in self._formats:
                 fmt.inject(headers, sc)
-        self._baggage.inject(headers, context, setter=SETTER)
+        if baggage.get_all(context):
+            self._baggage.inject(headers, context, setter=SETTER)

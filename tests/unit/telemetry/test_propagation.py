@@ -134,3 +134,27 @@ def test_inject_without_span_writes_nothing() -> None:
     h = Headers()
     HeaderPropagator(["b3"]).inject(h, Context())
     assert len(h) == 0
+
+
+def test_w3c_rules_and_tracestate_roundtrip() -> None:
+    p = HeaderPropagator(["tracecontext"])
+    bad = [
+        f"ff-{TRACE_HEX}-{SPAN_HEX}-01",  # version ff is invalid
+        f"00-{TRACE_HEX.upper()}-{SPAN_HEX}-01",  # ids are lower-case hex
+        f"00-{'0' * 32}-{SPAN_HEX}-01",
+        f"00-{TRACE_HEX}-{'0' * 16}-01",
+        f"00-{TRACE_HEX}-{SPAN_HEX}-01-extra",  # version 00 has nothing after flags
+        f"00-{TRACE_HEX}-{SPAN_HEX}",
+    ]
+    for value in bad:
+        assert not parent_of(p.extract(Headers([("traceparent", value)]))).is_valid, value
+    # a future version may carry more fields
+    assert parent_of(p.extract(Headers([("traceparent", f"01-{TRACE_HEX}-{SPAN_HEX}-01-x")])))
+
+    h = Headers([("traceparent", f"00-{TRACE_HEX}-{SPAN_HEX}-01"),
+                 ("tracestate", "vendor=abc,other=1")])
+    ctx = p.extract(h)
+    out = Headers()
+    p.inject(out, ctx)
+    assert out.get("tracestate") == "vendor=abc,other=1"
+    assert "baggage" not in out  # nothing to carry
