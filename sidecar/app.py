@@ -1,9 +1,9 @@
 """Composition root: builds listeners, layer stacks, discovery and admin from a Config.
 
 Reads like the request path:
-    outbound  = listener → prepare → route → per-upstream stack → forward
-    per-upstream stack = compose([pick endpoint], terminal=forwarder.forward)
-    inbound   = listener → prepare → local app
+    outbound  = listener → prepare → server telemetry → route → per-upstream stack
+    per-upstream stack = compose([pick endpoint, client telemetry], terminal=forwarder.forward)
+    inbound   = listener → prepare → server telemetry → client telemetry → local app
 """
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ from sidecar.proxy.forward import Forwarder
 from sidecar.proxy.prepare import prepare_request
 from sidecar.proxy.routing import OutboundRouter
 from sidecar.stack import Handler, Layer, compose
+from sidecar.telemetry.access_log import AccessLog
+from sidecar.telemetry.admin_routes import telemetry_routes
+from sidecar.telemetry.layers import ClientTelemetryLayer, ServerTelemetryLayer
+from sidecar.telemetry.metrics import Metrics
+from sidecar.telemetry.tracing import build_tracing
 from sidecar.transport.client import UpstreamClient
 from sidecar.transport.server import ServerConnection, ServerLimits, ServerState
 
@@ -79,6 +84,12 @@ class Sidecar:
     def __init__(self, config: Config, clock: Clock | None = None) -> None:
         self.config = config
         self.clock = clock or SystemClock()
+        self.metrics = Metrics(config.service.name, config.metrics.route_templates)
+        self.tracing = build_tracing(
+            config.tracing, config.service.name, on_spans_dropped=self.metrics.spans_dropped_count
+        )
+        self.access_log = AccessLog() if config.logging.access_log else None
+        self.client_telemetry = ClientTelemetryLayer(tracing=self.tracing, metrics=self.metrics)
         self.client = UpstreamClient()
         self.static = StaticResolver(config.discovery.static)
         self.directory = Directory([self.static])
@@ -95,11 +106,22 @@ class Sidecar:
             )
         )
         self.router = OutboundRouter(self.directory, self._stack_for, self._is_configured)
-        self.outbound: Handler = compose([], terminal=self.router)
+        self.outbound: Handler = compose([self._server_telemetry("outbound")], terminal=self.router)
         default = config.policy(config.service.name)
         self._local = Forwarder(self.client, default.timeouts.connect, default.timeouts.idle)
         self._local_endpoint = Endpoint(config.service.address, config.service.port)
-        self.inbound: Handler = compose([], terminal=self._to_local_app)
+        self.inbound: Handler = compose(
+            [
+                self._server_telemetry("inbound"),
+                ClientTelemetryLayer(
+                    tracing=self.tracing,
+                    metrics=self.metrics,
+                    direction="inbound",
+                    default_upstream=config.service.name,
+                ),
+            ],
+            terminal=self._to_local_app,
+        )
         self.admin = AdminServer(
             self._admin_routes(), self.readiness, expose_debug=config.admin.expose_debug
         )
@@ -107,6 +129,15 @@ class Sidecar:
         self._started = False
 
     # ------------------------------------------------------------ stacks
+    def _server_telemetry(self, direction: str) -> ServerTelemetryLayer:
+        return ServerTelemetryLayer(
+            direction,
+            tracing=self.tracing,
+            metrics=self.metrics,
+            access_log=self.access_log,
+            server_address=self.config.service.name,
+        )
+
     def _is_configured(self, name: str) -> bool:
         return name in self.config.configured_upstreams()
 
@@ -136,6 +167,7 @@ class Sidecar:
         forwarder = Forwarder(self.client, policy.timeouts.connect, policy.timeouts.idle)
         layers: Sequence[Layer] = [
             PickEndpoint(self._cluster(name), RoundRobinBalancer(), self.clock),
+            self.client_telemetry,
         ]
         return compose(layers, terminal=forwarder.forward)
 
@@ -177,7 +209,12 @@ class Sidecar:
                 }
             )
 
-        return [("GET", "/admin/config", config_view), ("GET", "/admin/endpoints", endpoints_view)]
+        routes: list[AdminRoute] = [
+            ("GET", "/admin/config", config_view),
+            ("GET", "/admin/endpoints", endpoints_view),
+        ]
+        metrics = self.metrics if self.config.metrics.enabled else None
+        return routes + telemetry_routes(metrics, self.tracing.buffer)
 
     async def readiness(self) -> list[str]:
         reasons = []
@@ -243,6 +280,8 @@ class Sidecar:
         except BaseException:
             await self._close_listeners()
             raise
+        if self.access_log is not None:
+            self.access_log.start()
         self.directory.start()
         self._started = True
 
@@ -303,6 +342,10 @@ class Sidecar:
         await self.directory.stop()
         await self.admin.stop()
         self.client.close()
+        # Flushing spans and the access log blocks on I/O: keep it off the event loop.
+        await asyncio.to_thread(self.tracing.shutdown)
+        if self.access_log is not None:
+            await asyncio.to_thread(self.access_log.close)
 
     # ------------------------------------------------------------ reload
     def reload(self, config: Config) -> None:

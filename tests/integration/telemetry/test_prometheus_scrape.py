@@ -58,9 +58,13 @@ async def test_prometheus_scrapes_series_and_exemplars(
     prom_port = free_port()
     log = (tmp_path / "prometheus.log").open("wb")  # a file: a pipe could fill and block it
     proc = await asyncio.create_subprocess_exec(
-        binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-        f"--web.listen-address=127.0.0.1:{prom_port}", "--enable-feature=exemplar-storage",
-        stdout=log, stderr=subprocess.STDOUT,
+        binary,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={tmp_path / 'data'}",
+        f"--web.listen-address=127.0.0.1:{prom_port}",
+        "--enable-feature=exemplar-storage",
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{prom_port}"
     try:
@@ -73,7 +77,9 @@ async def test_prometheus_scrapes_series_and_exemplars(
                 await asyncio.sleep(0.2)
                 try:
                     data = await query(
-                        session, base, "/api/v1/query",
+                        session,
+                        base,
+                        "/api/v1/query",
                         query='sidecar_circuit_breaker_state{upstream="user-service"}',
                     )
                 except aiohttp.ClientError:
@@ -82,15 +88,19 @@ async def test_prometheus_scrapes_series_and_exemplars(
             assert series[0]["value"][1] == "2"
             assert series[0]["metric"]["service"] == "bff"
 
-            data = await query(session, base, "/api/v1/query",
-                               query="http_client_request_duration_seconds_count")
+            data = await query(
+                session, base, "/api/v1/query", query="http_client_request_duration_seconds_count"
+            )
             assert data["result"][0]["metric"]["upstream"] == "user-service"
 
             now = time.time()
             exemplars = await query(
-                session, base, "/api/v1/query_exemplars",
+                session,
+                base,
+                "/api/v1/query_exemplars",
                 query="http_client_request_duration_seconds_bucket",
-                start=str(now - 600), end=str(now + 60),
+                start=str(now - 600),
+                end=str(now + 60),
             )
             trace_ids = {e["labels"]["trace_id"] for s in exemplars for e in s["exemplars"]}
             assert trace_ids == {TRACE}
