@@ -45,9 +45,18 @@ class AccessLog:
     ) -> None:
         ep = request.endpoint
         entry: _Entry = (
-            time.time(), direction, request.method, request.target, status, duration,
-            request.upstream, ep.address if ep is not None else "", trace_id,
-            request.request_id, error_type, request.attempt,
+            time.time(),
+            direction,
+            request.method,
+            request.target,
+            status,
+            duration,
+            request.upstream,
+            ep.address if ep is not None else "",
+            trace_id,
+            request.request_id,
+            error_type,
+            request.attempt,
         )
         try:
             self._queue.put_nowait(entry)
@@ -87,8 +96,20 @@ class AccessLog:
 
 
 def format_entry(entry: _Entry) -> str:
-    (ts, direction, method, target, status, duration, upstream, endpoint, trace_id,
-     request_id, error_type, attempt) = entry
+    (
+        ts,
+        direction,
+        method,
+        target,
+        status,
+        duration,
+        upstream,
+        endpoint,
+        trace_id,
+        request_id,
+        error_type,
+        attempt,
+    ) = entry
     record = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z",
         "direction": direction,

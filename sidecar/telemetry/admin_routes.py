@@ -40,8 +40,7 @@ def metrics_handler(metrics: Metrics) -> AdminHandler:
 
 
 def _bad_request(message: str) -> web.Response:
-    return web.json_response({"data": None, "errors": [{"code": 400, "msg": message}]},
-                             status=400)
+    return web.json_response({"data": None, "errors": [{"code": 400, "msg": message}]}, status=400)
 
 
 def traces_handler(buffer: SpanBuffer) -> AdminHandler:

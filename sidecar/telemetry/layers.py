@@ -34,6 +34,17 @@ from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.tracing import Tracing
 
 _MAX_REQUEST_ID = 200
+# Replies the sidecar makes without the upstream failing: counted as rejections (DESIGN §7).
+REJECTIONS = frozenset(
+    {
+        "bad_request",
+        "no_route",
+        "no_healthy_endpoints",
+        "circuit_open",
+        "overloaded",
+        "deadline_exceeded",
+    }
+)
 _ERROR = Status(StatusCode.ERROR)
 
 
@@ -110,9 +121,9 @@ class ServerTelemetryLayer:
                     error_type = response.error_code
                 except SidecarError as err:
                     error_type = err.code
-                    response = error_response(
-                        err, trace_id=trace_id_hex(span), request_id=rid
-                    )
+                    if err.code in REJECTIONS:
+                        metrics.rejected(request.upstream or err.upstream, err.code)
+                    response = error_response(err, trace_id=trace_id_hex(span), request_id=rid)
             except BaseException as exc:
                 self._failed(span, exc, method, route, start)
                 raise
@@ -135,9 +146,7 @@ class ServerTelemetryLayer:
                     span.set_status(_ERROR)
             span.end()
             if self._access_log is not None:
-                self._access_log.log(
-                    request, status, elapsed, trace_hex, error_type, direction
-                )
+                self._access_log.log(request, status, elapsed, trace_hex, error_type, direction)
             return response
 
         return handle
@@ -230,7 +239,11 @@ class ClientTelemetryLayer:
                 error_type = error_type_of_exception(exc)
                 sampled = span.get_span_context().trace_flags.sampled
                 metrics.observe_client(
-                    upstream, method, 0, error_type, elapsed,
+                    upstream,
+                    method,
+                    0,
+                    error_type,
+                    elapsed,
                     trace_id_hex(span) if sampled else "",
                 )
                 if recording:
@@ -247,7 +260,11 @@ class ClientTelemetryLayer:
             error_type = response.error_code or error_type_of_status(status)
             sampled = span.get_span_context().trace_flags.sampled
             metrics.observe_client(
-                upstream, method, status, error_type, elapsed,
+                upstream,
+                method,
+                status,
+                error_type,
+                elapsed,
                 trace_id_hex(span) if sampled else "",
             )
             if recording:
@@ -269,8 +286,11 @@ def _unsampled_child(parent: Context) -> Span | None:
     if not sc.is_valid or sc.is_remote or sc.trace_flags.sampled:
         return None
     child = SpanContext(
-        sc.trace_id, random.getrandbits(64) or 1, is_remote=False,
-        trace_flags=sc.trace_flags, trace_state=sc.trace_state,
+        sc.trace_id,
+        random.getrandbits(64) or 1,
+        is_remote=False,
+        trace_flags=sc.trace_flags,
+        trace_state=sc.trace_state,
     )
     return NonRecordingSpan(child)
 
@@ -296,4 +316,3 @@ def _client_attributes(
         attrs["network.peer.address"] = ep.host
         attrs["network.peer.port"] = ep.port
     span.set_attributes(attrs)
-

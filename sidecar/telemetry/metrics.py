@@ -19,7 +19,17 @@ from sidecar.telemetry.labels import BoundedValues, RouteMatcher, status_label
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 # The hop itself should cost well under a millisecond; these buckets can show it.
 OVERHEAD_BUCKETS = (
-    0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.00075,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
 )
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 MAX_UPSTREAM_LABELS = 200
@@ -48,65 +58,95 @@ class Metrics:
         self.server_duration = Histogram(
             "http_server_request_duration_seconds",
             "Duration of inbound HTTP requests handled by the sidecar (to response headers).",
-            ["service", "http_request_method", "http_route", "http_response_status_code",
-             "error_type"],
-            buckets=DURATION_BUCKETS, registry=r,
+            [
+                "service",
+                "http_request_method",
+                "http_route",
+                "http_response_status_code",
+                "error_type",
+            ],
+            buckets=DURATION_BUCKETS,
+            registry=r,
         )
         self.client_duration = Histogram(
             "http_client_request_duration_seconds",
             "Duration of each attempt the sidecar made to an upstream (to response headers).",
-            ["service", "upstream", "http_request_method", "http_response_status_code",
-             "error_type"],
-            buckets=DURATION_BUCKETS, registry=r,
+            [
+                "service",
+                "upstream",
+                "http_request_method",
+                "http_response_status_code",
+                "error_type",
+            ],
+            buckets=DURATION_BUCKETS,
+            registry=r,
         )
         self.upstream_endpoints = Gauge(
-            "sidecar_upstream_endpoints", "Endpoints known per upstream, by state.",
-            ["service", "upstream", "state"], registry=r,
+            "sidecar_upstream_endpoints",
+            "Endpoints known per upstream, by state.",
+            ["service", "upstream", "state"],
+            registry=r,
         )
         self.breaker_state_gauge = Gauge(
             "sidecar_circuit_breaker_state",
             "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
-            ["service", "upstream"], registry=r,
+            ["service", "upstream"],
+            registry=r,
         )
         self.breaker_transitions = Counter(
-            "sidecar_circuit_breaker_transitions_total", "Circuit breaker state changes.",
-            ["service", "upstream", "to"], registry=r,
+            "sidecar_circuit_breaker_transitions_total",
+            "Circuit breaker state changes.",
+            ["service", "upstream", "to"],
+            registry=r,
         )
         self.retries = Counter(
-            "sidecar_retries_total", "Retry attempts, by the failure that caused them.",
-            ["service", "upstream", "reason"], registry=r,
+            "sidecar_retries_total",
+            "Retry attempts, by the failure that caused them.",
+            ["service", "upstream", "reason"],
+            registry=r,
         )
         self.retry_budget_exhausted_total = Counter(
             "sidecar_retry_budget_exhausted_total",
             "Retries not made because the retry budget was spent.",
-            ["service", "upstream"], registry=r,
+            ["service", "upstream"],
+            registry=r,
         )
         self.rejected_total = Counter(
             "sidecar_requests_rejected_total",
             "Requests the sidecar answered itself without calling the upstream.",
-            ["service", "upstream", "reason"], registry=r,
+            ["service", "upstream", "reason"],
+            registry=r,
         )
         self.fallbacks = Counter(
-            "sidecar_fallbacks_total", "Fallback replies served.",
-            ["service", "upstream", "kind", "reason"], registry=r,
+            "sidecar_fallbacks_total",
+            "Fallback replies served.",
+            ["service", "upstream", "kind", "reason"],
+            registry=r,
         )
         self.inflight = Gauge(
-            "sidecar_inflight_requests", "Requests in flight through the sidecar.",
-            ["service", "direction", "upstream"], registry=r,
+            "sidecar_inflight_requests",
+            "Requests in flight through the sidecar.",
+            ["service", "direction", "upstream"],
+            registry=r,
         )
         self.discovery_last_update = Gauge(
             "sidecar_discovery_last_update_timestamp_seconds",
             "Unix time of the last endpoint update per upstream and discovery source.",
-            ["service", "upstream", "source"], registry=r,
+            ["service", "upstream", "source"],
+            registry=r,
         )
         self.discovery_errors = Counter(
-            "sidecar_discovery_errors_total", "Failed discovery queries.",
-            ["service", "source"], registry=r,
+            "sidecar_discovery_errors_total",
+            "Failed discovery queries.",
+            ["service", "source"],
+            registry=r,
         )
         self.proxy_overhead = Histogram(
             "sidecar_proxy_overhead_seconds",
             "Time spent inside the sidecar itself: total minus time waiting on the upstream.",
-            ["service", "direction"], buckets=OVERHEAD_BUCKETS, registry=r,
+            ["service", "direction"],
+            buckets=OVERHEAD_BUCKETS,
+            registry=r,
         )
         self.spans_dropped = Counter(
             "sidecar_spans_dropped_total",
@@ -114,7 +154,9 @@ class Metrics:
             registry=r,
         )
         self.build_info = Gauge(
-            "sidecar_build_info", "Always 1; the version label names the build.", ["version"],
+            "sidecar_build_info",
+            "Always 1; the version label names the build.",
+            ["version"],
             registry=r,
         )
         self.build_info.labels(version).set(1)
@@ -135,7 +177,12 @@ class Metrics:
     # ------------------------------------------------------------ data path
 
     def observe_server(
-        self, method: str, route: str, status: int, error_type: str, seconds: float,
+        self,
+        method: str,
+        route: str,
+        status: int,
+        error_type: str,
+        seconds: float,
         trace_id: str = "",
     ) -> None:
         """`method` and `route` are already label values (method_label, route())."""
@@ -149,7 +196,12 @@ class Metrics:
         child.observe(seconds, {"trace_id": trace_id} if trace_id else None)
 
     def observe_client(
-        self, upstream: str, method: str, status: int, error_type: str, seconds: float,
+        self,
+        upstream: str,
+        method: str,
+        status: int,
+        error_type: str,
+        seconds: float,
         trace_id: str = "",
     ) -> None:
         """`upstream` is a bounded label value (upstream()); status 0 means no response."""
@@ -157,7 +209,10 @@ class Metrics:
         child = self._client_children.get(key)
         if child is None:
             child = self.client_duration.labels(
-                self.service, upstream, method, status_label(status) if status else "",
+                self.service,
+                upstream,
+                method,
+                status_label(status) if status else "",
                 error_type,
             )
             self._client_children[key] = child

@@ -61,7 +61,9 @@ def _hex_id(text: str, width: int) -> int | None:
 
 def _remote(trace_id: int, span_id: int, sampled: bool) -> SpanContext:
     return SpanContext(
-        trace_id, span_id, is_remote=True,
+        trace_id,
+        span_id,
+        is_remote=True,
         trace_flags=TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT),
     )
 
@@ -90,7 +92,9 @@ class W3CTraceContext:
             return None
         state = headers.get_all("tracestate")
         return SpanContext(
-            trace_id, span_id, is_remote=True,
+            trace_id,
+            span_id,
+            is_remote=True,
             trace_flags=TraceFlags(int(flags_hex, 16) & TraceFlags.SAMPLED),
             trace_state=TraceState.from_header(state) if state else None,
         )
@@ -134,9 +138,9 @@ class B3Multi:
         trace_id, span_id = _hex_id(raw_trace.strip(), 32), _hex_id(raw_span.strip(), 16)
         if trace_id is None or span_id is None:
             return None
-        sampled = headers.get("x-b3-sampled", "") in ("1", "true") or headers.get(
-            "x-b3-flags"
-        ) == "1"
+        sampled = (
+            headers.get("x-b3-sampled", "") in ("1", "true") or headers.get("x-b3-flags") == "1"
+        )
         return _remote(trace_id, span_id, sampled)
 
     def inject(self, headers: Headers, ctx: SpanContext) -> None:

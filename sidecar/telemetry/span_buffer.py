@@ -128,8 +128,11 @@ def jaeger_trace(spans: list[ReadableSpan]) -> dict[str, Any]:
         references = []
         if s.parent is not None and s.parent.is_valid:
             references.append(
-                {"refType": "CHILD_OF", "traceID": f"{s.parent.trace_id:032x}",
-                 "spanID": f"{s.parent.span_id:016x}"}
+                {
+                    "refType": "CHILD_OF",
+                    "traceID": f"{s.parent.trace_id:032x}",
+                    "spanID": f"{s.parent.span_id:016x}",
+                }
             )
         tags = _tags(s.attributes)
         tags.append({"key": "span.kind", "type": "string", "value": _KIND.get(s.kind, "internal")})
@@ -137,8 +140,13 @@ def jaeger_trace(spans: list[ReadableSpan]) -> dict[str, Any]:
             tags.append({"key": "error", "type": "bool", "value": True})
             tags.append({"key": "otel.status_code", "type": "string", "value": "ERROR"})
             if s.status.description:
-                tags.append({"key": "otel.status_description", "type": "string",
-                             "value": s.status.description})
+                tags.append(
+                    {
+                        "key": "otel.status_description",
+                        "type": "string",
+                        "value": s.status.description,
+                    }
+                )
         start = s.start_time or 0
         end = s.end_time or start
         out.append(
@@ -151,8 +159,10 @@ def jaeger_trace(spans: list[ReadableSpan]) -> dict[str, Any]:
                 "duration": (end - start) // 1000,
                 "tags": tags,
                 "logs": [
-                    {"timestamp": e.timestamp // 1000, "fields": [_tag("event", e.name),
-                                                                  *_tags(e.attributes)]}
+                    {
+                        "timestamp": e.timestamp // 1000,
+                        "fields": [_tag("event", e.name), *_tags(e.attributes)],
+                    }
                     for e in s.events
                 ],
                 "processID": pid,

@@ -203,9 +203,7 @@ def build_tracing(
     export_timeout: float = 10.0,
     shutdown_timeout: float = 5.0,
 ) -> Tracing:
-    resource = Resource.create(
-        {"service.name": service_name, "service.version": __version__}
-    )
+    resource = Resource.create({"service.name": service_name, "service.version": __version__})
     provider = TracerProvider(
         resource=resource,
         sampler=make_sampler(config.sampler, config.ratio),
