@@ -118,6 +118,7 @@ class UpstreamConnection(asyncio.Protocol):
             if self._head_only:
                 # llhttp can't know this answers a HEAD: never reuse the connection.
                 self._message_done = True
+                self._response = None
                 fut.set_result(Response(status=status, headers=headers, body=body))
                 self.close()
                 return
@@ -129,6 +130,7 @@ class UpstreamConnection(asyncio.Protocol):
             sb = StreamBody(None if chunked else length, self._pause, self._resume, self.close)
             self._body = sb
             body = sb
+        self._response = None
         fut.set_result(Response(status=status, headers=headers, body=body))
 
     def on_body(self, data: bytes) -> None:
@@ -153,7 +155,8 @@ class UpstreamConnection(asyncio.Protocol):
         if transport is None or self.closed:
             raise UpstreamReset("connection closed", upstream=self._pool.upstream)
         loop = asyncio.get_running_loop()
-        self._response = loop.create_future()
+        fut: asyncio.Future[Response] = loop.create_future()
+        self._response = fut
         self._head_only = method == "HEAD"
         self._until_close = False
         self._message_done = False
@@ -176,10 +179,9 @@ class UpstreamConnection(asyncio.Protocol):
             transport.write("".join(lines).encode("latin-1"))
             writer = loop.create_task(self._write_body(body))
             writer.add_done_callback(self._body_written)
-        try:
-            return await self._response
-        finally:
-            self._response = None
+        # The future is ours alone: by the time we resume, a small response may already be
+        # complete and this connection reused by another request with its own future.
+        return await fut
 
     async def _write_body(self, body: Body) -> None:
         assert self._transport is not None
