@@ -29,7 +29,7 @@ from sidecar.proxy.forward import Forwarder
 from sidecar.proxy.prepare import prepare_request
 from sidecar.proxy.routing import OutboundRouter
 from sidecar.resilience.balance_layer import BalanceLayer
-from sidecar.resilience.breaker import CircuitBreaker, CircuitBreakerLayer, State
+from sidecar.resilience.breaker import CircuitBreaker, CircuitBreakerLayer, breaker_for
 from sidecar.resilience.concurrency import ConcurrencyLimitLayer
 from sidecar.resilience.deadline import DeadlineLayer
 from sidecar.resilience.fallback import FallbackLayer
@@ -77,6 +77,7 @@ class Sidecar:
         self.directory.subscribe(self._on_snapshot)
         self._stacks: dict[str, Handler] = {}
         self.breakers: dict[str, CircuitBreaker] = {}
+        self.outliers: dict[str, OutlierDetector] = {}
         limits = config.limits
         self.state = ServerState(
             ServerLimits(
@@ -94,7 +95,7 @@ class Sidecar:
         self.inbound: Handler = compose(
             [
                 self._server_telemetry("inbound"),
-                DeadlineLayer(default.timeouts.total, self.clock),
+                DeadlineLayer(default.timeouts.total, self.clock, self.metrics),
                 ClientTelemetryLayer(
                     tracing=self.tracing,
                     metrics=self.metrics,
@@ -151,38 +152,27 @@ class Sidecar:
 
     def _build_upstream_stack(self, name: str) -> Handler:
         """One upstream's filter chain, built once from its policy (rebuilt after a reload)."""
-        policy, clock, observer = self.config.policy(name), self.clock, self.metrics
+        p, clock, obs = self.config.policy(name), self.clock, self.metrics
         cluster = self._cluster(name)
-        forwarder = Forwarder(self.client, policy.timeouts.connect, policy.timeouts.idle)
+        breaker = breaker_for(name, p.circuit_breaker, clock, obs)
+        self.breakers[name] = breaker
+        outlier = OutlierDetector(p.outlier_detection, cluster, obs)
+        self.outliers[name] = outlier
+        forwarder = Forwarder(self.client, p.timeouts.connect, p.timeouts.idle)
         layers: list[Layer] = [
-            ConcurrencyLimitLayer(policy.max_concurrent_requests),
-            FallbackLayer(policy.fallback, clock, observer),
-            DeadlineLayer(policy.timeouts.total, clock),
-        ]
-        if policy.circuit_breaker.enabled:
-
-            def transition(state: State, upstream: str = name) -> None:
-                observer.breaker_state(upstream, state.value)
-
-            breaker = CircuitBreaker(policy.circuit_breaker, clock, transition)
-            self.breakers[name] = breaker
-            observer.breaker_state(name, State.CLOSED.value)
-            layers.append(CircuitBreakerLayer(breaker))
-        layers += [
+            ConcurrencyLimitLayer(name, p.max_concurrent_requests, obs),
+            FallbackLayer(name, p.fallback, clock, obs),
+            DeadlineLayer(p.timeouts.total, clock, obs),
+            CircuitBreakerLayer(name, breaker, obs),
             RetryLayer(
-                policy.retries,
-                policy.timeouts.per_try,
+                name,
+                p.retries,
+                p.timeouts.per_try,
                 self.config.limits.retry_buffer_bytes,
                 clock,
-                observer,
+                obs,
             ),
-            BalanceLayer(
-                cluster,
-                make_balancer(policy.load_balancer),
-                OutlierDetector(policy.outlier_detection, cluster),
-                clock,
-                observer,
-            ),
+            BalanceLayer(cluster, make_balancer(p.load_balancer, clock), clock, outlier, obs),
             self.client_telemetry,
         ]
         return compose(layers, terminal=forwarder.forward)

@@ -18,13 +18,17 @@ class RoundRobinBalancer:
         self, candidates: Sequence[EndpointState], avoid: Collection[Endpoint] = ()
     ) -> EndpointState:
         n = len(candidates)
-        for _ in range(min(n, 2) if avoid else 1):
-            i = self._next % n
-            self._next = i + 1
+        first = self._next % n
+        # At most len(avoid) candidates are avoided, so len(avoid) + 1 steps find one that is
+        # not, if any exists: bounded by the retry count, not the cluster size.
+        for k in range(min(n, len(avoid) + 1) if avoid else 1):
+            i = (first + k) % n
             st = candidates[i]
             if st.endpoint not in avoid:
+                self._next = i + 1
                 return st
-        return candidates[self._next % n]
+        self._next = first + 1
+        return candidates[first]
 
     def observe(self, state: EndpointState, rtt: float, now: float, ok: bool) -> None:
         pass

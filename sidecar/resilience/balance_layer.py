@@ -1,8 +1,8 @@
-"""The balance layer: pick an endpoint for this attempt, and learn from how it went.
+"""The balance layer: choose this attempt's endpoint and feed back what happened.
 
-Picks among the upstream's endpoints that are not ejected (the balancer avoids endpoints this
-request already tried), keeps the in-flight count the balancers use, and feeds the attempt's
-outcome and latency to the balancer (EWMA) and to outlier detection."""
+Per attempt (it sits inside the retry layer): pick among the cluster's non-ejected endpoints,
+preferring ones this request has not tried; count it in flight until response headers; then
+give the balancer the RTT (for EWMA) and the outlier detector the classified outcome."""
 
 from __future__ import annotations
 
@@ -10,61 +10,67 @@ from sidecar.balance.base import Balancer
 from sidecar.balance.cluster import Cluster
 from sidecar.clock import Clock
 from sidecar.errors import NoHealthyEndpoints, SidecarError
-from sidecar.events import Observer
+from sidecar.events import NullObserver, Observer
 from sidecar.http import Request, Response
-from sidecar.resilience.classify import Outcome, classify_error, classify_status
+from sidecar.resilience.classify import Outcome, classify_error, classify_response
 from sidecar.resilience.outlier import OutlierDetector
 from sidecar.stack import Handler
 
 
 class BalanceLayer:
+    __slots__ = ("_balancer", "_clock", "_cluster", "_observer", "_outlier")
+
     def __init__(
         self,
         cluster: Cluster,
         balancer: Balancer,
-        outlier: OutlierDetector,
         clock: Clock,
-        observer: Observer,
+        outlier: OutlierDetector | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self._cluster = cluster
         self._balancer = balancer
-        self._outlier = outlier
         self._clock = clock
-        self._observer = observer
+        self._outlier = outlier
+        self._observer: Observer = observer or NullObserver()
 
     def wrap(self, inner: Handler) -> Handler:
-        cluster, balancer, outlier = self._cluster, self._balancer, self._outlier
-        clock, observer = self._clock, self._observer
+        cluster, balancer, clock = self._cluster, self._balancer, self._clock
+        outlier, observer = self._outlier, self._observer
 
         async def balance(request: Request) -> Response:
-            now = clock.monotonic()
-            candidates = cluster.available(now)
+            start = clock.monotonic()
+            # Common case: nothing ejected, so the cluster's own list serves as is (no copy).
+            if outlier is not None and outlier.any_ejected(start):
+                candidates = cluster.available(start)
+            else:
+                candidates = cluster.states
             if not candidates:
+                observer.rejected(cluster.name, "no_healthy_endpoints")
                 raise NoHealthyEndpoints(
-                    f"no healthy endpoint for {request.upstream!r}"
-                    + (" (all ejected)" if cluster.states else ""),
-                    upstream=request.upstream,
+                    f"no healthy endpoint for {cluster.name!r}", upstream=cluster.name
                 )
             state = balancer.pick(candidates, request.tried)
             request.endpoint = state.endpoint
             request.tried.append(state.endpoint)
             state.inflight += 1
-            outcome = Outcome.LOCAL
+            outcome = Outcome.CANCELLED
             try:
                 response = await inner(request)
-                outcome = classify_status(response.status)
+                outcome = classify_response(response.status)
                 return response
-            except SidecarError as err:
-                outcome = classify_error(err)
+            except SidecarError as exc:
+                outcome = classify_error(exc)
                 raise
             finally:
                 state.inflight -= 1
-                end = clock.monotonic()
-                if outcome is not Outcome.LOCAL:
-                    failed = outcome.is_failure
-                    balancer.observe(state, end - now, end, not failed)
-                    if outlier.record(state, failed, end):
-                        healthy, ejected = outlier.counts(end)
-                        observer.endpoints(request.upstream, healthy, ejected)
+                now = clock.monotonic()
+                rtt = now - start
+                if outcome is not Outcome.LOCAL and outcome is not Outcome.INTERNAL:
+                    # A cancelled try (per-try timeout or caller gone) still tells us the
+                    # endpoint took at least `rtt`; feed it as a failed sample.
+                    balancer.observe(state, rtt, now, outcome is Outcome.SUCCESS)
+                if outlier is not None:
+                    outlier.record(state, outcome, now)
 
         return balance

@@ -1,181 +1,243 @@
-"""Circuit breaker per upstream: a pure state machine on an injected monotonic clock.
+"""Circuit breaker per upstream (resilience4j's model): a pure state machine on an injected
+monotonic clock, and a thin layer around it.
 
-CLOSED counts outcomes in a time window of buckets (ratio trigger: at least
-`minimum_requests` and `failure_ratio` failed) and a run of consecutive failures. OPEN rejects
-at once (no upstream call) until `reset_timeout`; then HALF_OPEN admits exactly
-`half_open_requests` probes at a time. All probes succeeding closes it; one failing re-opens it.
-A probe that ends with no verdict (the client went away) frees its slot, so the breaker can
-never be stuck half-open. OPEN means traffic is rejected, as everyone expects."""
+CLOSED: calls pass; outcomes feed a failure-ratio window (bucketed, O(1)) and a consecutive
+failure count. It trips to OPEN when, within `window`, at least `minimum_requests` calls were
+seen and failures/calls ≥ `failure_ratio`, or after `consecutive_failures` failures in a row.
+OPEN: every call is refused at once (CircuitOpen, retry-after = time left) until
+`reset_timeout` has passed; then HALF_OPEN.
+HALF_OPEN: at most `half_open_requests` probes are in flight at any moment; any probe failure
+re-opens, `half_open_requests` probe successes close. A probe that ends without an outcome
+(cancelled, refused locally) frees its slot, so the breaker can't be stuck half-open.
+
+Outcomes of calls admitted in an earlier state are ignored (each admission carries the epoch
+it was admitted in): a slow call from before the trip can't close a fresh OPEN breaker."""
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
-from enum import Enum
+from typing import Any
 
 from sidecar.clock import Clock
 from sidecar.config import CircuitBreakerConfig
 from sidecar.errors import CircuitOpen, SidecarError
+from sidecar.events import NullObserver, Observer
 from sidecar.http import Request, Response
-from sidecar.resilience.classify import Outcome, classify_error, classify_status
+from sidecar.resilience.classify import Outcome, classify_error, classify_response
+from sidecar.resilience.window import BucketedCounter
 from sidecar.stack import Handler
 
-_BUCKETS = 10
+_CALLS = 0
+_FAILURES = 1
 
 
-class State(Enum):
+class BreakerState(enum.Enum):
     CLOSED = "closed"
     HALF_OPEN = "half_open"
     OPEN = "open"
 
 
 class CircuitBreaker:
+    __slots__ = (
+        "_clock",
+        "_config",
+        "_consecutive",
+        "_epoch",
+        "_on_transition",
+        "_opened_at",
+        "_probe_successes",
+        "_probes_inflight",
+        "_state",
+        "_window",
+    )
+
     def __init__(
         self,
         config: CircuitBreakerConfig,
         clock: Clock,
-        on_transition: Callable[[State], None] = lambda s: None,
+        on_transition: Callable[[BreakerState], None] | None = None,
+        buckets: int = 10,
     ) -> None:
-        self._cfg = config
+        self._config = config
         self._clock = clock
         self._on_transition = on_transition
-        self.state = State.CLOSED
+        self._window = BucketedCounter(config.window, buckets, slots=2)
+        self._state = BreakerState.CLOSED
+        self._epoch = 0
+        self._consecutive = 0
         self._opened_at = 0.0
         self._probes_inflight = 0
         self._probe_successes = 0
-        self._consecutive = 0
-        self._width = config.window / _BUCKETS
-        self._ok = [0] * _BUCKETS
-        self._fail = [0] * _BUCKETS
-        self._stamp = [-1] * _BUCKETS
-        self.transitions = 0
 
-    # ---------------------------------------------------------------- decisions
-    def acquire(self) -> bool:
-        """Admit a request: returns True if it is a half-open probe. Raises CircuitOpen."""
-        if self.state is State.OPEN:
-            if self._clock.monotonic() - self._opened_at < self._cfg.reset_timeout:
-                raise CircuitOpen("circuit breaker is open", retry_after=self.retry_after())
-            self._move(State.HALF_OPEN)
-        if self.state is State.HALF_OPEN:
-            if self._probes_inflight >= self._cfg.half_open_requests:
-                raise CircuitOpen(
-                    "circuit breaker is half-open and its probe is in flight",
-                    retry_after=1.0,
-                )
-            self._probes_inflight += 1
-            return True
-        return False
+    # ---------------------------------------------------------------- queries
+    @property
+    def enabled(self) -> bool:
+        return self._config.enabled
 
-    def release(self, probe: bool, success: bool | None) -> None:
-        """Record the outcome of an admitted request. `success=None`: no verdict."""
-        if probe:
-            if self.state is not State.HALF_OPEN:
-                return
-            self._probes_inflight -= 1
-            if success is None:
-                return
-            if success:
-                self._probe_successes += 1
-                if self._probe_successes >= self._cfg.half_open_requests:
-                    self._move(State.CLOSED)
-            else:
-                self._trip()
-            return
-        if success is None or self.state is not State.CLOSED:
-            return
-        i = self._bucket()
-        if success:
-            self._ok[i] += 1
-            self._consecutive = 0
-            return
-        self._fail[i] += 1
-        self._consecutive += 1
-        if self._cfg.consecutive_failures and self._consecutive >= self._cfg.consecutive_failures:
-            self._trip()
-            return
-        ok, fail = self._totals()
-        total = ok + fail
-        if total >= self._cfg.minimum_requests and fail / total >= self._cfg.failure_ratio:
-            self._trip()
+    @property
+    def state(self) -> BreakerState:
+        """The state as of now (an OPEN breaker whose reset time passed reads HALF_OPEN)."""
+        self._maybe_half_open(self._clock.monotonic())
+        return self._state
 
     def retry_after(self) -> float:
-        if self.state is State.OPEN:
-            left = self._cfg.reset_timeout - (self._clock.monotonic() - self._opened_at)
-            return max(left, 0.001)
-        return 0.0
+        """Seconds until an OPEN breaker lets probes through (0 when not OPEN)."""
+        if self._state is not BreakerState.OPEN:
+            return 0.0
+        return max(0.0, self._opened_at + self._config.reset_timeout - self._clock.monotonic())
 
-    def snapshot(self) -> dict[str, object]:
-        ok, fail = self._totals()
+    # ---------------------------------------------------------------- admission
+    def acquire(self) -> int | None:
+        """Admit a call: returns its ticket (to pass to `record`/`release`), or None when the
+        call must be refused."""
+        state = self._state
+        if state is BreakerState.CLOSED:
+            return self._epoch
+        if state is BreakerState.OPEN and not self._maybe_half_open(self._clock.monotonic()):
+            return None
+        # HALF_OPEN
+        if self._probes_inflight >= self._config.half_open_requests:
+            return None
+        self._probes_inflight += 1
+        return self._epoch
+
+    def record(self, ticket: int, outcome: Outcome) -> None:
+        """The admitted call ended with `outcome`."""
+        if ticket != self._epoch:
+            return  # admitted under an earlier state: its outcome is history
+        if self._state is BreakerState.HALF_OPEN:
+            self._probes_inflight -= 1
+            if outcome.is_failure:
+                self._open(self._clock.monotonic())
+            elif outcome is Outcome.SUCCESS:
+                self._probe_successes += 1
+                if self._probe_successes >= self._config.half_open_requests:
+                    self._transition(BreakerState.CLOSED)
+            return
+        if self._state is not BreakerState.CLOSED:
+            return
+        now = self._clock.monotonic()
+        cfg = self._config
+        if outcome is Outcome.SUCCESS:
+            self._consecutive = 0
+            self._window.add(now, _CALLS)
+        elif outcome.is_failure:
+            self._consecutive += 1
+            self._window.add(now, _CALLS)
+            self._window.add(now, _FAILURES)
+            if cfg.consecutive_failures and self._consecutive >= cfg.consecutive_failures:
+                self._open(now)
+                return
+        else:
+            return  # local refusals, cancellations and our own bugs say nothing
+        # Evaluated on every call, as resilience4j does: the call that reaches
+        # `minimum_requests` may be a success and still find the ratio over the threshold.
+        calls = self._window.total(now, _CALLS)
+        failures = self._window.total(now, _FAILURES)
+        if calls >= cfg.minimum_requests and failures >= cfg.failure_ratio * calls:
+            self._open(now)
+
+    def release(self, ticket: int) -> None:
+        """The admitted call ended without an outcome (cancelled): free a probe slot."""
+        if ticket == self._epoch and self._state is BreakerState.HALF_OPEN:
+            self._probes_inflight -= 1
+
+    # ---------------------------------------------------------------- transitions
+    def _maybe_half_open(self, now: float) -> bool:
+        if self._state is not BreakerState.OPEN:
+            return True
+        if now < self._opened_at + self._config.reset_timeout:
+            return False
+        self._transition(BreakerState.HALF_OPEN)
+        return True
+
+    def _open(self, now: float) -> None:
+        self._opened_at = now
+        self._transition(BreakerState.OPEN)
+
+    def _transition(self, to: BreakerState) -> None:
+        self._state = to
+        self._epoch += 1
+        self._probes_inflight = 0
+        self._probe_successes = 0
+        if to is BreakerState.CLOSED:
+            self._consecutive = 0
+            self._window.reset()
+        if self._on_transition is not None:
+            self._on_transition(to)
+
+    def snapshot(self) -> dict[str, Any]:
+        """For /admin/breakers."""
+        now = self._clock.monotonic()
+        state = self.state
         return {
-            "state": self.state.value,
-            "window_requests": ok + fail,
-            "window_failures": fail,
+            "state": state.value,
+            "calls_in_window": self._window.total(now, _CALLS),
+            "failures_in_window": self._window.total(now, _FAILURES),
             "consecutive_failures": self._consecutive,
             "retry_after_s": round(self.retry_after(), 3),
             "half_open_probes_in_flight": self._probes_inflight,
-            "transitions": self.transitions,
+            "config": {
+                "failure_ratio": self._config.failure_ratio,
+                "minimum_requests": self._config.minimum_requests,
+                "window_s": self._config.window,
+                "consecutive_failures": self._config.consecutive_failures,
+                "reset_timeout_s": self._config.reset_timeout,
+                "half_open_requests": self._config.half_open_requests,
+            },
         }
-
-    # ---------------------------------------------------------------- internals
-    def _trip(self) -> None:
-        self._opened_at = self._clock.monotonic()
-        self._move(State.OPEN)
-
-    def _move(self, state: State) -> None:
-        if state is self.state:
-            return
-        self.state = state
-        self.transitions += 1
-        self._probes_inflight = 0
-        self._probe_successes = 0
-        if state is State.CLOSED:
-            self._consecutive = 0
-            self._ok = [0] * _BUCKETS
-            self._fail = [0] * _BUCKETS
-        self._on_transition(state)
-
-    def _bucket(self) -> int:
-        tick = int(self._clock.monotonic() / self._width)
-        i = tick % _BUCKETS
-        if self._stamp[i] != tick:
-            self._stamp[i] = tick
-            self._ok[i] = 0
-            self._fail[i] = 0
-        return i
-
-    def _totals(self) -> tuple[int, int]:
-        oldest = int(self._clock.monotonic() / self._width) - _BUCKETS
-        ok = fail = 0
-        for i in range(_BUCKETS):
-            if self._stamp[i] > oldest:
-                ok += self._ok[i]
-                fail += self._fail[i]
-        return ok, fail
 
 
 class CircuitBreakerLayer:
-    def __init__(self, breaker: CircuitBreaker) -> None:
-        self.breaker = breaker
+    """Refuses calls while the breaker is open (no upstream I/O: a few microseconds) and feeds
+    every admitted call's classified outcome back to it."""
+
+    __slots__ = ("_breaker", "_observer", "_upstream")
+
+    def __init__(
+        self, upstream: str, breaker: CircuitBreaker, observer: Observer | None = None
+    ) -> None:
+        self._upstream = upstream
+        self._breaker = breaker
+        self._observer: Observer = observer or NullObserver()
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        return self._breaker
 
     def wrap(self, inner: Handler) -> Handler:
-        breaker = self.breaker
+        breaker, observer, upstream = self._breaker, self._observer, self._upstream
+        if not breaker.enabled:
+            return inner
 
-        async def guarded(request: Request) -> Response:
-            try:
-                probe = breaker.acquire()
-            except CircuitOpen as err:
-                err.upstream = request.upstream
-                raise
-            verdict: bool | None = None
+        async def circuit_breaker(request: Request) -> Response:
+            ticket = breaker.acquire()
+            if ticket is None:
+                observer.rejected(upstream, "circuit_open")
+                raise CircuitOpen(
+                    f"circuit breaker for {upstream!r} is open",
+                    upstream=upstream,
+                    retry_after=breaker.retry_after(),
+                )
             try:
                 response = await inner(request)
-                verdict = classify_status(response.status) is Outcome.SUCCESS
-                return response
-            except SidecarError as err:
-                outcome = classify_error(err)
-                verdict = None if outcome is Outcome.LOCAL else False
+            except SidecarError as exc:
+                breaker.record(ticket, classify_error(exc))
                 raise
-            finally:
-                breaker.release(probe, verdict)
+            except BaseException:
+                breaker.release(ticket)
+                raise
+            breaker.record(ticket, classify_response(response.status))
+            return response
 
-        return guarded
+        return circuit_breaker
+
+
+def breaker_for(
+    upstream: str, config: CircuitBreakerConfig, clock: Clock, observer: Observer
+) -> CircuitBreaker:
+    """A breaker that reports its transitions to telemetry."""
+    return CircuitBreaker(
+        config, clock, on_transition=lambda to: observer.breaker_state(upstream, to.value)
+    )

@@ -1,43 +1,56 @@
-"""Retry budget (Linkerd / Envoy style): retries may add at most `ratio` of the recent request
-volume, plus a floor of `min_per_s` so low traffic can still retry. Counted over a sliding
-window of one-second buckets, so the cost is O(1) and the memory fixed."""
+"""Retry budget (Finagle / linkerd2-proxy / Envoy): retries may add at most `ratio` of the
+recent request rate on top of a small floor, so a failing upstream never sees a retry storm.
+
+Over a sliding window (default 10 s, in buckets):
+    retries ≤ budget_ratio * requests + min_retries_per_s * window
+Original requests deposit; each retry withdraws. Retries do not deposit: a retry cannot earn
+the right to more retries."""
 
 from __future__ import annotations
 
 from sidecar.clock import Clock
+from sidecar.resilience.window import BucketedCounter
+
+_REQUESTS = 0
+_RETRIES = 1
 
 
 class RetryBudget:
-    def __init__(self, ratio: float, min_per_s: float, clock: Clock, window: int = 10) -> None:
+    __slots__ = ("_clock", "_counter", "_ratio", "_reserve")
+
+    def __init__(
+        self,
+        ratio: float,
+        min_retries_per_s: float,
+        clock: Clock,
+        window: float = 10.0,
+        buckets: int = 10,
+    ) -> None:
         self._ratio = ratio
-        self._min = min_per_s * window
+        self._reserve = min_retries_per_s * window
         self._clock = clock
-        self._window = window
-        self._requests = [0] * window
-        self._retries = [0] * window
-        self._stamp = [-1] * window
+        self._counter = BucketedCounter(window, buckets, slots=2)
 
-    def _bucket(self) -> int:
-        second = int(self._clock.monotonic())
-        i = second % self._window
-        if self._stamp[i] != second:
-            self._stamp[i] = second
-            self._requests[i] = 0
-            self._retries[i] = 0
-        return i
-
-    def _sum(self, counts: list[int]) -> int:
-        oldest = int(self._clock.monotonic()) - self._window
-        return sum(c for c, s in zip(counts, self._stamp, strict=True) if s > oldest)
-
-    def record_request(self) -> None:
-        self._requests[self._bucket()] += 1
+    def deposit(self) -> None:
+        """An original request (not a retry) started."""
+        self._counter.add(self._clock.monotonic(), _REQUESTS)
 
     def try_withdraw(self) -> bool:
-        """Spend one retry if the budget allows it."""
-        i = self._bucket()
-        allowed = self._min + self._ratio * self._sum(self._requests)
-        if self._sum(self._retries) + 1 > allowed:
+        """Take one retry from the budget; False (and nothing taken) when it is spent."""
+        now = self._clock.monotonic()
+        requests = self._counter.total(now, _REQUESTS)
+        retries = self._counter.total(now, _RETRIES)
+        if retries + 1 > self._ratio * requests + self._reserve:
             return False
-        self._retries[i] += 1
+        self._counter.add(now, _RETRIES)
         return True
+
+    def snapshot(self) -> dict[str, float]:
+        now = self._clock.monotonic()
+        requests = self._counter.total(now, _REQUESTS)
+        retries = self._counter.total(now, _RETRIES)
+        return {
+            "requests": requests,
+            "retries": retries,
+            "available": max(0.0, self._ratio * requests + self._reserve - retries),
+        }

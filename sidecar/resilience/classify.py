@@ -1,14 +1,16 @@
-"""What counts as a failure, defined once (linkerd2-proxy's `http/classify`).
+"""What counts as a failure: defined once, shared by retries, the breaker, outlier detection,
+the balancer's feedback and telemetry (linkerd2-proxy's `http/classify`).
 
-Retries, the circuit breaker, outlier detection and telemetry all ask this module, so a 503
-that trips the breaker is the same 503 that is retried and counted."""
+An exchange ends either with response headers (classified by status) or with an exception
+(classified by type). 4xx is the caller's problem and counts as success for upstream health."""
 
 from __future__ import annotations
 
 import asyncio
-from enum import Enum
+import enum
 
 from sidecar.errors import (
+    DeadlineExceeded,
     SidecarError,
     UpstreamConnectFailure,
     UpstreamReset,
@@ -16,30 +18,66 @@ from sidecar.errors import (
 )
 
 
-class Outcome(Enum):
+class Outcome(enum.Enum):
     SUCCESS = "success"
-    CONNECT_FAILURE = "connect_failure"
-    RESET = "reset"
-    TIMEOUT = "timeout"
+    CONNECT_FAILURE = "connect_failure"  # nothing was sent: always safe to retry
+    RESET = "reset"  # connection lost or malformed reply before headers completed
+    TIMEOUT = "timeout"  # per-try / total timeout, or the caller's deadline ran out mid-try
     STATUS_5XX = "5xx"
-    LOCAL = "local"  # the sidecar refused before reaching the upstream (not the upstream's fault)
+    LOCAL = "local"  # the sidecar refused itself (breaker open, overloaded, no endpoint...)
+    CANCELLED = "cancelled"  # the caller went away; says nothing about the upstream
+    INTERNAL = "internal"  # an unexpected exception: our bug, not the upstream's health
 
     @property
     def is_failure(self) -> bool:
-        return self not in (Outcome.SUCCESS, Outcome.LOCAL)
+        """Counts against upstream health (breaker, outlier detection)."""
+        return self in _FAILURES
 
 
-def classify_status(status: int) -> Outcome:
-    return Outcome.STATUS_5XX if status >= 500 else Outcome.SUCCESS
+_FAILURES = frozenset(
+    {Outcome.CONNECT_FAILURE, Outcome.RESET, Outcome.TIMEOUT, Outcome.STATUS_5XX}
+)
+
+
+def classify_response(status: int) -> Outcome:
+    return Outcome.STATUS_5XX if 500 <= status <= 599 else Outcome.SUCCESS
 
 
 def classify_error(exc: BaseException) -> Outcome:
+    # Order matters only for subclasses; ours are flat.
     if isinstance(exc, UpstreamConnectFailure):
         return Outcome.CONNECT_FAILURE
     if isinstance(exc, UpstreamReset):
         return Outcome.RESET
-    if isinstance(exc, UpstreamTimeout | TimeoutError | asyncio.TimeoutError):
+    if isinstance(exc, UpstreamTimeout | DeadlineExceeded):
         return Outcome.TIMEOUT
     if isinstance(exc, SidecarError):
         return Outcome.LOCAL
-    return Outcome.RESET
+    if isinstance(exc, asyncio.CancelledError):
+        return Outcome.CANCELLED
+    if isinstance(exc, TimeoutError):
+        return Outcome.TIMEOUT
+    if isinstance(exc, ConnectionError):
+        return Outcome.RESET
+    return Outcome.INTERNAL
+
+
+def error_type_of_status(status: int) -> str:
+    """OTel `error.type` for a response: the 5xx status as text, "" otherwise (4xx is the
+    caller's error, not ours)."""
+    return str(status) if 500 <= status <= 599 else ""
+
+
+def error_type_of_exception(exc: BaseException) -> str:
+    """OTel `error.type` for a failed exchange: a DESIGN §6 code or a small closed set, so it
+    is safe as a metric label."""
+    if isinstance(exc, SidecarError):
+        return exc.code
+    outcome = classify_error(exc)
+    if outcome is Outcome.TIMEOUT:
+        return "upstream_timeout"
+    if outcome is Outcome.RESET:
+        return "upstream_reset"
+    if outcome is Outcome.CANCELLED:
+        return "cancelled"
+    return "internal"

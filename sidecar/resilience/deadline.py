@@ -1,8 +1,15 @@
-"""Deadlines: one budget for the whole exchange, propagated to the next hop.
+"""Deadlines: one absolute time budget per request, propagated across hops.
 
-The budget is `timeouts.total`, capped by the caller's `x-sidecar-expected-timeout-ms`. A
-request whose caller has already given up is answered 504 `deadline_exceeded` without touching
-the upstream. Each attempt forwards the *remaining* budget, so the next sidecar caps its own."""
+`request.deadline` = min(now + timeouts.total, now + the caller's `x-sidecar-expected-timeout-ms`).
+Every forwarded attempt carries the budget still left (`stamp_remaining`), so the next hop caps
+its own total by ours (Linkerd/gRPC-style deadline propagation).
+
+When the budget runs out:
+- before we called anything (the caller sent 0 ms or a budget already spent) → DeadlineExceeded,
+  the upstream is never called;
+- while waiting → UpstreamTimeout (504 upstream_timeout) if our own `timeouts.total` was the
+  tighter limit, DeadlineExceeded (504 deadline_exceeded) if the caller's budget was: the code
+  then says whose clock ran out."""
 
 from __future__ import annotations
 
@@ -10,64 +17,95 @@ import asyncio
 
 from sidecar.clock import Clock
 from sidecar.errors import DeadlineExceeded, UpstreamTimeout
+from sidecar.events import NullObserver, Observer
 from sidecar.http import Request, Response
 from sidecar.stack import Handler
 
-HEADER = "x-sidecar-expected-timeout-ms"
+EXPECTED_TIMEOUT_HEADER = "x-sidecar-expected-timeout-ms"
+# Larger values than a day are certainly bogus; treat them as "no caller deadline".
+_MAX_BUDGET_MS = 86_400_000
+# Timers may fire a hair early; within this, a timeout at the deadline counts as the deadline.
+_SLACK = 0.001
 
 
-def incoming_budget(request: Request) -> float | None:
-    value = request.headers.get(HEADER)
-    if value is None:
+def caller_budget(request: Request) -> float | None:
+    """The caller's remaining budget in seconds, or None when absent or unparsable (a broken
+    header must not fail the request)."""
+    raw = request.headers.get(EXPECTED_TIMEOUT_HEADER)
+    if raw is None:
         return None
-    try:
-        ms = float(value)
-    except ValueError:
+    raw = raw.strip()
+    if not raw.isdigit():
         return None
-    return max(ms, 0.0) / 1000.0
+    ms = int(raw)
+    if ms > _MAX_BUDGET_MS:
+        return None
+    return ms / 1000.0
+
+
+def remaining(request: Request, now: float) -> float | None:
+    return None if request.deadline is None else request.deadline - now
 
 
 def stamp_remaining(request: Request, now: float) -> None:
-    """Set the header to what is left of the deadline (whole ms, at least 1 while time remains)."""
-    if request.deadline is not None:
-        remaining_ms = int((request.deadline - now) * 1000)
-        request.headers.set(HEADER, str(max(remaining_ms, 0)))
+    """Set `x-sidecar-expected-timeout-ms` to the budget left (integer ms, floored, ≥ 0).
+    Called for every attempt, so a retry forwards what is left, not what was."""
+    if request.deadline is None:
+        return
+    ms = max(0, int((request.deadline - now) * 1000))
+    request.headers.set(EXPECTED_TIMEOUT_HEADER, str(ms))
 
 
 class DeadlineLayer:
-    def __init__(self, total: float, clock: Clock) -> None:
+    """Sets `request.deadline`, refuses already-spent budgets, and enforces the total timeout
+    around everything inside it (breaker, retries with their backoff, balancer, upstream)."""
+
+    __slots__ = ("_clock", "_observer", "_total")
+
+    def __init__(self, total: float, clock: Clock, observer: Observer | None = None) -> None:
         self._total = total
         self._clock = clock
+        self._observer: Observer = observer or NullObserver()
 
     def wrap(self, inner: Handler) -> Handler:
-        total, clock = self._total, self._clock
+        total, clock, observer = self._total, self._clock, self._observer
 
         async def deadline(request: Request) -> Response:
             now = clock.monotonic()
-            start = request.start or now
-            budget = total
-            caller = incoming_budget(request)
-            from_caller = caller is not None and caller < total
-            if caller is not None and from_caller:
-                budget = caller
-            request.deadline = start + budget
-            remaining = request.deadline - now
-            if remaining <= 0:
+            own = now + total
+            budget = caller_budget(request)
+            callers = None if budget is None else now + budget
+            if request.deadline is not None and (callers is None or request.deadline < callers):
+                callers = request.deadline  # an outer layer already set a tighter deadline
+            if budget is not None and budget <= 0:
+                observer.rejected(request.upstream, "deadline_exceeded")
                 raise DeadlineExceeded(
                     "the caller's deadline was already spent", upstream=request.upstream
                 )
+            caller_bound = callers is not None and callers < own
+            request.deadline = callers if callers is not None and caller_bound else own
             stamp_remaining(request, now)
             try:
-                async with asyncio.timeout(remaining):
+                async with asyncio.timeout(request.deadline - now):
                     return await inner(request)
-            except TimeoutError:
-                if from_caller:
+            except TimeoutError as exc:  # our own total timer fired
+                if caller_bound:
                     raise DeadlineExceeded(
-                        f"the caller's deadline ({budget * 1000:.0f} ms) expired",
+                        "the caller's deadline expired waiting for the upstream",
                         upstream=request.upstream,
-                    ) from None
+                    ) from exc
                 raise UpstreamTimeout(
-                    f"no response within the total timeout ({total:g}s)", upstream=request.upstream
-                ) from None
+                    f"no response within the total timeout of {total:g}s",
+                    upstream=request.upstream,
+                ) from exc
+            except UpstreamTimeout as exc:
+                # The retry layer caps each try at the deadline, so its timeout may be the one
+                # that fires when the caller's budget runs out: report whose budget it was.
+                if caller_bound and clock.monotonic() >= request.deadline - _SLACK:
+                    raise DeadlineExceeded(
+                        "the caller's deadline expired waiting for the upstream",
+                        upstream=request.upstream,
+                    ) from exc
+                raise
 
         return deadline

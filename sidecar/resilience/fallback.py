@@ -1,114 +1,137 @@
-"""Fallback: answer for the upstream when it can't (breaker open, nothing healthy) — the
-opossum-style "cached fallback while the circuit is open".
+"""Fallback replies when the upstream can't answer (DESIGN §3 `fallback`, §5 header).
 
-`static` serves a configured reply; `last_good` serves the last 2xx response to the same GET,
-bounded by entries, bytes and age. Replies are marked `x-sidecar-fallback`, keep the
-`x-sidecar-error` code that triggered them, and are counted."""
+On the configured refusals (circuit_open, no_healthy_endpoints) the layer answers with the
+last good response to the same GET target if one is cached and fresh, else with the static
+reply if configured, else lets the error through. Replies are marked
+`x-sidecar-fallback: last_good|static` and `x-sidecar-error: <code that triggered it>`;
+last_good replies carry `age`.
+
+Caching is conservative: only 2xx answers to GET without `authorization`/`cookie`, whose
+response has no `set-cookie` and no `cache-control: no-store|private`, and whose
+Content-Length is known and fits the cache. Anything else streams through untouched."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass
-
 from sidecar.clock import Clock
 from sidecar.config import FallbackConfig
-from sidecar.errors import SidecarError
-from sidecar.events import Observer
+from sidecar.errors import CircuitOpen, NoHealthyEndpoints, SidecarError
+from sidecar.events import NullObserver, Observer
 from sidecar.http import BytesBody, Headers, Request, Response
+from sidecar.resilience.last_good import CachedResponse, LastGoodCache
 from sidecar.stack import Handler
 
-
-@dataclass(slots=True)
-class _Entry:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-    stored_at: float
+FALLBACK_HEADER = "x-sidecar-fallback"
+ERROR_HEADER = "x-sidecar-error"
+_CODES = {"circuit_open": CircuitOpen.code, "no_healthy_endpoints": NoHealthyEndpoints.code}
+_PRIVATE_REQUEST_HEADERS = ("authorization", "cookie")
 
 
-class LastGoodCache:
-    """LRU of recent good GET replies, bounded by count, total bytes and age."""
+def _cacheable_response(response: Response) -> bool:
+    if not 200 <= response.status < 300 or response.body.length is None:
+        return False
+    headers = response.headers
+    if "set-cookie" in headers:
+        return False
+    cc = (headers.get("cache-control") or "").lower()
+    return "no-store" not in cc and "private" not in cc
 
-    def __init__(self, max_entries: int, max_bytes: int, max_age: float, clock: Clock) -> None:
-        self._max_entries = max_entries
-        self._max_bytes = max_bytes
-        self._max_age = max_age
-        self._clock = clock
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self.bytes = 0
 
-    def fits(self, size: int) -> bool:
-        return size <= self._max_bytes
+def _cacheable_request(request: Request) -> bool:
+    if request.method != "GET":
+        return False
+    return not any(h in request.headers for h in _PRIVATE_REQUEST_HEADERS)
 
-    def put(self, key: str, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self.bytes -= len(old.body)
-        self._entries[key] = _Entry(status, headers, body, self._clock.monotonic())
-        self.bytes += len(body)
-        while self._entries and (
-            len(self._entries) > self._max_entries or self.bytes > self._max_bytes
-        ):
-            _, evicted = self._entries.popitem(last=False)
-            self.bytes -= len(evicted.body)
 
-    def get(self, key: str) -> tuple[_Entry, float] | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        age = self._clock.monotonic() - entry.stored_at
-        if age > self._max_age:
-            del self._entries[key]
-            self.bytes -= len(entry.body)
-            return None
-        self._entries.move_to_end(key)
-        return entry, age
+async def _read_all(response: Response) -> bytes:
+    chunks = [chunk async for chunk in response.body]
+    return b"".join(chunks)
 
 
 class FallbackLayer:
-    def __init__(self, config: FallbackConfig, clock: Clock, observer: Observer) -> None:
-        self._on = frozenset(config.on)
-        self._static = config.static
+    __slots__ = ("_cache", "_clock", "_codes", "_observer", "_static", "_upstream")
+
+    def __init__(
+        self,
+        upstream: str,
+        config: FallbackConfig,
+        clock: Clock,
+        observer: Observer | None = None,
+    ) -> None:
+        self._upstream = upstream
+        self._clock = clock
+        self._observer: Observer = observer or NullObserver()
+        self._codes = frozenset(_CODES[name] for name in config.on)
+        self._static: tuple[int, tuple[tuple[str, str], ...], bytes] | None = None
+        if config.static is not None:
+            s = config.static
+            self._static = (
+                s.status,
+                tuple((k.lower(), v) for k, v in s.headers.items()),
+                s.body.encode(),
+            )
         lg = config.last_good
-        self.cache = (
-            LastGoodCache(lg.max_entries, lg.max_bytes, lg.max_age, clock) if lg.enabled else None
+        self._cache = (
+            LastGoodCache(lg.max_entries, lg.max_bytes, lg.max_age) if lg.enabled else None
         )
-        self._observer = observer
+
+    @property
+    def cache(self) -> LastGoodCache | None:
+        return self._cache
 
     def wrap(self, inner: Handler) -> Handler:
-        cache, static, on, observer = self.cache, self._static, self._on, self._observer
+        if not self._codes or (self._static is None and self._cache is None):
+            return inner
+        cache, clock, codes = self._cache, self._clock, self._codes
 
         async def fallback(request: Request) -> Response:
-            key = f"{request.authority}{request.target}" if request.method == "GET" else ""
             try:
                 response = await inner(request)
-            except SidecarError as err:
-                if err.code not in on:
+            except SidecarError as exc:
+                if exc.code not in codes:
                     raise
-                if cache is not None and key:
-                    hit = cache.get(key)
-                    if hit is not None:
-                        entry, age = hit
-                        headers = Headers.from_lower(list(entry.headers))
-                        headers.set("x-sidecar-fallback", "last_good")
-                        headers.set("x-sidecar-error", err.code)
-                        headers.set("age", str(int(age)))
-                        observer.fallback(request.upstream, "last_good", err.code)
-                        return Response(entry.status, headers, BytesBody(entry.body))
-                if static is not None:
-                    headers = Headers(static.headers.items())
-                    headers.set("x-sidecar-fallback", "static")
-                    headers.set("x-sidecar-error", err.code)
-                    observer.fallback(request.upstream, "static", err.code)
-                    return Response(static.status, headers, BytesBody(static.body.encode()))
-                raise
-            if cache is not None and key and 200 <= response.status < 300:
-                length = response.body.length
-                if length is not None and cache.fits(length):
-                    # Small and bounded: read it once, remember it, replay it to the client.
-                    data = b"".join([c async for c in response.body])
-                    cache.put(key, response.status, response.headers.items(), data)
-                    response = Response(response.status, response.headers, BytesBody(data))
+                reply = self._reply(request, exc.code)
+                if reply is None:
+                    raise
+                return reply
+            if (
+                cache is not None
+                and _cacheable_request(request)
+                and _cacheable_response(response)
+                and cache.fits(response.body.length or 0)
+            ):
+                body = await _read_all(response)
+                response.body = BytesBody(body)
+                cache.put(
+                    request.target,
+                    CachedResponse(
+                        response.status, tuple(response.headers), body, clock.monotonic()
+                    ),
+                )
             return response
 
         return fallback
+
+    def _reply(self, request: Request, code: str) -> Response | None:
+        if self._cache is not None and request.method == "GET":
+            now = self._clock.monotonic()
+            entry = self._cache.get(request.target, now)
+            if entry is not None:
+                headers = Headers.from_lower(
+                    [(k, v) for k, v in entry.headers if k not in ("age", ERROR_HEADER)]
+                )
+                headers.add(FALLBACK_HEADER, "last_good")
+                headers.add(ERROR_HEADER, code)
+                headers.add("age", str(int(now - entry.stored_at)))
+                self._observer.fallback(self._upstream, "last_good", code)
+                return Response(entry.status, headers, BytesBody(entry.body))
+        if self._static is not None:
+            status, static_headers, body = self._static
+            headers = Headers.from_lower(list(static_headers))
+            if "content-type" not in headers and body:
+                looks_json = body.lstrip()[:1] in (b"{", b"[")
+                headers.add("content-type", "application/json" if looks_json else "text/plain")
+            headers.add(FALLBACK_HEADER, "static")
+            headers.add(ERROR_HEADER, code)
+            self._observer.fallback(self._upstream, "static", code)
+            return Response(status, headers, BytesBody(body))
+        return None

@@ -1,173 +1,186 @@
-"""Retries: per-try timeout, safe conditions only, jittered backoff, a budget.
+"""Retries: per-try timeout, safe-to-retry rules, jittered backoff within the deadline,
+and a retry budget.
 
-Safe means: a connect failure always (the upstream never saw the request); anything else only
-for idempotent methods and only when the body can be sent again (it fits in
-`limits.retry_buffer_bytes`). 4xx are never retried. Each retry goes to another endpoint when
-one exists (the balancer avoids `request.tried`) and carries `x-sidecar-attempt`."""
+Safe means: a connect failure (no byte left the sidecar) may always be retried; any other
+condition only for idempotent methods whose body can be sent again (replayable, or buffered up
+to `limits.retry_buffer_bytes`). `retries.attempts` is the number of retries after the first
+try (attempts: 2 → at most 3 tries)."""
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from sidecar.clock import Clock
 from sidecar.config import RetriesConfig
 from sidecar.errors import SidecarError, UpstreamTimeout
-from sidecar.events import Observer
-from sidecar.http import Body, BytesBody, Request, Response
+from sidecar.events import NullObserver, Observer
+from sidecar.http import Request, Response
 from sidecar.resilience.budget import RetryBudget
 from sidecar.resilience.classify import Outcome, classify_error
 from sidecar.resilience.deadline import stamp_remaining
+from sidecar.resilience.replay import buffer_for_replay, discard_body
 from sidecar.stack import Handler
 
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+ATTEMPT_HEADER = "x-sidecar-attempt"
+
 Sleep = Callable[[float], Awaitable[None]]
 
 
-class PrefixedBody:
-    """A body whose first chunks were already read (too big to buffer): not replayable."""
+class RetryPolicy:
+    """Which failures the config says to retry; built once from `RetriesConfig`."""
 
-    def __init__(self, prefix: list[bytes], rest: AsyncIterator[bytes], length: int | None) -> None:
-        self._prefix = prefix
-        self._rest = rest
-        self.length = length
-        self.replayable = False
+    __slots__ = ("connect_failure", "reset", "statuses", "timeout")
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for chunk in self._prefix:
-            yield chunk
-        async for chunk in self._rest:
-            yield chunk
+    def __init__(self, on: list[str | int]) -> None:
+        self.connect_failure = "connect_failure" in on
+        self.reset = "reset" in on
+        self.timeout = "timeout" in on
+        any_5xx = "5xx" in on
+        self.statuses = frozenset(range(500, 600)) if any_5xx else frozenset(
+            c for c in on if isinstance(c, int)
+        )
+
+    def wants_body(self) -> bool:
+        """Whether any condition beyond connect failures could retry (and so needs the body
+        to be replayable)."""
+        return self.reset or self.timeout or bool(self.statuses)
+
+    def reason_for_error(self, outcome: Outcome, replay_safe: bool) -> str | None:
+        if outcome is Outcome.CONNECT_FAILURE:
+            return "connect_failure" if self.connect_failure else None
+        if not replay_safe:
+            return None
+        if outcome is Outcome.RESET and self.reset:
+            return "reset"
+        if outcome is Outcome.TIMEOUT and self.timeout:
+            return "timeout"
+        return None
+
+    def reason_for_status(self, status: int, replay_safe: bool) -> str | None:
+        return str(status) if replay_safe and status in self.statuses else None
 
 
-async def buffer_body(body: Body, limit: int) -> Body:
-    """Make `body` replayable if it fits in `limit` bytes; otherwise keep it streaming."""
-    if body.replayable:
-        return body
-    if body.length is not None and body.length > limit:
-        return body
-    it = body.__aiter__()
-    prefix: list[bytes] = []
-    size = 0
-    async for chunk in it:
-        prefix.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            return PrefixedBody(prefix, it, body.length)
-    return BytesBody(b"".join(prefix))
-
-
-def _abort(response: Response) -> None:
-    abort = getattr(response.body, "abort", None)
-    if abort is not None:
-        abort()
+def backoff_delay(retry: int, base: float, cap: float, rng: random.Random) -> float:
+    """"Equal jitter" exponential backoff for the `retry`-th retry (1-based): half of the
+    exponential step fixed, half random, so retries spread out but never bunch at zero."""
+    step = min(cap, base * float(2 ** (retry - 1)))
+    return step / 2 + rng.uniform(0.0, step / 2)
 
 
 class RetryLayer:
+    __slots__ = (
+        "_backoff_base",
+        "_backoff_max",
+        "_budget",
+        "_buffer_bytes",
+        "_clock",
+        "_max_retries",
+        "_observer",
+        "_per_try",
+        "_policy",
+        "_rng",
+        "_sleep",
+        "_upstream",
+    )
+
     def __init__(
         self,
-        policy: RetriesConfig,
+        upstream: str,
+        retries: RetriesConfig,
         per_try_timeout: float,
         retry_buffer_bytes: int,
         clock: Clock,
-        observer: Observer,
+        observer: Observer | None = None,
+        budget: RetryBudget | None = None,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
-        self._policy = policy
+        self._upstream = upstream
+        self._max_retries = retries.attempts
+        self._policy = RetryPolicy(retries.on)
+        self._backoff_base = retries.backoff_base
+        self._backoff_max = retries.backoff_max
         self._per_try = per_try_timeout
-        self._buffer_limit = retry_buffer_bytes
+        self._buffer_bytes = retry_buffer_bytes
         self._clock = clock
-        self._observer = observer
+        self._observer: Observer = observer or NullObserver()
+        self._budget = budget or RetryBudget(
+            retries.budget_ratio, retries.min_retries_per_s, clock
+        )
         self._sleep = sleep
         self._rng = rng or random.Random()
-        self.budget = RetryBudget(policy.budget_ratio, policy.min_retries_per_s, clock)
-        on = set(policy.on)
-        self._on_status = {c for c in on if isinstance(c, int)}
-        self._on_5xx = "5xx" in on
-        self._on_outcome = {
-            o for o in (Outcome.CONNECT_FAILURE, Outcome.RESET, Outcome.TIMEOUT) if o.value in on
-        }
 
-    def _retry_status(self, status: int) -> bool:
-        return status in self._on_status or (self._on_5xx and status >= 500)
-
-    def _backoff(self, retry: int) -> float:
-        base, cap = self._policy.backoff_base, self._policy.backoff_max
-        # Full jitter (AWS architecture blog): uniform in [0, min(cap, base * 2^n)].
-        return self._rng.uniform(0, min(cap, base * (2 ** (retry - 1))))
+    @property
+    def budget(self) -> RetryBudget:
+        return self._budget
 
     def wrap(self, inner: Handler) -> Handler:
-        policy, per_try, clock, observer = self._policy, self._per_try, self._clock, self._observer
-        budget = self.budget
+        clock, policy, budget, observer = self._clock, self._policy, self._budget, self._observer
+        per_try, max_retries, upstream = self._per_try, self._max_retries, self._upstream
+        base, cap, sleep, rng = self._backoff_base, self._backoff_max, self._sleep, self._rng
+        buffer_bytes = self._buffer_bytes
 
         async def attempt(request: Request) -> Response:
             now = clock.monotonic()
             timeout = per_try
             if request.deadline is not None:
-                stamp_remaining(request, now)
-                timeout = min(timeout, max(request.deadline - now, 0.0))
+                timeout = min(timeout, request.deadline - now)
+                if timeout <= 0:
+                    raise UpstreamTimeout("the deadline passed before this try", upstream=upstream)
+            stamp_remaining(request, now)
             try:
                 async with asyncio.timeout(timeout):
                     return await inner(request)
-            except TimeoutError:
+            except TimeoutError as exc:
                 raise UpstreamTimeout(
-                    f"no response within the per-try timeout ({per_try:g}s)",
-                    upstream=request.upstream,
-                ) from None
+                    f"no response headers within {timeout * 1000:.0f} ms", upstream=upstream
+                ) from exc
+
+        if max_retries == 0:
+            return attempt
 
         async def retry(request: Request) -> Response:
-            budget.record_request()
-            if policy.attempts == 0:
-                return await attempt(request)
-            idempotent = request.method in IDEMPOTENT
-            if idempotent:
-                request.body = await buffer_body(request.body, self._buffer_limit)
-            n = 0
+            budget.deposit()
+            idempotent = request.method in IDEMPOTENT_METHODS
+            if idempotent and policy.wants_body() and not request.body.replayable:
+                request.body = await buffer_for_replay(request.body, buffer_bytes)
+            retries = 0
             while True:
-                reason = ""
+                replay_safe = idempotent and request.body.replayable
                 try:
                     response = await attempt(request)
-                except SidecarError as err:
-                    outcome = classify_error(err)
-                    if outcome is Outcome.LOCAL or n >= policy.attempts:
+                except SidecarError as exc:
+                    reason = policy.reason_for_error(classify_error(exc), replay_safe)
+                    delay = None if reason is None else _decide(request, retries + 1, reason)
+                    if reason is None or delay is None:
                         raise
-                    safe = outcome is Outcome.CONNECT_FAILURE or (
-                        idempotent and request.body.replayable
-                    )
-                    if not safe or outcome not in self._on_outcome:
-                        raise
-                    reason = outcome.value
-                    last: SidecarError | Response = err
                 else:
-                    if (
-                        n >= policy.attempts
-                        or not self._retry_status(response.status)
-                        or not (idempotent and request.body.replayable)
-                    ):
+                    reason = policy.reason_for_status(response.status, replay_safe)
+                    delay = None if reason is None else _decide(request, retries + 1, reason)
+                    if reason is None or delay is None:
                         return response
-                    reason = str(response.status)
-                    last = response
-                delay = self._backoff(n + 1)
-                if request.deadline is not None and clock.monotonic() + delay >= request.deadline:
-                    return _give_up(last)
-                if not budget.try_withdraw():
-                    observer.retry_budget_exhausted(request.upstream)
-                    return _give_up(last)
-                if isinstance(last, Response):
-                    _abort(last)
-                n += 1
-                observer.retry(request.upstream, reason)
+                    await discard_body(response.body)
+                await sleep(delay)
+                retries += 1
+                request.attempt = retries + 1
                 request.retry_reason = reason
-                await self._sleep(delay)
-                request.attempt = n + 1
-                request.headers.set("x-sidecar-attempt", str(n + 1))
+                request.headers.set(ATTEMPT_HEADER, str(request.attempt))
+
+        def _decide(request: Request, retry_no: int, reason: str) -> float | None:
+            """The backoff before retry number `retry_no`, or None if it must not happen.
+            Only a "yes" withdraws from the budget and is counted."""
+            if retry_no > max_retries:
+                return None
+            delay = backoff_delay(retry_no, base, cap, rng)
+            if request.deadline is not None and clock.monotonic() + delay >= request.deadline:
+                return None
+            if not budget.try_withdraw():
+                observer.retry_budget_exhausted(upstream)
+                return None
+            observer.retry(upstream, reason)
+            return delay
 
         return retry
-
-
-def _give_up(last: SidecarError | Response) -> Response:
-    if isinstance(last, Response):
-        return last
-    raise last

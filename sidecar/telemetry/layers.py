@@ -34,17 +34,9 @@ from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.tracing import Tracing
 
 _MAX_REQUEST_ID = 200
-# Replies the sidecar makes without the upstream failing: counted as rejections (DESIGN §7).
-REJECTIONS = frozenset(
-    {
-        "bad_request",
-        "no_route",
-        "no_healthy_endpoints",
-        "circuit_open",
-        "overloaded",
-        "deadline_exceeded",
-    }
-)
+# Rejections decided before any upstream policy runs; the resilience layers report their own
+# (circuit_open, overloaded, no_healthy_endpoints, deadline_exceeded) when they refuse.
+REJECTIONS = frozenset({"bad_request", "no_route"})
 _ERROR = Status(StatusCode.ERROR)
 
 

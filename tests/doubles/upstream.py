@@ -44,6 +44,8 @@ class Upstream:
                 hashlib.sha256(body).hexdigest(),
             )
         )
+        if self.delay:
+            await asyncio.sleep(self.delay)  # simulated service latency
         if request.path == "/slow" and self.release is not None:
             await self.release.wait()
         if request.path.startswith("/download/"):
@@ -88,5 +90,7 @@ class Upstream:
         return self
 
     async def stop(self) -> None:
+        if self.release is not None:
+            self.release.set()  # let parked /slow handlers finish so cleanup doesn't wait
         if self.runner is not None:
             await self.runner.cleanup()
