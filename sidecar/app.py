@@ -1,35 +1,46 @@
 """Composition root: builds listeners, layer stacks, discovery and admin from a Config.
 
 Reads like the request path:
-    outbound  = listener → prepare → route → per-upstream stack → forward
-    per-upstream stack = compose([pick endpoint], terminal=forwarder.forward)
-    inbound   = listener → prepare → local app
+    outbound  = listener → prepare → server telemetry → route → per-upstream stack
+    per-upstream stack = compose([concurrency limit, fallback, deadline, circuit breaker,
+                                  retry, balance, client telemetry], terminal=forwarder.forward)
+    inbound   = listener → prepare → server telemetry → deadline → client telemetry → local app
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from sidecar.admin.server import AdminRoute, AdminServer, json_response
-from sidecar.balance.base import Balancer
 from sidecar.balance.cluster import Cluster
-from sidecar.balance.round_robin import RoundRobinBalancer
+from sidecar.balance.factory import make_balancer
 from sidecar.clock import Clock, SystemClock
 from sidecar.config import Config, redacted, split_host_port
 from sidecar.discovery.endpoints import Endpoint, EndpointSet
 from sidecar.discovery.resolver import Directory
 from sidecar.discovery.static import StaticResolver
-from sidecar.errors import NoHealthyEndpoints
 from sidecar.http import BytesBody, Headers, Request, Response
 from sidecar.proxy.forward import Forwarder
 from sidecar.proxy.prepare import prepare_request
 from sidecar.proxy.routing import OutboundRouter
+from sidecar.resilience.balance_layer import BalanceLayer
+from sidecar.resilience.breaker import CircuitBreaker, CircuitBreakerLayer, State
+from sidecar.resilience.concurrency import ConcurrencyLimitLayer
+from sidecar.resilience.deadline import DeadlineLayer
+from sidecar.resilience.fallback import FallbackLayer
+from sidecar.resilience.outlier import OutlierDetector
+from sidecar.resilience.retry import RetryLayer
 from sidecar.stack import Handler, Layer, compose
+from sidecar.telemetry.access_log import AccessLog
+from sidecar.telemetry.admin_routes import telemetry_routes
+from sidecar.telemetry.layers import ClientTelemetryLayer, ServerTelemetryLayer
+from sidecar.telemetry.metrics import Metrics
+from sidecar.telemetry.tracing import build_tracing
 from sidecar.transport.client import UpstreamClient
 from sidecar.transport.server import ServerConnection, ServerLimits, ServerState
 
@@ -38,32 +49,6 @@ log = logging.getLogger(__name__)
 
 class ListenError(Exception):
     """A listener could not bind; message names the config field."""
-
-
-class PickEndpoint:
-    """Chooses the endpoint for this attempt from the upstream's healthy endpoints."""
-
-    def __init__(self, cluster: Cluster, balancer: Balancer, clock: Clock) -> None:
-        self._cluster = cluster
-        self._balancer = balancer
-        self._clock = clock
-
-    def wrap(self, inner: Handler) -> Handler:
-        cluster, balancer, clock = self._cluster, self._balancer, self._clock
-
-        async def pick(request: Request) -> Response:
-            candidates = cluster.available(clock.monotonic())
-            if not candidates:
-                raise NoHealthyEndpoints(
-                    f"no healthy endpoint for {request.upstream!r}", upstream=request.upstream
-                )
-            avoid: Collection[Endpoint] = request.tried
-            state = balancer.pick(candidates, avoid)
-            request.endpoint = state.endpoint
-            request.tried.append(state.endpoint)
-            return await inner(request)
-
-        return pick
 
 
 @dataclass
@@ -79,12 +64,19 @@ class Sidecar:
     def __init__(self, config: Config, clock: Clock | None = None) -> None:
         self.config = config
         self.clock = clock or SystemClock()
+        self.metrics = Metrics(config.service.name, config.metrics.route_templates)
+        self.tracing = build_tracing(
+            config.tracing, config.service.name, on_spans_dropped=self.metrics.spans_dropped_count
+        )
+        self.access_log = AccessLog() if config.logging.access_log else None
+        self.client_telemetry = ClientTelemetryLayer(tracing=self.tracing, metrics=self.metrics)
         self.client = UpstreamClient()
         self.static = StaticResolver(config.discovery.static)
         self.directory = Directory([self.static])
         self.clusters: dict[str, Cluster] = {}
         self.directory.subscribe(self._on_snapshot)
         self._stacks: dict[str, Handler] = {}
+        self.breakers: dict[str, CircuitBreaker] = {}
         limits = config.limits
         self.state = ServerState(
             ServerLimits(
@@ -95,11 +87,23 @@ class Sidecar:
             )
         )
         self.router = OutboundRouter(self.directory, self._stack_for, self._is_configured)
-        self.outbound: Handler = compose([], terminal=self.router)
+        self.outbound: Handler = compose([self._server_telemetry("outbound")], terminal=self.router)
         default = config.policy(config.service.name)
         self._local = Forwarder(self.client, default.timeouts.connect, default.timeouts.idle)
         self._local_endpoint = Endpoint(config.service.address, config.service.port)
-        self.inbound: Handler = compose([], terminal=self._to_local_app)
+        self.inbound: Handler = compose(
+            [
+                self._server_telemetry("inbound"),
+                DeadlineLayer(default.timeouts.total, self.clock),
+                ClientTelemetryLayer(
+                    tracing=self.tracing,
+                    metrics=self.metrics,
+                    direction="inbound",
+                    default_upstream=config.service.name,
+                ),
+            ],
+            terminal=self._to_local_app,
+        )
         self.admin = AdminServer(
             self._admin_routes(), self.readiness, expose_debug=config.admin.expose_debug
         )
@@ -107,6 +111,15 @@ class Sidecar:
         self._started = False
 
     # ------------------------------------------------------------ stacks
+    def _server_telemetry(self, direction: str) -> ServerTelemetryLayer:
+        return ServerTelemetryLayer(
+            direction,
+            tracing=self.tracing,
+            metrics=self.metrics,
+            access_log=self.access_log,
+            server_address=self.config.service.name,
+        )
+
     def _is_configured(self, name: str) -> bool:
         return name in self.config.configured_upstreams()
 
@@ -121,8 +134,13 @@ class Sidecar:
         return cluster
 
     def _on_snapshot(self, snapshot: EndpointSet) -> None:
-        self._cluster(snapshot.upstream).update(snapshot)
+        cluster = self._cluster(snapshot.upstream)
+        cluster.update(snapshot)
         self.client.retain(snapshot.upstream, set(snapshot.endpoints))
+        now = self.clock.monotonic()
+        ejected = sum(1 for s in cluster.states if s.is_ejected(now))
+        self.metrics.endpoints(snapshot.upstream, len(cluster.states) - ejected, ejected)
+        self.metrics.discovery_update(snapshot.upstream, snapshot.source, snapshot.updated_at)
 
     def _stack_for(self, name: str) -> Handler:
         stack = self._stacks.get(name)
@@ -132,10 +150,40 @@ class Sidecar:
         return stack
 
     def _build_upstream_stack(self, name: str) -> Handler:
-        policy = self.config.policy(name)
+        """One upstream's filter chain, built once from its policy (rebuilt after a reload)."""
+        policy, clock, observer = self.config.policy(name), self.clock, self.metrics
+        cluster = self._cluster(name)
         forwarder = Forwarder(self.client, policy.timeouts.connect, policy.timeouts.idle)
-        layers: Sequence[Layer] = [
-            PickEndpoint(self._cluster(name), RoundRobinBalancer(), self.clock),
+        layers: list[Layer] = [
+            ConcurrencyLimitLayer(policy.max_concurrent_requests),
+            FallbackLayer(policy.fallback, clock, observer),
+            DeadlineLayer(policy.timeouts.total, clock),
+        ]
+        if policy.circuit_breaker.enabled:
+
+            def transition(state: State, upstream: str = name) -> None:
+                observer.breaker_state(upstream, state.value)
+
+            breaker = CircuitBreaker(policy.circuit_breaker, clock, transition)
+            self.breakers[name] = breaker
+            observer.breaker_state(name, State.CLOSED.value)
+            layers.append(CircuitBreakerLayer(breaker))
+        layers += [
+            RetryLayer(
+                policy.retries,
+                policy.timeouts.per_try,
+                self.config.limits.retry_buffer_bytes,
+                clock,
+                observer,
+            ),
+            BalanceLayer(
+                cluster,
+                make_balancer(policy.load_balancer),
+                OutlierDetector(policy.outlier_detection, cluster),
+                clock,
+                observer,
+            ),
+            self.client_telemetry,
         ]
         return compose(layers, terminal=forwarder.forward)
 
@@ -177,7 +225,16 @@ class Sidecar:
                 }
             )
 
-        return [("GET", "/admin/config", config_view), ("GET", "/admin/endpoints", endpoints_view)]
+        async def breakers_view(request: web.Request) -> web.StreamResponse:
+            return json_response({n: b.snapshot() for n, b in sorted(self.breakers.items())})
+
+        routes: list[AdminRoute] = [
+            ("GET", "/admin/config", config_view),
+            ("GET", "/admin/endpoints", endpoints_view),
+            ("GET", "/admin/breakers", breakers_view),
+        ]
+        metrics = self.metrics if self.config.metrics.enabled else None
+        return routes + telemetry_routes(metrics, self.tracing.buffer)
 
     async def readiness(self) -> list[str]:
         reasons = []
@@ -243,6 +300,8 @@ class Sidecar:
         except BaseException:
             await self._close_listeners()
             raise
+        if self.access_log is not None:
+            self.access_log.start()
         self.directory.start()
         self._started = True
 
@@ -303,6 +362,10 @@ class Sidecar:
         await self.directory.stop()
         await self.admin.stop()
         self.client.close()
+        # Flushing spans and the access log blocks on I/O: keep it off the event loop.
+        await asyncio.to_thread(self.tracing.shutdown)
+        if self.access_log is not None:
+            await asyncio.to_thread(self.access_log.close)
 
     # ------------------------------------------------------------ reload
     def reload(self, config: Config) -> None:

@@ -19,10 +19,10 @@ def outbound(sc: Sidecar) -> str:
 
 
 async def two_upstreams(
-    upstreams: Any, sidecar_factory: Any, **extra: Any
+    start: Any, sidecar_factory: Any, **extra: Any
 ) -> tuple[Any, Any, Sidecar]:
-    a = await upstreams("user-a")
-    b = await upstreams("user-b")
+    a = await start("user-a")
+    b = await start("user-b")
     sc = await sidecar_factory(
         {
             "service": {"name": "bff", "port": a.port},
@@ -36,7 +36,9 @@ async def two_upstreams(
 
 
 async def test_host_header_routing_round_robins_and_reuses_connections(upstreams, sidecar_factory):
-    a, b, sc = await two_upstreams(upstreams, sidecar_factory)
+    a, b, sc = await two_upstreams(
+        upstreams, sidecar_factory, **{"upstreams": {"default": {"load_balancer": "round_robin"}}}
+    )
     async with aiohttp.ClientSession() as s:
         for i in range(10):
             async with s.get(f"{outbound(sc)}/users/{i}", headers={"Host": "user-service"}) as r:

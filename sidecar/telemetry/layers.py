@@ -1,0 +1,318 @@
+"""The telemetry layers of the data path.
+
+`ServerTelemetryLayer` is the outermost layer of a listener: it continues the caller's trace
+with a SERVER span, owns `x-request-id`, records the request duration and proxy overhead, and
+turns a raised SidecarError into the DESIGN §6 reply (so the body carries the trace id).
+`ClientTelemetryLayer` sits next to the forwarder: one CLIENT span per attempt, whose id is
+injected as the parent the upstream sees, and the per-attempt client duration with a
+`trace_id` exemplar. Sampled-out requests skip every attribute and exemplar."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+)
+
+from sidecar.clock import Clock, SystemClock
+from sidecar.errors import SidecarError, error_response
+from sidecar.http import Request, Response
+from sidecar.stack import Handler
+from sidecar.telemetry.access_log import AccessLog
+from sidecar.telemetry.classify import error_type_of_exception, error_type_of_status
+from sidecar.telemetry.labels import OTHER, RouteMatcher, method_label
+from sidecar.telemetry.metrics import Metrics
+from sidecar.telemetry.tracing import Tracing
+
+_MAX_REQUEST_ID = 200
+# Replies the sidecar makes without the upstream failing: counted as rejections (DESIGN §7).
+REJECTIONS = frozenset(
+    {
+        "bad_request",
+        "no_route",
+        "no_healthy_endpoints",
+        "circuit_open",
+        "overloaded",
+        "deadline_exceeded",
+    }
+)
+_ERROR = Status(StatusCode.ERROR)
+
+
+def span_name(method: str, route: str) -> str:
+    # OTel semconv: "{method} {http.route}", or the method alone when no template matched
+    # (raw paths would make operation names unbounded).
+    return method if route == OTHER else f"{method} {route}"
+
+
+def trace_id_hex(span: Span) -> str:
+    sc = span.get_span_context()
+    return f"{sc.trace_id:032x}" if sc.is_valid else ""
+
+
+def _valid_request_id(value: str | None) -> bool:
+    return bool(value) and len(value or "") <= _MAX_REQUEST_ID and (value or "").isprintable()
+
+
+class ServerTelemetryLayer:
+    def __init__(
+        self,
+        direction: str,
+        *,
+        tracing: Tracing,
+        metrics: Metrics,
+        access_log: AccessLog | None = None,
+        server_address: str = "",
+        clock: Clock | None = None,
+    ) -> None:
+        if direction not in ("inbound", "outbound"):
+            raise ValueError(f"direction must be inbound or outbound, not {direction!r}")
+        self.direction = direction
+        self._tracer = tracing.tracer
+        self._propagator = tracing.propagator
+        self._metrics = metrics
+        self._routes: RouteMatcher = metrics.routes
+        self._access_log = access_log
+        self._server_address = server_address
+        self._clock = clock or SystemClock()
+        # On inbound the next hop is the local app; without a client layer in that stack it
+        # must still see our SERVER span as its parent.
+        self._inject = direction == "inbound"
+
+    def wrap(self, inner: Handler) -> Handler:
+        tracer, propagator, metrics = self._tracer, self._propagator, self._metrics
+        routes, clock, direction = self._routes, self._clock, self.direction
+        inflight = metrics.inflight_gauge(direction, "")
+
+        async def handle(request: Request) -> Response:
+            start = request.start or clock.monotonic()
+            rid = request.headers.get("x-request-id")
+            if not _valid_request_id(rid):
+                rid = f"{random.getrandbits(128):032x}"
+                request.headers.set("x-request-id", rid)
+            assert rid is not None
+            request.request_id = rid
+            method = method_label(request.method)
+            route = routes.match(request.path)
+
+            parent = propagator.extract(request.headers)
+            span = tracer.start_span(span_name(method, route), parent, kind=SpanKind.SERVER)
+            ctx = trace.set_span_in_context(span, parent)
+            request.trace = ctx
+            recording = span.is_recording()
+            if recording:
+                self._start_attributes(span, request, route, rid)
+            if self._inject:
+                propagator.inject(request.headers, ctx)
+
+            inflight.inc()
+            try:
+                try:
+                    response = await inner(request)
+                    error_type = response.error_code
+                except SidecarError as err:
+                    error_type = err.code
+                    if err.code in REJECTIONS:
+                        metrics.rejected(request.upstream or err.upstream, err.code)
+                    response = error_response(err, trace_id=trace_id_hex(span), request_id=rid)
+            except BaseException as exc:
+                self._failed(span, exc, method, route, start)
+                raise
+            finally:
+                inflight.dec()
+
+            elapsed = clock.monotonic() - start
+            sampled = span.get_span_context().trace_flags.sampled
+            trace_hex = trace_id_hex(span) if sampled or self._access_log else ""
+            status = response.status
+            metrics.observe_server(
+                method, route, status, error_type, elapsed, trace_hex if sampled else ""
+            )
+            metrics.observe_overhead(direction, elapsed - request.upstream_time)
+            if recording:
+                span.set_attribute("http.response.status_code", status)
+                span_error = error_type or error_type_of_status(status)
+                if span_error:
+                    span.set_attribute("error.type", span_error)
+                    span.set_status(_ERROR)
+            span.end()
+            if self._access_log is not None:
+                self._access_log.log(request, status, elapsed, trace_hex, error_type, direction)
+            return response
+
+        return handle
+
+    def _start_attributes(self, span: Span, request: Request, route: str, rid: str) -> None:
+        attrs: dict[str, Any] = {
+            "http.request.method": method_label(request.method),
+            "url.path": request.path,
+            "url.scheme": request.scheme,
+            "network.protocol.version": request.http_version,
+            "sidecar.direction": self.direction,
+            "http.request.header.x-request-id": (rid,),
+        }
+        if attrs["http.request.method"] != request.method:
+            attrs["http.request.method_original"] = request.method
+        if route != OTHER:
+            attrs["http.route"] = route
+        if self._server_address:
+            attrs["server.address"] = self._server_address
+        if request.client_addr:
+            attrs["client.address"] = request.client_addr
+        span.set_attributes(attrs)
+
+    def _failed(
+        self, span: Span, exc: BaseException, method: str, route: str, start: float
+    ) -> None:
+        """An exception the listener must handle (a bug, or the client went away)."""
+        error_type = error_type_of_exception(exc)
+        if span.is_recording():
+            span.set_attribute("error.type", error_type)
+            span.set_status(_ERROR)
+            if isinstance(exc, Exception):
+                span.record_exception(exc)
+        span.end()
+        if isinstance(exc, Exception):
+            # The listener answers 500; count it so errors are never invisible in metrics.
+            elapsed = self._clock.monotonic() - start
+            self._metrics.observe_server(method, route, 500, error_type, elapsed)
+
+
+class ClientTelemetryLayer:
+    """Per-attempt CLIENT span and client metrics. `default_upstream` names the next hop
+    when routing did not set `request.upstream` (on inbound: the local app)."""
+
+    def __init__(
+        self,
+        *,
+        tracing: Tracing,
+        metrics: Metrics,
+        direction: str = "outbound",
+        default_upstream: str = "",
+        clock: Clock | None = None,
+    ) -> None:
+        self._tracer = tracing.tracer
+        self._propagator = tracing.propagator
+        self._metrics = metrics
+        self._routes = metrics.routes
+        self._direction = direction
+        self._default_upstream = default_upstream
+        self._clock = clock or SystemClock()
+
+    def wrap(self, inner: Handler) -> Handler:
+        tracer, propagator, metrics = self._tracer, self._propagator, self._metrics
+        routes, clock, direction = self._routes, self._clock, self._direction
+        default_upstream = self._default_upstream
+
+        async def handle(request: Request) -> Response:
+            parent = request.trace
+            if not isinstance(parent, Context):
+                parent = propagator.extract(request.headers)
+            upstream = metrics.upstream(request.upstream or default_upstream)
+            method = method_label(request.method)
+            route = routes.match(request.path)
+            span = _unsampled_child(parent)
+            if span is None:
+                span = tracer.start_span(span_name(method, route), parent, kind=SpanKind.CLIENT)
+            propagator.inject(request.headers, trace.set_span_in_context(span, parent))
+            recording = span.is_recording()
+            if recording:
+                _client_attributes(span, request, upstream, method, route)
+
+            inflight = metrics.inflight_gauge(direction, upstream)
+            inflight.inc()
+            start = clock.monotonic()
+            try:
+                response = await inner(request)
+            except BaseException as exc:
+                elapsed = clock.monotonic() - start
+                request.upstream_time += elapsed
+                error_type = error_type_of_exception(exc)
+                sampled = span.get_span_context().trace_flags.sampled
+                metrics.observe_client(
+                    upstream,
+                    method,
+                    0,
+                    error_type,
+                    elapsed,
+                    trace_id_hex(span) if sampled else "",
+                )
+                if recording:
+                    span.set_attribute("error.type", error_type)
+                    span.set_status(_ERROR)
+                span.end()
+                raise
+            finally:
+                inflight.dec()
+
+            elapsed = clock.monotonic() - start
+            request.upstream_time += elapsed
+            status = response.status
+            error_type = response.error_code or error_type_of_status(status)
+            sampled = span.get_span_context().trace_flags.sampled
+            metrics.observe_client(
+                upstream,
+                method,
+                status,
+                error_type,
+                elapsed,
+                trace_id_hex(span) if sampled else "",
+            )
+            if recording:
+                span.set_attribute("http.response.status_code", status)
+                if error_type:
+                    span.set_attribute("error.type", error_type)
+                    span.set_status(_ERROR)
+            span.end()
+            return response
+
+        return handle
+
+
+def _unsampled_child(parent: Context) -> Span | None:
+    """Fast path for sampled-out requests: under our own unsampled SERVER span every sampler
+    we offer drops the child too, so skip the SDK and mint a non-recording span (a fresh span
+    id, so the upstream still sees a distinct parent)."""
+    sc = trace.get_current_span(parent).get_span_context()
+    if not sc.is_valid or sc.is_remote or sc.trace_flags.sampled:
+        return None
+    child = SpanContext(
+        sc.trace_id,
+        random.getrandbits(64) or 1,
+        is_remote=False,
+        trace_flags=sc.trace_flags,
+        trace_state=sc.trace_state,
+    )
+    return NonRecordingSpan(child)
+
+
+def _client_attributes(
+    span: Span, request: Request, upstream: str, method: str, route: str
+) -> None:
+    attrs: dict[str, Any] = {
+        "http.request.method": method,
+        "url.path": request.path,
+        "sidecar.upstream": upstream,
+        "sidecar.attempt": request.attempt,
+        "server.address": request.authority or upstream,
+    }
+    if route != OTHER:
+        attrs["http.route"] = route
+    if request.retry_reason:
+        attrs["sidecar.retry_reason"] = request.retry_reason
+    ep = request.endpoint
+    if ep is not None:
+        attrs["sidecar.endpoint"] = ep.address
+        attrs["server.port"] = ep.port
+        attrs["network.peer.address"] = ep.host
+        attrs["network.peer.port"] = ep.port
+    span.set_attributes(attrs)

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
+
+from sidecar.config import TracingConfig
+from sidecar.telemetry.admin_routes import telemetry_routes
+from sidecar.telemetry.metrics import Metrics
+from sidecar.telemetry.tracing import build_tracing
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    metrics = Metrics("bff")
+    metrics.observe_client("user-service", "GET", 200, "", 0.02, TRACE)
+    tracing = build_tracing(TracingConfig(exporter="none"), "bff")
+    for op in ("GET /a", "GET /b", "GET /b"):
+        tracing.tracer.start_span(op).end()
+    app = web.Application()
+    for method, path, handler in telemetry_routes(metrics, tracing.buffer):
+        app.router.add_route(method, path, handler)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as c:
+        yield c
+
+
+async def test_metrics_prometheus_text(client: TestClient[web.Request, web.Application]) -> None:
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    names = {f.name for f in text_string_to_metric_families(await resp.text())}
+    assert "http_client_request_duration_seconds" in names
+
+
+async def test_metrics_openmetrics_on_request(
+    client: TestClient[web.Request, web.Application],
+) -> None:
+    resp = await client.get(
+        "/metrics", headers={"Accept": "application/openmetrics-text;version=1.0.0"}
+    )
+    assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
+    text = await resp.text()
+    assert f'# {{trace_id="{TRACE}"}}' in text
+
+
+async def test_debug_traces(client: TestClient[web.Request, web.Application]) -> None:
+    resp = await client.get("/debug/traces", params={"service": "bff", "lookback": "15m"})
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["total"] == 3 and body["errors"] is None
+    resp = await client.get(
+        "/debug/traces", params={"service": "bff", "operation": "GET /b", "limit": "1"}
+    )
+    body = await resp.json()
+    assert body["total"] == 1
+    assert body["data"][0]["spans"][0]["operationName"] == "GET /b"
+
+
+@pytest.mark.parametrize("query", [{"lookback": "soon"}, {"limit": "x"}, {"limit": "0"}])
+async def test_debug_traces_rejects_bad_params(
+    client: TestClient[web.Request, web.Application], query: dict[str, str]
+) -> None:
+    resp = await client.get("/debug/traces", params=query)
+    assert resp.status == 400
+    assert (await resp.json())["errors"]
+
+
+def test_routes_are_tuples_for_the_admin_server() -> None:
+    routes = telemetry_routes(Metrics("x"), None)
+    assert [(m, p) for m, p, _ in routes] == [("GET", "/metrics")]
