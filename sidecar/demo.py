@@ -374,7 +374,7 @@ async def run_demo(args: argparse.Namespace, supervisor: Supervisor, console: Co
     console.print(
         f"[bold]before[/] p50 {fmt_ms(before.p(50))} p99 {fmt_ms(before.p(99))} → "
         f"[bold]after[/] p50 {fmt_ms(after.p(50))} p99 {fmt_ms(after.p(99))}  "
-        f"(p50 {gain50:+.0f} ms saved, p99 {gain99:+.0f} ms saved)".replace("+-", "-")
+        f"(saved: p50 {gain50:.0f} ms, p99 {gain99:.0f} ms)"
     )
     result = {
         "operation": f"{ENTRY_SERVICE} {OPERATION}",
