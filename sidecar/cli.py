@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", required=True, help="config file (YAML)")
     p.set_defaults(func=cmd_check_config)
 
+    from sidecar import demo
+
+    p = sub.add_parser("demo", help="run the embedded demo (the whole product in one command)")
+    demo.configure(p)
+    p.set_defaults(func=demo.main)
+
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version)
     return parser

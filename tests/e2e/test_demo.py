@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-DEMO = [sys.executable, "-m", "sidecar.demo"]  # the lead wires `python -m sidecar.cli demo`
+DEMO = [sys.executable, "-m", "sidecar.cli", "demo"]
 
 
 def alive(pid: int) -> bool:
