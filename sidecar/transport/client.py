@@ -98,6 +98,9 @@ class UpstreamConnection(asyncio.Protocol):
         fut = self._response
         if fut is None or fut.done():
             raise UpstreamReset("unsolicited response from upstream")
+        if self._parser.get_http_version() not in ("1.0", "1.1"):
+            # llhttp accepts "HTTP/2.0 200" in text; no real HTTP/2 server sends that.
+            raise UpstreamReset("upstream answered with an unsupported HTTP version")
         items = self._headers
         named = connection_tokens(items) if any(k == "connection" for k, _ in items) else ()
         length: int | None = None
@@ -178,6 +181,11 @@ class UpstreamConnection(asyncio.Protocol):
             writer.add_done_callback(self._body_written)
         try:
             return await self._response
+        except asyncio.CancelledError:
+            # The caller gave up (client gone, timeout) mid-exchange: the connection is in an
+            # unknown state and nobody will read it, so it must not linger or be reused.
+            self.close()
+            raise
         finally:
             self._response = None
 
