@@ -120,6 +120,7 @@ class ServerConnection(asyncio.Protocol):
         self._reading_paused = False
         # The byte stream broke while a request was being served: answer it, then close.
         self._broken: SidecarError | None = None
+        self._report_broken = True
         # Raw bytes of a request head not yet complete: httptools buffers a header line
         # internally until its CRLF, so on_header alone can't bound an endless header.
         self._reading_head = True
@@ -173,7 +174,10 @@ class ServerConnection(asyncio.Protocol):
                 # by at most one read, which keeps the bound.
                 self._head_raw = 0
         except httptools.HttpParserUpgrade:
-            self._protocol_error(BadRequest("protocol upgrades are not supported", status=400))
+            # The upgrade request itself is complete and queued: it is served as plain
+            # HTTP/1.1 (Upgrade is hop-by-hop, so stripped); we don't tunnel, and llhttp
+            # parses nothing after it, so the connection closes after the answer.
+            self._protocol_error(BadRequest("protocol upgrades are not supported"), report=False)
         except HeadTooLarge:
             self._protocol_error(BadRequest("request head too large", status=431))
         except httptools.HttpParserCallbackError as exc:
@@ -289,11 +293,15 @@ class ServerConnection(asyncio.Protocol):
                 finally:
                     self._state.request_finished()
                     self._current = None
-                if not keep_alive or self._broken is not None:
+                if not keep_alive:
                     self._close()
                     return
             if not self._closing:
-                if self._state.draining or self._broken is not None:
+                if self._broken is not None and self._report_broken:
+                    # Garbage after the pipelined requests: they were answered; now say
+                    # what was wrong with the rest, and close.
+                    self._send_error_and_close(self._broken)
+                elif self._broken is not None or self._state.draining:
                     self._close()
                 else:
                     self._arm_timer(self._limits.idle_timeout)
@@ -391,15 +399,16 @@ class ServerConnection(asyncio.Protocol):
         return keep_alive
 
     # ------------------------------------------------------------ errors and closing
-    def _protocol_error(self, err: SidecarError) -> None:
+    def _protocol_error(self, err: SidecarError, report: bool = True) -> None:
         if self._body is not None:
             self._body.set_error(err)
             self._body = None
         if self._current is not None or self._task is not None:
-            # A request is already being served: the stream is corrupt past it, so parse
-            # nothing more; answer it (with this error if its own body broke), then close.
+            # Requests are queued or being served: the stream is corrupt past them, so parse
+            # nothing more; answer them (with this error where their own body broke), then
+            # close.
             self._broken = err
-            self._pending.clear()
+            self._report_broken = report
             self._pause_reading()
             return
         self._send_error_and_close(err)
