@@ -113,6 +113,16 @@ def assert_error(resp: RawResponse, status: int, code: str) -> dict[str, Any]:
     return body  # type: ignore[no-any-return]
 
 
+async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll `check` until true (no sleeps as synchronisation: a deadline bounds it)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not check():
+        if loop.time() > end:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
