@@ -252,6 +252,8 @@ class ServerConnection(asyncio.Protocol):
             direction=self._direction,
             start=time.monotonic(),
         )
+        # The request owns these now; empty means "no head in progress" for the timeout.
+        self._url, self._headers = b"", []
         self._enqueue(request, parser.should_keep_alive())
 
     def on_body(self, data: bytes) -> None:
