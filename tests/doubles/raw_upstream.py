@@ -106,7 +106,10 @@ class RawUpstream:
                 writer.write(reply.data)
                 await writer.drain()
                 if reply.hang:
-                    await asyncio.Event().wait()
+                    # never answer, but notice when the sidecar gives up on us
+                    while await reader.read(65536):
+                        pass
+                    return
                 if reply.close:
                     return
         except (ConnectionError, asyncio.CancelledError):
