@@ -156,7 +156,8 @@ class UpstreamConnection(asyncio.Protocol):
         if transport is None or self.closed:
             raise UpstreamReset("connection closed", upstream=self._pool.upstream)
         loop = asyncio.get_running_loop()
-        self._response = loop.create_future()
+        fut: asyncio.Future[Response] = loop.create_future()
+        self._response = fut
         self._head_only = method == "HEAD"
         self._until_close = False
         self._message_done = False
@@ -180,14 +181,19 @@ class UpstreamConnection(asyncio.Protocol):
             writer = loop.create_task(self._write_body(body))
             writer.add_done_callback(self._body_written)
         try:
-            return await self._response
+            return await fut
         except asyncio.CancelledError:
             # The caller gave up (client gone, timeout) mid-exchange: the connection is in an
             # unknown state and nobody will read it, so it must not linger or be reused.
-            self.close()
+            # Unless it already went back to the pool and serves someone else's exchange.
+            if self._response is fut:
+                self.close()
             raise
         finally:
-            self._response = None
+            # Our response may have completed and this connection been reused by another
+            # request before we resumed: clearing its future would leave that one hanging.
+            if self._response is fut:
+                self._response = None
 
     async def _write_body(self, body: Body) -> None:
         assert self._transport is not None

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.doubles.raw_upstream import Reply
+import uvloop
+
+from sidecar.app import Sidecar
+from sidecar.config import build_config
+from tests.conftest import free_port
+from tests.doubles.raw_upstream import RawUpstream, Reply
 from tests.integration.hardening.conftest import (
     UPSTREAM,
     assert_error,
@@ -72,3 +77,54 @@ async def test_sidecar_keeps_serving_after_fault_storm(guarded):
         await exchange(port, GET, timeout=5, until=1)
     ex = await exchange(port, GET, until=1)
     assert [r.status for r in ex.responses] == [200]
+
+
+def test_concurrent_requests_reusing_pooled_connections_never_hang():
+    # Regression: a connection released to the pool (response complete) and reused by another
+    # request before the first caller resumed had its new exchange clobbered: that request
+    # then waited forever. Found by the soak; shows on uvloop (the production loop), whose
+    # callback order differs from asyncio's, so this test runs its own uvloop.
+    async def scenario() -> None:
+        up = await RawUpstream().start()
+        sc = Sidecar(
+            build_config(
+                {
+                    "service": {"name": "bff", "port": up.port},
+                    "listeners": {
+                        k: f"127.0.0.1:{free_port()}" for k in ("inbound", "outbound", "admin")
+                    },
+                    "discovery": {"static": {UPSTREAM: [f"127.0.0.1:{up.port}"]}},
+                    "tracing": {"exporter": "none"},
+                },
+                env={},
+            )
+        )
+        await sc.start()
+        port = sc.bound_port("listeners.outbound")
+
+        async def worker(n: int) -> int:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            done = 0
+            try:
+                for i in range(60):
+                    writer.write(f"GET /w{n}/{i} HTTP/1.1\r\nHost: {UPSTREAM}\r\n\r\n".encode())
+                    async with asyncio.timeout(5):
+                        head = await reader.readuntil(b"\r\n\r\n")
+                        assert head.startswith(b"HTTP/1.1 200"), head
+                        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                        await reader.readexactly(length)
+                    done += 1
+            finally:
+                writer.close()
+            return done
+
+        try:
+            assert await asyncio.gather(*(worker(n) for n in range(12))) == [60] * 12
+            assert up.violations == []
+        finally:
+            await sc.drain(timeout=1)
+            await sc.stop()
+            await up.stop()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())
