@@ -6,6 +6,7 @@ localhost are refused outright, so the sidecar is never an open proxy or an SSRF
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import httptools
@@ -17,6 +18,15 @@ from sidecar.http import Request, Response
 from sidecar.stack import Handler
 
 _CONSUL_SUFFIXES = (".service.consul",)
+# What inet_aton(3) would read as an IPv4 address: 1-4 parts, each decimal, octal (leading 0)
+# or hex (0x), e.g. 2130706433, 0x7f.1, 0177.0.0.1, 127.1. A resolver handed such a "name"
+# may connect to it, so it is never a name.
+_NUMERIC_HOST = re.compile(r"^(?:0x[0-9a-f]*|[0-9]+)(?:\.(?:0x[0-9a-f]*|[0-9]+)){0,3}$")
+
+
+def is_address_like(host: str) -> bool:
+    """A literal IP in any spelling (IPv6, dotted, integer, hex, octal, short form)."""
+    return is_literal_ip(host) or _NUMERIC_HOST.match(host.strip().lower().rstrip(".")) is not None
 
 
 def normalise_name(host: str) -> str:
@@ -80,9 +90,9 @@ class OutboundRouter:
 
     def upstream_name(self, request: Request) -> str:
         host = route_target(request)
-        if is_literal_ip(host):
-            raise NoRoute(f"literal IP address {host!r} is not routable: call an upstream by name")
         name = normalise_name(host)
+        if is_address_like(host) or is_address_like(name):
+            raise NoRoute(f"literal IP address {host!r} is not routable: call an upstream by name")
         if name == "localhost" or name.endswith(".localhost"):
             raise NoRoute(f"{name!r} is not routable: call an upstream by name")
         if not (self._is_configured(name) or self._directory.is_routable(name)):

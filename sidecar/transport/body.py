@@ -79,6 +79,11 @@ class StreamBody:
         self._pause = self._resume = self._on_abort = _noop
 
     @property
+    def error(self) -> BaseException | None:
+        """Why the producer broke the body (e.g. PayloadTooLarge), if it did."""
+        return self._error
+
+    @property
     def at_eof(self) -> bool:
         return self._eof and not self._chunks
 

@@ -98,6 +98,9 @@ class UpstreamConnection(asyncio.Protocol):
         fut = self._response
         if fut is None or fut.done():
             raise UpstreamReset("unsolicited response from upstream")
+        if self._parser.get_http_version() not in ("1.0", "1.1"):
+            # llhttp accepts "HTTP/2.0 200" in text; no real HTTP/2 server sends that.
+            raise UpstreamReset("upstream answered with an unsupported HTTP version")
         items = self._headers
         named = connection_tokens(items) if any(k == "connection" for k, _ in items) else ()
         length: int | None = None
@@ -118,7 +121,6 @@ class UpstreamConnection(asyncio.Protocol):
             if self._head_only:
                 # llhttp can't know this answers a HEAD: never reuse the connection.
                 self._message_done = True
-                self._response = None
                 fut.set_result(Response(status=status, headers=headers, body=body))
                 self.close()
                 return
@@ -130,7 +132,6 @@ class UpstreamConnection(asyncio.Protocol):
             sb = StreamBody(None if chunked else length, self._pause, self._resume, self.close)
             self._body = sb
             body = sb
-        self._response = None
         fut.set_result(Response(status=status, headers=headers, body=body))
 
     def on_body(self, data: bytes) -> None:
@@ -179,9 +180,20 @@ class UpstreamConnection(asyncio.Protocol):
             transport.write("".join(lines).encode("latin-1"))
             writer = loop.create_task(self._write_body(body))
             writer.add_done_callback(self._body_written)
-        # The future is ours alone: by the time we resume, a small response may already be
-        # complete and this connection reused by another request with its own future.
-        return await fut
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            # The caller gave up (client gone, timeout) mid-exchange: the connection is in an
+            # unknown state and nobody will read it, so it must not linger or be reused.
+            # Unless it already went back to the pool and serves someone else's exchange.
+            if self._response is fut:
+                self.close()
+            raise
+        finally:
+            # Our response may have completed and this connection been reused by another
+            # request before we resumed: clearing its future would leave that one hanging.
+            if self._response is fut:
+                self._response = None
 
     async def _write_body(self, body: Body) -> None:
         assert self._transport is not None

@@ -19,7 +19,7 @@ from typing import cast
 
 import httptools
 
-from sidecar.errors import BadRequest, PayloadTooLarge, SidecarError, error_response
+from sidecar.errors import BadRequest, Overloaded, PayloadTooLarge, SidecarError, error_response
 from sidecar.http import EMPTY_BODY, BytesBody, Headers, Request, Response
 from sidecar.transport.body import StreamBody
 from sidecar.transport.flow import WriteFlow
@@ -32,6 +32,11 @@ _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _NO_BODY_STATUS = frozenset({204, 304})
 MAX_PIPELINED = 16
 IDLE_KEEPALIVE_TIMEOUT = 60.0
+# Envoy's default max_headers_count; more is a resource attack, not a real client.
+MAX_HEADERS = 100
+# llhttp accepts any u64; most servers parse Content-Length as a signed 64-bit integer, so a
+# larger value would be read differently by the next hop (a desync).
+MAX_CONTENT_LENGTH = 2**63 - 1
 
 
 @dataclass(slots=True)
@@ -113,6 +118,15 @@ class ServerConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._reading_paused = False
+        # The byte stream broke while a request was being served: answer it, then close.
+        self._broken: SidecarError | None = None
+        self._report_broken = True
+        # Raw bytes of a request head not yet complete: httptools buffers a header line
+        # internally until its CRLF, so on_header alone can't bound an endless header.
+        self._reading_head = True
+        self._head_raw = 0
+        self._heads_seen = 0
+        self._messages_seen = 0
 
     # ------------------------------------------------------------ connection events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -122,7 +136,7 @@ class ServerConnection(asyncio.Protocol):
         self._peer = peer[0] if isinstance(peer, tuple) else ""
         if len(self._state.connections) >= self._limits.max_connections:
             # Over the limit: refuse at once rather than queue unboundedly.
-            self._send_error_and_close(SidecarError("too many connections", status=503))
+            self._send_error_and_close(Overloaded("too many connections", retry_after=1))
             return
         self._state.connections.add(self)
         self._arm_timer(self._limits.header_read_timeout)
@@ -145,12 +159,25 @@ class ServerConnection(asyncio.Protocol):
         self._flow.resume_writing()
 
     def data_received(self, data: bytes) -> None:
-        if self._closing:
+        if self._closing or self._broken is not None:
             return
+        heads, messages = self._heads_seen, self._messages_seen
         try:
             self._parser.feed_data(data)
+            if heads == self._heads_seen and messages == self._messages_seen:
+                if self._reading_head:
+                    self._head_raw += len(data)
+                    if self._head_raw > self._limits.max_header_bytes:
+                        raise HeadTooLarge
+            else:
+                # A message boundary fell inside this chunk: its head bytes are undercounted
+                # by at most one read, which keeps the bound.
+                self._head_raw = 0
         except httptools.HttpParserUpgrade:
-            self._protocol_error(BadRequest("protocol upgrades are not supported", status=400))
+            # The upgrade request itself is complete and queued: it is served as plain
+            # HTTP/1.1 (Upgrade is hop-by-hop, so stripped); we don't tunnel, and llhttp
+            # parses nothing after it, so the connection closes after the answer.
+            self._protocol_error(BadRequest("protocol upgrades are not supported"), report=False)
         except HeadTooLarge:
             self._protocol_error(BadRequest("request head too large", status=431))
         except httptools.HttpParserCallbackError as exc:
@@ -166,6 +193,7 @@ class ServerConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------ parser callbacks
     def on_message_begin(self) -> None:
+        self._reading_head = True
         self._url = b""
         self._headers = []
         self._head_bytes = 0
@@ -187,13 +215,16 @@ class ServerConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._cancel_timer()
+        self._reading_head = False
+        self._heads_seen += 1
         parser = self._parser
         method = parser.get_method().decode("ascii")
         if method == "CONNECT":
             raise BadRequest("CONNECT is not supported: this is not an open proxy", status=405)
+        version = parser.get_http_version()
+        chunked = _check_framing(self._headers, version)
         headers = Headers.from_lower(self._headers)
         length = _content_length(self._headers)
-        chunked = any(k == "transfer-encoding" for k, _ in self._headers)
         max_body = self._limits.max_body_bytes
         if max_body is not None and length is not None and length > max_body:
             raise PayloadTooLarge(f"request body larger than {max_body} bytes")
@@ -216,11 +247,13 @@ class ServerConnection(asyncio.Protocol):
             target=self._url.decode("latin-1"),
             headers=headers,
             body=req_body,
-            http_version=parser.get_http_version(),
+            http_version=version,
             client_addr=self._peer,
             direction=self._direction,
             start=time.monotonic(),
         )
+        # The request owns these now; empty means "no head in progress" for the timeout.
+        self._url, self._headers = b"", []
         self._enqueue(request, parser.should_keep_alive())
 
     def on_body(self, data: bytes) -> None:
@@ -234,6 +267,8 @@ class ServerConnection(asyncio.Protocol):
             self._body.feed(data)
 
     def on_message_complete(self) -> None:
+        self._reading_head = True
+        self._messages_seen += 1
         if self._body is not None:
             self._body.feed_eof()
             self._body.detach()
@@ -264,7 +299,11 @@ class ServerConnection(asyncio.Protocol):
                     self._close()
                     return
             if not self._closing:
-                if self._state.draining:
+                if self._broken is not None and self._report_broken:
+                    # Garbage after the pipelined requests: they were answered; now say
+                    # what was wrong with the rest, and close.
+                    self._send_error_and_close(self._broken)
+                elif self._broken is not None or self._state.draining:
                     self._close()
                 else:
                     self._arm_timer(self._limits.idle_timeout)
@@ -281,8 +320,12 @@ class ServerConnection(asyncio.Protocol):
                 return await self._write(request, error_response(err), keep_alive)
         try:
             response = await self._handler(request)
-        except SidecarError as err:
-            response = error_response(err, request_id=request.request_id)
+        except SidecarError as exc:
+            body_err = request.body.error if isinstance(request.body, StreamBody) else None
+            # If the upstream call failed because the client's body broke (too large,
+            # malformed chunk), that, not the upstream, is what the client must hear.
+            failure = body_err if isinstance(body_err, SidecarError) else exc
+            response = error_response(failure, request_id=request.request_id)
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception:
@@ -358,16 +401,17 @@ class ServerConnection(asyncio.Protocol):
         return keep_alive
 
     # ------------------------------------------------------------ errors and closing
-    def _protocol_error(self, err: SidecarError) -> None:
+    def _protocol_error(self, err: SidecarError, report: bool = True) -> None:
         if self._body is not None:
             self._body.set_error(err)
             self._body = None
         if self._current is not None or self._task is not None:
-            # A request is already being served: the stream is corrupt; just close after it.
-            self._closing = True
+            # Requests are queued or being served: the stream is corrupt past them, so parse
+            # nothing more; answer them (with this error where their own body broke), then
+            # close.
+            self._broken = err
+            self._report_broken = report
             self._pause_reading()
-            if self._transport is not None and self._task is None:
-                self._transport.close()
             return
         self._send_error_and_close(err)
 
@@ -406,8 +450,15 @@ class ServerConnection(asyncio.Protocol):
     def _on_timeout(self) -> None:
         self._timer = None
         if self._task is None:
-            # Slowloris or an idle keep-alive connection: cut it off.
-            self._close()
+            if self._head_raw or self._url or self._headers:
+                # Slowloris: part of a head arrived, too slowly. Say why, then cut it off.
+                self._send_error_and_close(
+                    BadRequest("request head not received in time", status=408)
+                )
+            else:
+                # An idle keep-alive connection: close quietly (the client may be racing a
+                # new request, which then retries on a fresh connection).
+                self._close()
 
     def _pause_reading(self) -> None:
         if not self._reading_paused and self._transport is not None:
@@ -438,3 +489,33 @@ def _content_length(items: list[tuple[str, str]]) -> int | None:
         if k == "content-length":
             return int(v)
     return None
+
+
+def _check_framing(items: list[tuple[str, str]], version: str) -> bool:
+    """Refuse what llhttp lets through but the next hop could read differently (RFC 9112
+    §6.1, §3.2); return True for a chunked body. llhttp itself already rejects CL+TE,
+    duplicate or invalid Content-Length, and a Transfer-Encoding not ending in chunked."""
+    if version not in ("1.0", "1.1"):
+        raise BadRequest(f"HTTP/{version} is not supported on this port: use HTTP/1.1")
+    if len(items) > MAX_HEADERS:
+        raise BadRequest(f"more than {MAX_HEADERS} header fields", status=431)
+    chunked = False
+    hosts = 0
+    for k, v in items:
+        if k == "transfer-encoding":
+            if version == "1.0":
+                raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
+            if v.strip(" \t").lower() != "chunked":
+                # e.g. "identity, chunked": we only speak plain chunked, and so should the
+                # next hop; anything else invites a framing disagreement.
+                raise BadRequest(f"unsupported Transfer-Encoding {v!r}: only chunked")
+            chunked = True
+        elif k == "content-length" and int(v) > MAX_CONTENT_LENGTH:
+            raise BadRequest("Content-Length too large")
+        elif k == "host":
+            hosts += 1
+    if hosts > 1:
+        raise BadRequest("more than one Host header")
+    if hosts == 0 and version == "1.1":
+        raise BadRequest("HTTP/1.1 request without a Host header")
+    return chunked
