@@ -311,3 +311,17 @@ def test_image_default_config_runs_with_env_overrides_and_stops_on_sigterm() -> 
             proc.stdout.close()
     # and the same check fails once nothing answers
     assert run_healthcheck(f"{admin}/healthz") != 0
+
+
+def test_k8s_example_config_is_valid(tmp_path: Path) -> None:
+    configmap, pod = yaml.safe_load_all((ROOT / "deploy" / "k8s" / "pod.yaml").read_text())
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(configmap["data"]["sidecar.yaml"])
+    config = load_config(path, env={})
+    (sidecar,) = [c for c in pod["spec"]["containers"] if c["name"] == "sidecar"]
+    assert sidecar["args"] == exec_form(dict(dockerfile_instructions())["CMD"])
+    assert sidecar["securityContext"]["runAsUser"] == int(
+        dict(dockerfile_instructions())["USER"].split(":")[0]
+    )
+    assert config.listeners.admin.endswith(":15090")
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == "15090"
