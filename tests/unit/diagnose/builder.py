@@ -140,3 +140,12 @@ def mixed(n: int = 100) -> list[TraceBuilder]:
     """user first, then documents and retrieval together."""
     return [bff([(USER, 1, 20), (DOCS, 22, 60), (RETR, 22, 10)], total_ms=84, base_ms=i * 1000)
             for i in range(n)]
+
+
+def rebase(payload: dict[str, Any], now_us: int) -> dict[str, Any]:
+    """Move every span so the newest trace ends just before `now_us` (for lookback windows)."""
+    spans = [s for t in payload["data"] for s in t["spans"]]
+    shift = now_us - 1_000_000 - max(s["startTime"] + s["duration"] for s in spans)
+    for s in spans:
+        s["startTime"] += shift
+    return payload
