@@ -111,7 +111,7 @@ async def _get_json(
             if resp.status != 200:
                 detail = _error_detail(await resp.read())
                 raise SourceError(f"{url}: HTTP {resp.status}{detail}")
-            body = await resp.content.read(MAX_RESPONSE_BYTES + 1)
+            body = await _read_bounded(resp)
     except aiohttp.ClientError as exc:
         raise SourceError(f"cannot reach {url}: {_one_line(exc)}") from None
     except TimeoutError:
@@ -123,6 +123,16 @@ async def _get_json(
         return json.loads(body)
     except ValueError:
         raise SourceError(f"{url}: response is not JSON") from None
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse) -> bytes:
+    chunks, size = [], 0
+    async for chunk in resp.content.iter_chunked(1 << 16):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            break
+    return b"".join(chunks)
 
 
 def _parse(payload: Any, where: str) -> list[Trace]:
