@@ -65,7 +65,7 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(report.render_json(result) + "\n")
     else:
-        out = Console(highlight=False, width=None if sys.stdout.isatty() else 130)
+        out = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
         report.render_text(result, out)
     if args.html:
         try:

@@ -55,7 +55,8 @@ def render_text(d: Diagnosis, console: Console) -> None:
         f"p99 {_ms(lat.p99_ms)}  max {_ms(lat.max_ms)}",
     ))
     table = Table(show_edge=False, pad_edge=False, header_style="bold")
-    table.add_column("downstream hop", overflow="fold")
+    longest = max((len(h.name) for h in d.hops), default=20)
+    table.add_column("downstream hop", overflow="fold", min_width=min(longest, 48))
     for col in ("calls", "p50", "p99", "self p50", "crit p99", "crit all", "errors",
                 "retries", "timeouts", "breaker"):
         table.add_column(col, justify="right", no_wrap=True)
