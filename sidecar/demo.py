@@ -249,6 +249,7 @@ def diagnose_traces(traces: dict[str, Any], console: Console, workdir: Path) -> 
     if result.slowest is None:
         return None
     report.render_text(result, console)
+    console.print(f"[bold red]Slowest hop:[/] {result.slowest.message}")
     slow = result.slowest.hop.split(" ", 1)[0] if result.slowest.hop else None
     diag = Diagnosis("traces", slow)
     diag.report = workdir / "report.html"
