@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check_config)
 
     from sidecar import demo
+    from sidecar.diagnose import command as diagnose_command
+
+    p = sub.add_parser("diagnose", help="latency diagnosis from traces (Jaeger, admin, file)")
+    diagnose_command.configure(p)
+    p.set_defaults(func=diagnose_command.main)
 
     p = sub.add_parser("demo", help="run the embedded demo (the whole product in one command)")
     demo.configure(p)

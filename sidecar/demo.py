@@ -237,28 +237,23 @@ class Diagnosis:
 
 
 def diagnose_traces(traces: dict[str, Any], console: Console, workdir: Path) -> Diagnosis | None:
-    """INTEGRATION POINT (sidecar.diagnose): trace-based diagnosis of the merged traces.
+    """Trace-based diagnosis (`sidecar diagnose`) of the traces merged from every sidecar's
+    /debug/traces; also writes the HTML waterfall report. None when no trace matched, and
+    the demo falls back to the bff's Server-Timing breakdown."""
+    from sidecar.diagnose import analysis, html, report, sources
 
-    Expects `sidecar.diagnose` to offer `analyze(payload, service=, operation=)` returning a
-    result with `.slowest_hop` (having `.upstream`), `render(result, console)` and, optionally,
-    `write_html(result, path)`. Returns None when the module does not provide them yet, and the
-    demo falls back to the bff's Server-Timing breakdown."""
-    try:
-        from sidecar import diagnose as dx
-    except ImportError:
+    path = workdir / "traces.json"
+    path.write_text(json.dumps(traces))
+    parsed = sources.read_file(path)
+    result = analysis.diagnose(parsed, ENTRY_SERVICE, OPERATION)
+    if result.slowest is None:
         return None
-    analyze = getattr(dx, "analyze", None)
-    render = getattr(dx, "render", None)
-    if analyze is None or render is None:
-        return None
-    result = analyze(traces, service=ENTRY_SERVICE, operation=OPERATION)
-    render(result, console)
-    slow = getattr(result, "slowest_hop", None)
-    diag = Diagnosis("traces", getattr(slow, "upstream", None))
-    write_html = getattr(dx, "write_html", None)
-    if write_html is not None:
-        diag.report = workdir / "report.html"
-        write_html(result, diag.report)
+    report.render_text(result, console)
+    console.print(f"[bold red]Slowest hop:[/] {result.slowest.message}")
+    slow = result.slowest.hop.split(" ", 1)[0] if result.slowest.hop else None
+    diag = Diagnosis("traces", slow)
+    diag.report = workdir / "report.html"
+    diag.report.write_text(html.render(result))
     return diag
 
 

@@ -16,7 +16,7 @@ from typing import cast
 import httptools
 
 from sidecar.discovery.endpoints import Endpoint
-from sidecar.errors import UpstreamConnectFailure, UpstreamReset
+from sidecar.errors import SidecarError, UpstreamConnectFailure, UpstreamReset
 from sidecar.http import EMPTY_BODY, Body, BytesBody, Headers, Response
 from sidecar.proxy.hygiene import HOP_BY_HOP, connection_tokens
 from sidecar.transport.body import StreamBody
@@ -211,9 +211,16 @@ class UpstreamConnection(asyncio.Protocol):
             exc = None if task.cancelled() else task.exception()
             log.debug("request body not fully sent upstream: %r", exc)
             if self._response is not None and not self._response.done():
-                self._response.set_exception(
-                    UpstreamReset("request body could not be sent", upstream=self._pool.upstream)
+                # A client body that broke (too large, malformed chunk) is the client's error,
+                # not the upstream's: report it as such so it isn't retried or blamed upstream.
+                err = (
+                    exc
+                    if isinstance(exc, SidecarError)
+                    else UpstreamReset(
+                        "request body could not be sent", upstream=self._pool.upstream
+                    )
                 )
+                self._response.set_exception(err)
             self.close()
             return
         self._request_done = True

@@ -149,6 +149,18 @@ async def guarded(
 
     async def make(**extra: Any) -> tuple[RawUpstream, Sidecar, int]:
         up = await raw_upstream()
+        # The transport is what this suite pins: retries, the breaker and ejection would
+        # legitimately turn a reset into a 200 from a second try, so they are off here.
+        extra.setdefault(
+            "upstreams",
+            {
+                "default": {
+                    "retries": {"attempts": 0},
+                    "circuit_breaker": {"enabled": False},
+                    "outlier_detection": {"enabled": False},
+                }
+            },
+        )
         sc = await sidecar_factory(
             {
                 "service": {"name": "bff", "port": up.port},

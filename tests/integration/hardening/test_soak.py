@@ -101,7 +101,13 @@ async def _one(s: aiohttp.ClientSession, base: str, i: int) -> str:
             return "ok" if r.status == 200 else f"slow {r.status}"
     if kind == 6:
         async with s.get(f"{base}/d", headers={"Host": "dead-service"}) as r:
-            ok = r.status == 502 and r.headers.get("x-sidecar-error") == "upstream_connect_failure"
+            # connect refused → 502; once the breaker opens (or the endpoint is ejected) the
+            # sidecar answers 503 itself without trying: both are the expected answers.
+            ok = (r.status, r.headers.get("x-sidecar-error")) in {
+                (502, "upstream_connect_failure"),
+                (503, "circuit_open"),
+                (503, "no_healthy_endpoints"),
+            }
             return "ok" if ok else f"dead {r.status}"
     if i % 16 == 7:
         async with s.get(f"{base}/status/503", headers={"Host": "user-service"}) as r:

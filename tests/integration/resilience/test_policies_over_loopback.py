@@ -165,9 +165,9 @@ async def test_fallback_static_and_last_good_are_served_and_marked(upstreams, si
 async def test_ewma_steers_away_from_a_slow_endpoint(upstreams, sidecar_factory):
     ups, out, _ = await setup(upstreams, sidecar_factory, {"load_balancer": "ewma"}, n=2)
     fast, slow = ups
-    slow.delay = 0.05
+    slow.delay = 0.1
     async with aiohttp.ClientSession() as s:
-        for _ in range(8):
+        for _ in range(12):
             await asyncio.gather(*(get(s, f"{out}/x") for _ in range(10)))
     share = len(fast.seen) / (len(fast.seen) + len(slow.seen))
     assert share > 0.8, (len(fast.seen), len(slow.seen))

@@ -1,0 +1,120 @@
+"""Trace sources over real HTTP on loopback, and the Jaeger JSON parser."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from sidecar.diagnose import sources
+from sidecar.diagnose.model import merge_traces, parse_jaeger
+from tests.doubles.jaeger import JaegerDouble
+from tests.unit.diagnose.builder import ROOT_OP, jaeger_response, rebase, sequential_chain
+
+QUERY = sources.Query("bff", "GET /context", 900.0, 200)
+
+
+def payload(n: int = 5) -> dict[str, Any]:
+    return rebase(jaeger_response(sequential_chain(n)), int(time.time() * 1e6))
+
+
+def test_parse_accepts_envelope_list_and_single_trace() -> None:
+    p = payload(2)
+    assert len(parse_jaeger(p)) == 2
+    assert len(parse_jaeger(p["data"])) == 2
+    [one] = parse_jaeger(p["data"][0])
+    assert one.trace_id == p["data"][0]["traceID"]
+    span = next(s for s in one.spans if s.kind == "client")
+    assert span.service == "bff" and span.tags["sidecar.attempt"] == 1
+    assert span.parent_id is not None
+
+
+def test_parse_skips_malformed_spans_and_rejects_non_traces() -> None:
+    p = payload(1)
+    p["data"][0]["spans"].append({"spanID": "x"})  # no times
+    [t] = parse_jaeger(p)
+    assert len(t.spans) == 7
+    with pytest.raises(ValueError):
+        parse_jaeger({"hello": 1})
+    assert parse_jaeger({"data": None}) == []
+
+
+def test_merge_joins_pieces_of_one_trace() -> None:
+    [t] = parse_jaeger(payload(1))
+    first, second = t.spans[:3], t.spans[2:]
+    [merged] = merge_traces([[type(t)(t.trace_id, first)], [type(t)(t.trace_id, second)]])
+    assert {s.span_id for s in merged.spans} == {s.span_id for s in t.spans}
+
+
+async def test_jaeger_source_resolves_the_exact_operation() -> None:
+    async with JaegerDouble(payload(5)["data"]) as jaeger, aiohttp.ClientSession() as session:
+        traces = await sources.from_jaeger(session, jaeger.url, QUERY)
+    assert len(traces) == 5
+    path, query = jaeger.requests[-1]
+    assert path == "/api/traces"
+    assert query["operation"] == ROOT_OP and query["service"] == "bff"
+    assert query["limit"] == "200" and query["lookback"] == "15m"
+    assert int(query["end"]) - int(query["start"]) == 900 * 1_000_000
+
+
+async def test_jaeger_source_errors_are_one_line() -> None:
+    async with JaegerDouble([]) as jaeger, aiohttp.ClientSession() as session:
+        bad = sources.Query("", None, 60.0, 10)
+        with pytest.raises(sources.SourceError, match="HTTP 400: parameter 'service' is required"):
+            await sources.from_jaeger(session, jaeger.url, bad)
+        url = jaeger.url
+    async with aiohttp.ClientSession() as session:  # nothing listens there any more
+        with pytest.raises(sources.SourceError, match="cannot reach") as info:
+            await sources.from_jaeger(session, url, QUERY)
+    assert "\n" not in str(info.value)
+
+
+async def test_admin_sources_are_merged_by_trace_id(unused_port: int) -> None:
+    """Each sidecar serves only its own service's spans; together they make whole traces."""
+    whole = payload(4)
+    seen: list[dict[str, str]] = []
+
+    def only(service: str) -> dict[str, Any]:
+        data = []
+        for t in whole["data"]:
+            pids = {p for p, proc in t["processes"].items() if proc["serviceName"] == service}
+            data.append({**t, "spans": [s for s in t["spans"] if s["processID"] in pids]})
+        return {"data": data, "total": len(data), "limit": 0, "offset": 0, "errors": None}
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(dict(request.query))
+        return web.json_response(only(request.match_info["svc"]))
+
+    app = web.Application()
+    app.router.add_get("/{svc}/debug/traces", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", unused_port).start()
+    base = f"http://127.0.0.1:{unused_port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            traces = await sources.from_admins(
+                session, [f"{base}/bff", f"{base}/document-service/debug/traces"], QUERY
+            )
+    finally:
+        await runner.cleanup()
+    assert len(traces) == 4
+    services = {s.service for t in traces for s in t.spans}
+    assert services == {"bff", "document-service"}
+    assert all("service" not in q for q in seen) and seen[0]["lookback"] == "15m"
+
+
+def test_file_source(tmp_path: Path) -> None:
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps(payload(1)["data"][0]))  # what Jaeger UI's "Download" gives
+    assert len(sources.read_file(path)) == 1
+    with pytest.raises(sources.SourceError, match="cannot read"):
+        sources.read_file(tmp_path / "missing.json")
+    path.write_text("{not json")
+    with pytest.raises(sources.SourceError, match=r"trace\.json"):
+        sources.read_file(path)
