@@ -44,6 +44,7 @@ class Settings:
     rounds: int
     warmup: int
     idle_connections: int
+    settle: float  # seconds between opening the idle connections and reading RSS
     pick_iterations: int
     pick_repeats: int
     connections: tuple[int, ...]
@@ -101,6 +102,7 @@ def parse_args(argv: list[str] | None) -> Settings:
         rounds=rounds,
         warmup=warmup,
         idle_connections=idle_conns,
+        settle=0.1 if a.smoke else 0.5,
         pick_iterations=2000 if a.smoke else 20000,
         pick_repeats=3 if a.smoke else 7,
         connections=(1, 32, 256),
@@ -243,23 +245,22 @@ class Bench:
         )
         return svc, port, UPSTREAM_NAME
 
-    def prepare(self, target: str) -> _Target | None:
-        """Start a target and check it answers; None (error recorded) if it can't."""
-        svc, port, host = self.start_target(target)
-        t = _Target(target, svc, port, host)
+    def prepare(self, t: _Target) -> bool:
+        """Wait until a started target answers, then warm it up; False (error recorded) if
+        it can't."""
         try:
-            if svc is not None:
-                svc.wait_listening()
-            _check_ok(port, host)
+            if t.svc is not None:
+                t.svc.wait_listening()
+            _check_ok(t.port, t.host)
             if self.s.warmup:
-                self.wrk.run(t.url, 32, self.s.warmup, host)
+                self.wrk.run(t.url, 32, self.s.warmup, t.host)
         except (WrkError, RuntimeError, OSError) as exc:
             self._fail(t, exc)
-            if svc is not None:
-                svc.stop()
-            return None
-        self.results["targets"][target] = {"rounds": {}, "runs": {}}
-        return t
+            if t.svc is not None:
+                t.svc.stop()
+            return False
+        self.results["targets"][t.name] = {"rounds": {}, "runs": {}}
+        return True
 
     def point(self, t: _Target, conns: int, upstream: procs.Service) -> None:
         """One wrk run against one target, with the CPU its process used meanwhile."""
@@ -297,7 +298,9 @@ class Bench:
         data = self.results["targets"][t.name]
         data["rss_after_load_bytes"] = procs.rss_bytes(pid)
         n = self.s.idle_connections
-        res = idle.hold_idle(t.port, t.host or "localhost", n, lambda: procs.rss_bytes(pid))
+        res = idle.hold_idle(
+            t.port, t.host or "localhost", n, lambda: procs.rss_bytes(pid), settle=self.s.settle
+        )
         data["idle"] = res.to_json()
         if res.unanswered:
             self.errors.append(
@@ -317,11 +320,15 @@ class Bench:
 
     def measure_all(self, upstream: procs.Service) -> None:
         s = self.s
-        targets: list[_Target] = []
+        # All targets start at once (they idle while another is measured), which also
+        # overlaps their start-up time.
+        targets = [
+            _Target(name, *self.start_target(name))
+            for name in report.TARGET_ORDER
+            if name in s.targets
+        ]
         try:
-            for name in report.TARGET_ORDER:
-                if name in s.targets and (t := self.prepare(name)) is not None:
-                    targets.append(t)
+            targets = [t for t in targets if self.prepare(t)]
             # Rounds interleave the targets, so a burst of load from elsewhere on the machine
             # hits one round of each rather than all points of one target.
             for r in range(s.rounds):
