@@ -25,8 +25,12 @@ def find_py_spy() -> str | None:
     return shutil.which("py-spy")
 
 
-def start(py_spy: str, pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes]:
-    """Sample `pid` for `seconds` at 250 Hz, by function, into collapsed-stack text."""
+def start(
+    py_spy: str, pid: int, seconds: int, out: Path, native: bool = False
+) -> subprocess.Popen[bytes]:
+    """Sample `pid` for `seconds` at 250 Hz, by function, into collapsed-stack text.
+    `native` adds C frames (uvloop, httptools, the interpreter): slower to sample, but shows
+    how much of a Python frame's time is really a syscall or the event loop."""
     return subprocess.Popen(
         [
             py_spy,
@@ -42,6 +46,7 @@ def start(py_spy: str, pid: int, seconds: int, out: Path) -> subprocess.Popen[by
             "raw",
             "--output",
             str(out),
+            *(["--native"] if native else []),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -52,6 +57,8 @@ def _short(frame: str) -> str:
     # "name (/abs/path/pkg/module.py)" → "name (pkg/module.py)"
     name, _, where = frame.partition(" (")
     where = where.rstrip(")")
+    if where.endswith(".so") or ".so." in where or where.startswith("libc"):
+        return f"{name} [{where.rsplit('/', 1)[-1]}]"
     for marker in ("/site-packages/", "/work/wt/", "/lib/python3"):
         if marker in where:
             where = where.split(marker, 1)[1]

@@ -50,6 +50,7 @@ class Settings:
     connections: tuple[int, ...]
     tracing: str
     profile_seconds: int  # 0: no profile
+    profile_native: bool
     sidecar_root: Path  # directory whose `sidecar/` package is benchmarked
     out: Path
     targets: tuple[str, ...]
@@ -75,6 +76,7 @@ def parse_args(argv: list[str] | None) -> Settings:
         metavar="SECONDS",
         help="py-spy the sidecar during an extra c=32 run",
     )
+    p.add_argument("--profile-native", action="store_true", help="include C frames in the profile")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="where latest.md/json go")
     p.add_argument(
         "--targets", default=",".join(report.TARGET_ORDER), help="comma-separated subset"
@@ -108,6 +110,7 @@ def parse_args(argv: list[str] | None) -> Settings:
         connections=(1, 32, 256),
         tracing=a.tracing,
         profile_seconds=a.profile,
+        profile_native=a.profile_native,
         sidecar_root=a.sidecar_root.resolve(),
         out=a.out,
         targets=targets,
@@ -390,7 +393,7 @@ class Bench:
             return
         out = self.tmp / "sidecar.collapsed"
         seconds = self.s.profile_seconds
-        spy = profile.start(py_spy, svc.pid, seconds, out)
+        spy = profile.start(py_spy, svc.pid, seconds, out, native=self.s.profile_native)
         time.sleep(0.5)  # py-spy attaches before the load starts
         self.wrk.run(url, 32, seconds + 1, host)
         _, err = spy.communicate(timeout=seconds + 30)
