@@ -365,6 +365,15 @@ class Bench:
     def _record_errors(self, target: str, res: WrkResult) -> None:
         if res.errors:
             self.errors.append(f"{target} c={res.connections}: {res.error_text()}")
+        # wrk counts a timeout only once a request is older than --timeout, so a request that
+        # hangs forever late in a run goes unreported. Little's law catches it: the
+        # connections that carried traffic (rps x mean latency) fall far below those opened.
+        busy = res.rps * res.mean_us / 1e6
+        if res.connections >= 32 and busy < 0.25 * res.connections:
+            self.errors.append(
+                f"{target} c={res.connections}: only {busy:.1f} of {res.connections} "
+                "connections carried traffic (requests hanging?)"
+            )
         if res.requests == 0:
             self.errors.append(f"{target} c={res.connections}: no requests completed")
 
