@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 # command=package pairs the test suite needs on the machine
-TEST_SYSTEM_PACKAGES := prometheus=prometheus docker-compose=docker-compose chromium=chromium
+TEST_SYSTEM_PACKAGES := prometheus=prometheus docker-compose=docker-compose chromium=chromium wrk=wrk nginx=nginx
 BENCH_SYSTEM_PACKAGES := wrk=wrk nginx=nginx
 PYTEST_ARGS ?=
 
