@@ -26,9 +26,9 @@ from opentelemetry.trace import (
 from sidecar.clock import Clock, SystemClock
 from sidecar.errors import SidecarError, error_response
 from sidecar.http import Request, Response
+from sidecar.resilience.classify import error_type_of_exception, error_type_of_status
 from sidecar.stack import Handler
 from sidecar.telemetry.access_log import AccessLog
-from sidecar.telemetry.classify import error_type_of_exception, error_type_of_status
 from sidecar.telemetry.labels import OTHER, RouteMatcher, method_label
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.tracing import Tracing
