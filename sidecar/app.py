@@ -63,6 +63,8 @@ class _Listener:
 class Sidecar:
     def __init__(self, config: Config, clock: Clock | None = None) -> None:
         self.config = config
+        # Routable names from the config, computed once (and on reload), not per request.
+        self._configured = frozenset(config.configured_upstreams())
         self.clock = clock or SystemClock()
         self.metrics = Metrics(config.service.name, config.metrics.route_templates)
         self.tracing = build_tracing(
@@ -122,7 +124,7 @@ class Sidecar:
         )
 
     def _is_configured(self, name: str) -> bool:
-        return name in self.config.configured_upstreams()
+        return name in self._configured
 
     def _cluster(self, name: str) -> Cluster:
         cluster = self.clusters.get(name)
@@ -364,6 +366,7 @@ class Sidecar:
         if config.listen_addresses() != self.config.listen_addresses():
             log.warning("listener addresses changed in the new config: restart to apply them")
         self.config = config
+        self._configured = frozenset(config.configured_upstreams())
         for name in self.static.replace(config.discovery.static):
             self.directory.withdraw("static", name)
         self._stacks.clear()
