@@ -4,6 +4,7 @@ through /proc, stopped."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -27,10 +28,38 @@ def pin_to(core: int | None) -> Callable[[], None] | None:
     return pin
 
 
+_ISSUED: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+            return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A bindable loopback port for a listener started later in this run.
+
+    Chosen below the ephemeral range: the bench opens thousands of client connections whose
+    source ports come from that range, and one of them could otherwise take a port we picked
+    (bind(0)) before the process meant to listen on it binds it. Never the same port twice."""
+    low, _ = _ephemeral_range()
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(max(1024, low - 20000), low)
+        if port in _ISSUED:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _ISSUED.add(port)
+        return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 def cpu_seconds(pid: int) -> float:
