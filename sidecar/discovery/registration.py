@@ -229,3 +229,28 @@ class Lifecycle:
                 await asyncio.wait_for(reg.deregister(), self._deregister_timeout)
             except TimeoutError:
                 log.warning("consul deregister timed out")
+
+
+def service_registration(
+    *,
+    name: str,
+    inbound: str,
+    service_address: str,
+    health_path: str,
+    tags: Sequence[str],
+    meta: Mapping[str, str],
+    deregister_critical_after: float,
+) -> ServiceRegistration:
+    """The registration of this sidecar's service from config values: advertised address
+    and port are the *inbound listener's* (so callers go through this sidecar), e.g.
+    `service_registration(name=cfg.service.name, inbound=cfg.listeners.inbound, ...)`."""
+    host, _, port = inbound.rpartition(":")
+    return ServiceRegistration(
+        name=name,
+        address=advertise_address(host, service_address),
+        port=int(port),
+        health_path=health_path,
+        tags=tuple(tags),
+        meta=dict(meta),
+        deregister_critical_after=deregister_critical_after,
+    )

@@ -14,6 +14,7 @@ from sidecar.discovery.registration import (
     Lifecycle,
     ServiceRegistration,
     advertise_address,
+    service_registration,
 )
 from sidecar.discovery.resolver import Directory
 from tests.doubles.consul import ConsulDouble, Instance
@@ -143,3 +144,18 @@ def test_advertise_address() -> None:
     assert advertise_address("10.1.2.3", "127.0.0.1") == "10.1.2.3"
     assert advertise_address("0.0.0.0", "127.0.0.1")  # some address, never the wildcard
     assert advertise_address("0.0.0.0", "127.0.0.1") != "0.0.0.0"
+
+
+def test_service_registration_from_config_values() -> None:
+    reg = service_registration(
+        name="bff",
+        inbound="127.0.0.2:15000",
+        service_address="127.0.0.1",
+        health_path="/health",
+        tags=["a"],
+        meta={},
+        deregister_critical_after=90,
+    )
+    assert reg.service_id == "bff-127.0.0.2-15000"
+    assert reg.body()["Check"]["HTTP"] == "http://127.0.0.2:15000/health"
+    assert reg.body()["Check"]["DeregisterCriticalServiceAfter"] == "90s"
