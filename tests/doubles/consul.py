@@ -150,7 +150,7 @@ class ConsulDouble:
         return self
 
     async def stop(self) -> None:
-        """Close the listener and every connection: clients see refused/reset, like a killed agent."""
+        """Close the listener and all connections: clients see refused/reset, like a dead agent."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -230,7 +230,7 @@ class ConsulDouble:
     def _token(self, request: web.Request) -> str:
         return request.headers.get("X-Consul-Token") or request.query.get("token", "")
 
-    def _acl(self, request: web.Request, need: str) -> web.Response | None | str:
+    def _acl(self, request: web.Request, need: str) -> web.Response | str | None:
         """None: allowed; "filtered": anonymous read (results filtered away); else a 403."""
         if self.acl_tokens is None:
             return None
@@ -312,11 +312,15 @@ class ConsulDouble:
             try:
                 passing = _parse_bool(q["passing"])
             except ValueError:
-                return web.Response(status=400, text=f"Invalid value for ?passing: {q['passing']!r}")
+                return web.Response(
+                    status=400, text=f"Invalid value for ?passing: {q['passing']!r}"
+                )
         try:
             matcher = _compile_filter(q.get("filter", ""))
         except ValueError as exc:
-            return web.Response(status=400, text=f"Failed to create boolean expression evaluator: {exc}")
+            return web.Response(
+                status=400, text=f"Failed to create boolean expression evaluator: {exc}"
+            )
         if (err := await self._block(request)) is not None:
             return err
         if (fail := self._failure()) is not None:
@@ -356,14 +360,27 @@ class ConsulDouble:
         checks: dict[str, dict[str, Any]] = {}
         for n, chk in enumerate(checks_in, start=1):
             if chk.get("http") and not chk.get("interval"):
-                return web.Response(status=400, text="Invalid check: Interval must be > 0 for Script, HTTP, or TCP checks")
+                return web.Response(
+                    status=400,
+                    text="Invalid check: Interval must be > 0 for Script, HTTP, or TCP checks",
+                )
             if (d := chk.get("deregistercriticalserviceafter")) is not None:
                 try:
                     _parse_go_duration(d) if isinstance(d, str) else float(d)
                 except ValueError:
-                    return web.Response(status=400, text=f"Invalid DeregisterCriticalServiceAfter {d!r}")
-            cid = chk.get("checkid") or chk.get("id") or (f"service:{sid}" if len(checks_in) == 1 else f"service:{sid}:{n}")
-            checks[cid] = {"Status": chk.get("status") or "critical", "Name": chk.get("name") or f"Service '{name}' check", "Definition": chk}
+                    return web.Response(
+                        status=400, text=f"Invalid DeregisterCriticalServiceAfter {d!r}"
+                    )
+            cid = (
+                chk.get("checkid")
+                or chk.get("id")
+                or (f"service:{sid}" if len(checks_in) == 1 else f"service:{sid}:{n}")
+            )
+            checks[cid] = {
+                "Status": chk.get("status") or "critical",
+                "Name": chk.get("name") or f"Service '{name}' check",
+                "Definition": chk,
+            }
         replace = False
         if "replace-existing-checks" in request.query:
             try:
@@ -372,7 +389,10 @@ class ConsulDouble:
                 return web.Response(status=400, text="Invalid value for replace-existing-checks")
         previous = self.instances.get(sid)
         if previous is not None and not replace:
-            checks = {**previous.checks, **{k: {**previous.checks.get(k, {}), **v} for k, v in checks.items()}}
+            checks = {
+                **previous.checks,
+                **{k: {**previous.checks.get(k, {}), **v} for k, v in checks.items()},
+            }
         elif previous is not None:
             # keep the status of checks that are re-registered (Consul keeps state for same ids)
             for cid, c in checks.items():
@@ -386,7 +406,10 @@ class ConsulDouble:
             address=body.get("address") or "",
             tags=list(body.get("tags") or []),
             meta=dict(body.get("meta") or {}),
-            weights={"Passing": int(weights.get("passing", 1)), "Warning": int(weights.get("warning", 1))},
+            weights={
+                "Passing": int(weights.get("passing", 1)),
+                "Warning": int(weights.get("warning", 1)),
+            },
             checks=checks,
             registration=body,
         )
@@ -403,7 +426,8 @@ class ConsulDouble:
         if sid not in self.instances or self.instances[sid].registration is None:
             return web.Response(
                 status=404,
-                text=f'Unknown service ID "{sid}". Ensure that the service ID is passed, not the service name.',
+                text=f'Unknown service ID "{sid}". '
+                "Ensure that the service ID is passed, not the service name.",
             )
         del self.instances[sid]
         await self._bump()
@@ -431,7 +455,11 @@ class ConsulDouble:
                 "Maintenance mode is enabled for this service, but no reason was provided. "
                 "This is a default message."
             )
-            inst.checks[cid] = {"Status": "critical", "Name": "Service Maintenance Mode", "Notes": reason}
+            inst.checks[cid] = {
+                "Status": "critical",
+                "Name": "Service Maintenance Mode",
+                "Notes": reason,
+            }
         else:
             inst.checks.pop(cid, None)
         await self._bump()

@@ -68,10 +68,17 @@ async def test_register_maintenance_deregister_with_py_consul() -> None:
     async with ConsulDouble() as double:
         c = consul.aio.Consul(host=double.host, port=double.port)
         try:
-            check = consul.Check.http("http://127.0.0.1:15000/healthz", interval="10s", timeout="5s", deregister="1m")
+            check = consul.Check.http(
+                "http://127.0.0.1:15000/healthz", interval="10s", timeout="5s", deregister="1m"
+            )
             ok = await c.agent.service.register(
-                "bff", service_id="bff-1", address="127.0.0.1", port=15000, tags=["a"],
-                check=check, replace_existing_checks=True,
+                "bff",
+                service_id="bff-1",
+                address="127.0.0.1",
+                port=15000,
+                tags=["a"],
+                check=check,
+                replace_existing_checks=True,
             )
             assert ok is True
             services = await c.agent.services()
