@@ -1,0 +1,293 @@
+"""ConsulResolver: endpoint snapshots from Consul's health API via blocking queries.
+
+One watch per upstream name that is configured or actually used (lazy `start_watch`), each a
+`GET /v1/health/service/<name>?passing` blocking loop. A return is not a change: only a
+different endpoint list is published. Outage vs empty set (DESIGN §8a): on errors the last
+known endpoints stay until `stale_after` has passed since the last good answer, then an empty
+set is published (503 no_healthy_endpoints); an empty passing set from Consul is the truth and
+is published at once. A catalog watch (`/v1/catalog/services`) tells which names exist, so an
+unknown name is `no_route` rather than an empty upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import quote
+
+from sidecar.clock import Clock, SystemClock
+from sidecar.config import ConsulConfig
+from sidecar.discovery.consul_http import ConsulError, ConsulHttp, ConsulReply
+from sidecar.discovery.consul_watch import Backoff, BlockingQuery, TokenBucket, as_list
+from sidecar.discovery.endpoints import Endpoint, EndpointSet
+from sidecar.discovery.resolver import Publish
+from sidecar.events import NullObserver, Observer
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+SOURCE = "consul"
+
+
+def endpoint_from_entry(entry: Any) -> Endpoint | None:
+    """One `/v1/health/service` entry → Endpoint; empty Service.Address means Node.Address."""
+    try:
+        service = entry["Service"]
+        host = service.get("Address") or entry["Node"]["Address"]
+        port = int(service["Port"])
+        weights = service.get("Weights") or {}
+        weight = max(1, int(weights.get("Passing", 1)))
+        tags = tuple(service.get("Tags") or ())
+        meta = dict(service.get("Meta") or {})
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    if not host or not 0 < port < 65536:
+        return None
+    return Endpoint(host=host, port=port, weight=weight, tags=tags, meta=meta)
+
+
+def endpoints_from_body(body: Any) -> tuple[Endpoint, ...]:
+    found = (endpoint_from_entry(e) for e in as_list(body))
+    return tuple(sorted((e for e in found if e is not None), key=lambda e: (e.host, e.port)))
+
+
+def _identity(eps: tuple[Endpoint, ...]) -> tuple[Any, ...]:
+    # Endpoint equality ignores meta; a meta change is still a change for us.
+    return tuple((e, tuple(sorted(e.meta.items()))) for e in eps)
+
+
+class _ServiceWatch:
+    """State of one upstream's watch: last published endpoints and the staleness clock."""
+
+    def __init__(self, resolver: ConsulResolver, name: str) -> None:
+        self.name = name
+        self._r = resolver
+        self.synced = asyncio.Event()
+        self._published: tuple[Any, ...] | None = None
+        self._known = 0  # endpoints in the last snapshot from Consul
+        self._last_ok = resolver.clock.monotonic()
+        self._stale = False
+        self._backoff = Backoff(resolver.backoff_base, resolver.backoff_max)
+        self._warned_acl = False
+        self._query: BlockingQuery | None = None
+
+    async def run(self) -> None:
+        self._query = query = BlockingQuery(
+            self._r.http,
+            f"/v1/health/service/{quote(self.name, safe='')}",
+            {"passing": "1"},
+            wait=self._r.config.wait,
+            bucket=TokenBucket(self._r.rate, self._r.burst, self._r.clock),
+        )
+        await query.run(self.on_reply, self.on_error)
+
+    def on_reply(self, reply: ConsulReply) -> None:
+        self._last_ok = self._r.clock.monotonic()
+        self._backoff.reset()
+        endpoints = endpoints_from_body(reply.body)
+        if reply.filtered_by_acls and not endpoints and not self._warned_acl:
+            self._warned_acl = True
+            log.warning(
+                "consul: results for %s were filtered by ACLs (does the token have service:read?)",
+                self.name,
+            )
+        if self._stale:
+            log.info("consul: %s reachable again, %d endpoints", self.name, len(endpoints))
+        self._stale = False
+        self._known = len(endpoints)
+        self._emit(endpoints)
+        self.synced.set()
+
+    async def on_error(self, exc: ConsulError) -> float:
+        self._r.observer.discovery_error(SOURCE)
+        now = self._r.clock.monotonic()
+        stale_at = self._last_ok + self._r.config.stale_after
+        delay = self._backoff.next()
+        if self._published is None:
+            # Never heard from Consul about this name: it exists but has nothing to route to.
+            log.warning("consul watch %s: %s (no endpoints known yet)", self.name, exc)
+            self._emit(())
+        elif self._stale:
+            log.debug("consul watch %s: %s", self.name, exc)
+        elif now >= stale_at:
+            self._stale = True
+            if self._query is not None:
+                # What we publish no longer matches the index: ask without blocking next time,
+                # or a recovered Consul would hold us for `wait` before we republish.
+                self._query.index = 0
+            log.error(
+                "consul watch %s: %s; endpoints older than stale_after=%gs, withdrawing "
+                "%d endpoints",
+                self.name,
+                exc,
+                self._r.config.stale_after,
+                self._known,
+            )
+            self._emit(())
+        else:
+            log.warning(
+                "consul watch %s: %s (keeping %d last known endpoints for %.0fs more)",
+                self.name,
+                exc,
+                self._known,
+                stale_at - now,
+            )
+            delay = min(delay, max(stale_at - now, 0.0))
+        return delay
+
+    def _emit(self, endpoints: tuple[Endpoint, ...]) -> None:
+        ident = _identity(endpoints)
+        if ident == self._published:
+            return  # a return is not a change
+        self._published = ident
+        stamp = self._r.wall()
+        self._r.publish(EndpointSet(self.name, endpoints, SOURCE, stamp))
+        self._r.observer.discovery_update(self.name, SOURCE, stamp)
+
+
+class ConsulResolver:
+    source = SOURCE
+
+    def __init__(
+        self,
+        config: ConsulConfig,
+        http: ConsulHttp,
+        *,
+        names: Iterable[str] = (),
+        observer: Observer | None = None,
+        clock: Clock | None = None,
+        wall: Callable[[], float] = time.time,
+        rate: float = 1.0,
+        burst: int = 5,
+        backoff_base: float = 0.2,
+        backoff_max: float = 10.0,
+        watch_catalog: bool = True,
+    ) -> None:
+        """`names`: configured upstream names, watched from the start. `rate`/`burst`: token
+        bucket per watch (requests/s). `clock` drives staleness, `wall` the snapshot stamps."""
+        self.config = config
+        self.http = http
+        self.observer: Observer = observer or NullObserver()
+        self.clock: Clock = clock or SystemClock()
+        self.wall = wall
+        self.rate = rate
+        self.burst = burst
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self._configured = frozenset(names)
+        self._watch_catalog = watch_catalog
+        self._catalog: frozenset[str] | None = None  # None: not known (yet), be permissive
+        self._watches: dict[str, _ServiceWatch] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._publish: Publish | None = None
+        for name in self._configured:
+            self.start_watch(name)  # spawned by run(); visible to pending_sync() at once
+
+    # ------------------------------------------------------------------ Resolver protocol
+
+    def static_names(self) -> frozenset[str]:
+        return self._configured
+
+    def can_resolve(self, name: str) -> bool:
+        if not _NAME.match(name):
+            return False
+        if name in self._configured or name in self._watches or self._catalog is None:
+            return True
+        return name in self._catalog
+
+    def start_watch(self, name: str) -> None:
+        if name in self._watches or not _NAME.match(name):
+            return
+        self._watches[name] = _ServiceWatch(self, name)
+        if self._publish is not None:
+            self._spawn(name)
+
+    async def run(self, publish: Publish) -> None:
+        self._publish = publish
+        for name in self._configured:
+            self.start_watch(name)
+        for name in list(self._watches):
+            self._spawn(name)
+        if self._watch_catalog:
+            self._tasks["\0catalog"] = asyncio.create_task(
+                self._catalog_loop(), name="consul-catalog"
+            )
+        try:
+            await asyncio.Event().wait()
+        finally:
+            tasks = list(self._tasks.values())
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._tasks.clear()
+            self._publish = None
+
+    # ------------------------------------------------------------------ lifecycle helpers
+
+    def set_names(self, names: Iterable[str]) -> None:
+        """After a config reload: watch newly configured names. Watches of names no longer
+        configured keep running (they may be in use); they cost one idle request per `wait`."""
+        self._configured = frozenset(names)
+        for name in self._configured:
+            self.start_watch(name)
+
+    def pending_sync(self) -> list[str]:
+        """Configured names without a first answer from Consul yet (for /readyz)."""
+        return sorted(
+            n
+            for n in self._configured
+            if n in self._watches and not self._watches[n].synced.is_set()
+        )
+
+    async def wait_synced(self, within: float) -> bool:
+        """Wait (bounded) until every configured name has had a first answer."""
+        events = [self._watches[n].synced.wait() for n in self._configured if n in self._watches]
+        if not events:
+            return True
+        try:
+            await asyncio.wait_for(asyncio.gather(*events), within)
+        except TimeoutError:
+            return False
+        return True
+
+    def watched(self) -> list[str]:
+        return sorted(self._watches)
+
+    # ------------------------------------------------------------------ internals
+
+    def publish(self, snapshot: EndpointSet) -> None:
+        if self._publish is not None:
+            self._publish(snapshot)
+
+    def _spawn(self, name: str) -> None:
+        task = self._tasks.get(name)
+        if task is None or task.done():
+            self._tasks[name] = asyncio.create_task(
+                self._watches[name].run(), name=f"consul-watch-{name}"
+            )
+
+    async def _catalog_loop(self) -> None:
+        query = BlockingQuery(
+            self.http,
+            "/v1/catalog/services",
+            {},
+            wait=self.config.wait,
+            bucket=TokenBucket(self.rate, self.burst, self.clock),
+        )
+        backoff = Backoff(self.backoff_base, self.backoff_max)
+
+        def on_reply(reply: ConsulReply) -> None:
+            backoff.reset()
+            body = reply.body if isinstance(reply.body, dict) else {}
+            # Filtered by ACLs: we cannot tell which names exist, so stay permissive.
+            self._catalog = None if reply.filtered_by_acls else frozenset(body)
+
+        async def on_error(exc: ConsulError) -> float:
+            self.observer.discovery_error(SOURCE)
+            log.debug("consul catalog watch: %s", exc)
+            return backoff.next()
+
+        await query.run(on_reply, on_error)
