@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 
@@ -21,9 +22,8 @@ from sidecar.balance.cluster import Cluster
 from sidecar.balance.factory import make_balancer
 from sidecar.clock import Clock, SystemClock
 from sidecar.config import Config, redacted, split_host_port
+from sidecar.discovery.build import build_discovery
 from sidecar.discovery.endpoints import Endpoint, EndpointSet
-from sidecar.discovery.resolver import Directory
-from sidecar.discovery.static import StaticResolver
 from sidecar.http import BytesBody, Headers, Request, Response
 from sidecar.proxy.forward import Forwarder
 from sidecar.proxy.prepare import prepare_request
@@ -47,6 +47,12 @@ from sidecar.transport.server import ServerConnection, ServerLimits, ServerState
 log = logging.getLogger(__name__)
 
 
+# Registered in Consul, a draining sidecar keeps accepting until no request has arrived for
+# this long (bounded by drain_timeout): callers' sidecars see the maintenance flag within one
+# blocking-query round trip, typically well under a second.
+LATE_ARRIVAL_QUIET = 1.0
+
+
 class ListenError(Exception):
     """A listener could not bind; message names the config field."""
 
@@ -61,7 +67,9 @@ class _Listener:
 
 
 class Sidecar:
-    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+    def __init__(
+        self, config: Config, clock: Clock | None = None, config_dir: Path | None = None
+    ) -> None:
         self.config = config
         # Routable names from the config, computed once (and on reload), not per request.
         self._configured = frozenset(config.configured_upstreams())
@@ -73,8 +81,10 @@ class Sidecar:
         self.access_log = AccessLog() if config.logging.access_log else None
         self.client_telemetry = ClientTelemetryLayer(tracing=self.tracing, metrics=self.metrics)
         self.client = UpstreamClient()
-        self.static = StaticResolver(config.discovery.static)
-        self.directory = Directory([self.static])
+        self.discovery = build_discovery(config, self.metrics, self.clock, config_dir)
+        self.directory = self.discovery.directory
+        self.lifecycle = self.discovery.lifecycle
+        self._lifecycle_task: asyncio.Task[None] | None = None
         self.clusters: dict[str, Cluster] = {}
         self.directory.subscribe(self._on_snapshot)
         self._stacks: dict[str, Handler] = {}
@@ -232,6 +242,8 @@ class Sidecar:
         reasons = []
         if not self._started:
             reasons.append("listeners not started")
+        else:
+            reasons.extend(self.lifecycle.ready_reasons())
         try:
             probe = Request(
                 method="GET",
@@ -296,6 +308,9 @@ class Sidecar:
             self.access_log.start()
         self.directory.start()
         self._started = True
+        # In the background: waiting for Consul must not delay serving static/file endpoints
+        # nor the signal handlers; /readyz tells where it stands.
+        self._lifecycle_task = asyncio.create_task(self.lifecycle.start(), name="lifecycle")
 
     async def _bind(
         self,
@@ -334,15 +349,37 @@ class Sidecar:
                 lst.server = None
 
     async def drain(self, timeout: float | None = None) -> bool:
-        """Stop accepting, let in-flight requests finish (bounded). True if all finished."""
+        """Shut down gracefully (DESIGN §8a): Consul maintenance on → serve in-flight (and,
+        when registered, late-arriving) requests, bounded by `timeout` → deregister.
+        True if every request finished."""
+        budget = self.config.limits.drain_timeout if timeout is None else timeout
+        result = False
+
+        async def drain_listeners() -> None:
+            nonlocal result
+            result = await self._drain(budget)
+
+        if self._lifecycle_task is not None and not self._lifecycle_task.done():
+            self._lifecycle_task.cancel()
+            await asyncio.gather(self._lifecycle_task, return_exceptions=True)
+        await self.lifecycle.shutdown(drain=drain_listeners)
+        return result
+
+    async def _drain(self, budget: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
         self._started = False
+        # Responses now say `Connection: close`, so keep-alive callers reconnect elsewhere.
+        self.state.draining = True
+        if self.discovery.registration is not None and self.discovery.registration.registered:
+            # Callers learn of the maintenance through their own blocking queries; until they
+            # do, requests keep arriving. Serve them until traffic has been quiet for a moment.
+            await self.state.wait_quiet(LATE_ARRIVAL_QUIET, deadline)
         for lst in self._listeners:
             if lst.server is not None:
                 lst.server.close()
         self.state.start_drain()
-        ok = await self.state.wait_idle(
-            self.config.limits.drain_timeout if timeout is None else timeout
-        )
+        ok = await self.state.wait_idle(max(0.0, deadline - loop.time()))
         if not ok:
             log.warning("drain timeout: %d requests still in flight", self.state.active_requests)
         return ok
@@ -351,7 +388,7 @@ class Sidecar:
         await self._close_listeners()
         for conn in list(self.state.connections):
             conn.close_if_idle()
-        await self.directory.stop()
+        await self.discovery.close()
         await self.admin.stop()
         self.client.close()
         # Flushing spans and the access log blocks on I/O: keep it off the event loop.
@@ -365,9 +402,12 @@ class Sidecar:
         are bound at start and need a restart to change."""
         if config.listen_addresses() != self.config.listen_addresses():
             log.warning("listener addresses changed in the new config: restart to apply them")
+        if config.discovery.file != self.config.discovery.file or (
+            config.discovery.consul != self.config.discovery.consul
+        ):
+            log.warning("discovery.file / discovery.consul changed: restart to apply them")
         self.config = config
         self._configured = frozenset(config.configured_upstreams())
-        for name in self.static.replace(config.discovery.static):
-            self.directory.withdraw("static", name)
+        self.discovery.reload(config)
         self._stacks.clear()
         log.info("configuration reloaded")

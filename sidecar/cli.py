@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from sidecar import __version__
 from sidecar.config import Config, ConfigError, load_config
@@ -33,10 +34,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(config: Config, config_path: str) -> int:
+async def _serve(config: Config, config_path: str, config_dir: Path) -> int:
     from sidecar.app import ListenError, Sidecar
 
-    sidecar = Sidecar(config)
+    sidecar = Sidecar(config, config_dir=config_dir)
     try:
         await sidecar.start()
     except ListenError as exc:
@@ -93,7 +94,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         _print_config_errors(args.config, err)
         return 2
     setup_logging(args.log_level or config.logging.level, config.logging.format)
-    return run_loop(lambda: _serve(config, args.config))
+    config_dir = Path(args.config).resolve().parent
+    return run_loop(lambda: _serve(config, args.config, config_dir))
 
 
 def cmd_version(args: argparse.Namespace) -> int:

@@ -3,7 +3,7 @@
 One watch per upstream name that is configured or actually used (lazy `start_watch`), each a
 `GET /v1/health/service/<name>?passing` blocking loop. A return is not a change: only a
 different endpoint list is published. Outage vs empty set (DESIGN §8a): on errors the last
-known endpoints stay until `stale_after` has passed since the last good answer, then an empty
+known endpoints stay until `stale_after` has passed since Consul started failing, then an empty
 set is published (503 no_healthy_endpoints); an empty passing set from Consul is the truth and
 is published at once. A catalog watch (`/v1/catalog/services`) tells which names exist, so an
 unknown name is `no_route` rather than an empty upstream."""
@@ -68,7 +68,9 @@ class _ServiceWatch:
         self.synced = asyncio.Event()
         self._published: tuple[Any, ...] | None = None
         self._known = 0  # endpoints in the last snapshot from Consul
-        self._last_ok = resolver.clock.monotonic()
+        # Start of the current outage: a blocking query that hangs for `wait` is Consul
+        # working, so staleness counts from the first failure, not from the last answer.
+        self._failing_since: float | None = None
         self._stale = False
         self._backoff = Backoff(resolver.backoff_base, resolver.backoff_max)
         self._warned_acl = False
@@ -85,7 +87,7 @@ class _ServiceWatch:
         await query.run(self.on_reply, self.on_error)
 
     def on_reply(self, reply: ConsulReply) -> None:
-        self._last_ok = self._r.clock.monotonic()
+        self._failing_since = None
         self._backoff.reset()
         endpoints = endpoints_from_body(reply.body)
         if reply.filtered_by_acls and not endpoints and not self._warned_acl:
@@ -104,7 +106,9 @@ class _ServiceWatch:
     async def on_error(self, exc: ConsulError) -> float:
         self._r.observer.discovery_error(SOURCE)
         now = self._r.clock.monotonic()
-        stale_at = self._last_ok + self._r.config.stale_after
+        if self._failing_since is None:
+            self._failing_since = now
+        stale_at = self._failing_since + self._r.config.stale_after
         delay = self._backoff.next()
         if self._published is None:
             # Never heard from Consul about this name: it exists but has nothing to route to.
@@ -244,14 +248,19 @@ class ConsulResolver:
 
     async def wait_synced(self, within: float) -> bool:
         """Wait (bounded) until every configured name has had a first answer."""
-        events = [self._watches[n].synced.wait() for n in self._configured if n in self._watches]
-        if not events:
+        waits = [
+            asyncio.ensure_future(self._watches[n].synced.wait())
+            for n in self._configured
+            if n in self._watches
+        ]
+        if not waits:
             return True
         try:
-            await asyncio.wait_for(asyncio.gather(*events), within)
-        except TimeoutError:
-            return False
-        return True
+            _, pending = await asyncio.wait(waits, timeout=within)
+        finally:
+            for w in waits:
+                w.cancel()  # also when we are cancelled: no orphaned waiters
+        return not pending
 
     def watched(self) -> list[str]:
         return sorted(self._watches)

@@ -21,6 +21,7 @@ import yaml
 from sidecar.discovery.endpoints import Endpoint, EndpointSet
 from sidecar.discovery.resolver import Publish
 from sidecar.discovery.static import parse_endpoint
+from sidecar.events import NullObserver, Observer
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,12 @@ class FileResolver:
     source = "file"
 
     def __init__(
-        self, path: str | Path, *, interval: float = 1.0, withdraw: Withdraw | None = None
+        self,
+        path: str | Path,
+        *,
+        interval: float = 1.0,
+        withdraw: Withdraw | None = None,
+        observer: Observer | None = None,
     ) -> None:
         """`withdraw`: Directory.withdraw (set later with `use_withdraw` when the Directory is
         built after its resolvers)."""
@@ -79,6 +85,7 @@ class FileResolver:
         self._stamp: tuple[int, int, int] | None = None
         self._loaded = False
         self.last_error: str | None = None
+        self._observer: Observer = observer or NullObserver()
 
     def use_withdraw(self, withdraw: Withdraw) -> None:
         self._withdraw = withdraw
@@ -115,6 +122,8 @@ class FileResolver:
         return True
 
     def _fail(self, reason: str, stamp: tuple[int, int, int] | None) -> None:
+        if stamp is not None or reason != self.last_error:
+            self._observer.discovery_error(self.source)
         if reason != self.last_error:
             kept = sum(len(v) for v in self._table.values())
             log.error(

@@ -102,4 +102,11 @@ class OutboundRouter:
     async def __call__(self, request: Request) -> Response:
         if not request.upstream:
             request.upstream = self.upstream_name(request)
-        return await self._stack_for(request.upstream)(request)
+        name = request.upstream
+        if self._directory.get(name) is None:
+            # First call of a name no source has published yet (e.g. a Consul service used
+            # for the first time): start its watch and wait, bounded, for the first answer.
+            snap = await self._directory.resolve(name, self._resolve_timeout)
+            if snap is None and not self._is_configured(name):
+                raise NoRoute(f"unknown upstream {name!r}", upstream=name)
+        return await self._stack_for(name)(request)

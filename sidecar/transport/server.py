@@ -59,11 +59,13 @@ class ServerState:
         self.limits = limits
         self.connections: set[ServerConnection] = set()
         self.active_requests = 0
+        self.started_requests = 0
         self.draining = False
         self._idle: asyncio.Event | None = None
 
     def request_started(self) -> None:
         self.active_requests += 1
+        self.started_requests += 1
 
     def request_finished(self) -> None:
         self.active_requests -= 1
@@ -82,6 +84,17 @@ class ServerState:
             return False
         finally:
             self._idle = None
+
+    async def wait_quiet(self, quiet: float, deadline: float) -> None:
+        """Return once no request has started for `quiet` seconds and none is in flight, or
+        at `deadline` (loop time). Polls a counter so the hot path pays one increment."""
+        loop = asyncio.get_running_loop()
+        seen = -1
+        while loop.time() < deadline:
+            if self.started_requests == seen and self.active_requests == 0:
+                return
+            seen = self.started_requests
+            await asyncio.sleep(min(quiet, max(0.0, deadline - loop.time())))
 
     def start_drain(self) -> None:
         self.draining = True

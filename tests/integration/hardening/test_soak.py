@@ -135,7 +135,9 @@ async def soak(tmp_path: Path, seconds: float) -> dict[str, object]:
         f"admin: '127.0.0.1:{free_port()}'}}\n"
         f"discovery: {{static: {{user-service: ['127.0.0.1:{user.port}'], "
         f"slow-service: ['127.0.0.1:{slow_port}'], dead-service: ['127.0.0.1:{free_port()}']}}}}\n"
-        "tracing: {exporter: none}\nlogging: {level: warning}\n"
+        # A small span ring (/debug/traces) fills during warm-up; the default 10 000 spans
+        # would still be filling on a slow machine and look like a leak.
+        "tracing: {exporter: none, buffer_spans: 500}\nlogging: {level: warning}\n"
     )
     proc = subprocess.Popen(  # noqa: ASYNC220 - started once; we need its pid for /proc
         [*SIDECAR, "run", "-c", str(cfg)], stderr=subprocess.PIPE
