@@ -411,9 +411,30 @@ def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
     cur[path[-1]] = value
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """Booleans as YAML 1.2 has them: only true/false. PyYAML follows YAML 1.1, where `on`,
+    `off`, `yes`, `no` are booleans too — which turns our `on: [...]` keys (retries, fallback)
+    into `True` and a valid config into a confusing error."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _env_value(text: str) -> Any:
     try:
-        return yaml.safe_load(text) if text.strip() else ""
+        return parse_yaml(text) if text.strip() else ""
     except yaml.YAMLError:
         return text
 
@@ -506,7 +527,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     except OSError as exc:
         raise ConfigError([f"(file) {path}: {exc.strerror or exc}"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
