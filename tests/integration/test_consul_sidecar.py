@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from sidecar.app import Sidecar
+from sidecar.config import build_config
 from tests.conftest import free_port
 from tests.doubles.consul import ConsulDouble, Instance
 from tests.doubles.upstream import Upstream
@@ -272,3 +273,21 @@ async def test_file_discovery_through_the_sidecar_follows_changes_and_survives_a
     await eventually(lambda: file_resolver.last_error is not None)
     assert "invalid address" in file_resolver.last_error  # type: ignore[operator]
     assert await _spread(sc, "user-service", 3) == Counter({(200, "b"): 3})
+
+
+async def test_reload_watches_newly_configured_names_from_consul(
+    upstreams: Any, sidecar_factory: Any
+) -> None:
+    pay = await upstreams("pay")
+    async with ConsulDouble() as double:
+        await double.set_instances("payment-service", [Instance("payment-service", "p", pay.port)])
+        data = _consul_config(double)
+        sc = await sidecar_factory(data)
+        consul = sc.discovery.consul
+        assert consul is not None and "payment-service" not in consul.watched()
+        new = {**data, "upstreams": {**data["upstreams"], "payment-service": {}}}
+        new["listeners"] = sc.config.listeners.model_dump()
+        sc.reload(build_config(new, env={}))
+        assert "payment-service" in consul.watched()
+        await eventually(lambda: sc.directory.get("payment-service") is not None)
+        assert await _spread(sc, "payment-service", 2) == Counter({(200, "pay"): 2})

@@ -138,6 +138,13 @@ async def soak(tmp_path: Path, seconds: float) -> dict[str, object]:
         # A small span ring (/debug/traces) fills during warm-up; the default 10 000 spans
         # would still be filling on a slow machine and look like a leak.
         "tracing: {exporter: none, buffer_spans: 500}\nlogging: {level: warning}\n"
+        # user-service's deliberate 503s must reach the client as the upstream's answer. With
+        # retries on 503, two of them back to back are 6 consecutive failures: on a slow
+        # machine that opens the breaker (correctly). Breakers are tested elsewhere; here the
+        # dead upstream exercises them.
+        "upstreams: {user-service: {retries: {on: [connect_failure, reset]}, "
+        "circuit_breaker: {consecutive_failures: 1000}, "
+        "outlier_detection: {consecutive_5xx: 1000}}}\n"
     )
     proc = subprocess.Popen(  # noqa: ASYNC220 - started once; we need its pid for /proc
         [*SIDECAR, "run", "-c", str(cfg)], stderr=subprocess.PIPE
