@@ -3,6 +3,7 @@ stays within a generous factor (the machine is shared; the bound only catches O(
 
 import random
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -12,23 +13,29 @@ from sidecar.discovery.endpoints import Endpoint, EndpointSet
 from tests.unit.resilience.fakes import FakeClock
 
 
-def per_pick(name: str, n: int, picks: int = 20000) -> float:
+def picker(name: str, n: int) -> Callable[[int], float]:
     c = Cluster("svc")
     c.update(EndpointSet("svc", tuple(Endpoint("10.0.0.1", 1000 + i) for i in range(n)), "s", 0))
     b = make_balancer(name, FakeClock(), random.Random(1))
     states = c.states
     avoid = [states[0].endpoint]
-    best = float("inf")
-    for _ in range(3):  # best of 3 to shed noise from other processes
+
+    def run(picks: int) -> float:
         t0 = time.perf_counter()
         for _ in range(picks):
             b.pick(states, avoid)
-        best = min(best, (time.perf_counter() - t0) / picks)
-    return best
+        return (time.perf_counter() - t0) / picks
+
+    return run
 
 
 @pytest.mark.parametrize("name", ["round_robin", "random", "least_request", "ewma"])
 def test_pick_cost_is_flat_from_3_to_1000_endpoints(name: str) -> None:
-    small, large = per_pick(name, 3), per_pick(name, 1000)
-    # An O(n) pick would be ~300x slower at 1000; allow 3x for noise and cache effects.
-    assert large < small * 3, (small, large)
+    small, large = picker(name, 3), picker(name, 1000)
+    # Interleaved rounds, best of each: a burst of load from another process hits both sizes.
+    best_small = best_large = float("inf")
+    for _ in range(5):
+        best_small = min(best_small, small(10000))
+        best_large = min(best_large, large(10000))
+    # An O(n) pick would be ~300x slower at 1000; allow 4x for noise and cache effects.
+    assert best_large < best_small * 4, (best_small, best_large)
