@@ -24,6 +24,8 @@ from sidecar.transport.flow import WriteFlow
 
 log = logging.getLogger(__name__)
 
+# Cap on an upstream response's status line + headers (Envoy's default is 60 KiB).
+MAX_RESPONSE_HEAD_BYTES = 64 * 1024
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 
 
@@ -43,6 +45,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.received_any = False
+        self._in_head = False
+        self._head_bytes = 0
+        self._field_bytes = 0
 
     # ---------------------------------------------------------- protocol events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -74,24 +79,43 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            err = UpstreamReset(
-                f"malformed response from upstream: {exc}", upstream=self._pool.upstream
-            )
-            if self._response is not None and not self._response.done():
-                self._response.set_exception(err)
-            if self._body is not None:
-                self._body.set_error(err)
-                self._body = None
-            self.close()
+            self._fail(f"malformed response from upstream: {exc}")
+            return
+        if self._in_head:
+            # llhttp has no size limit and httptools buffers partial fields: an upstream that
+            # never ends its head would grow memory until the per-try timeout.
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_RESPONSE_HEAD_BYTES:
+                self._fail(
+                    f"response head from upstream exceeds {MAX_RESPONSE_HEAD_BYTES // 1024} KiB"
+                )
+
+    def _fail(self, reason: str) -> None:
+        err = UpstreamReset(reason, upstream=self._pool.upstream)
+        if self._response is not None and not self._response.done():
+            self._response.set_exception(err)
+        if self._body is not None:
+            self._body.set_error(err)
+            self._body = None
+        self.close()
 
     # ---------------------------------------------------------- parser callbacks
     def on_message_begin(self) -> None:
         self._headers = []
+        self._in_head = True
+        self._head_bytes = 0
+        self._field_bytes = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._field_bytes += len(name) + len(value) + 4
+        if self._field_bytes > MAX_RESPONSE_HEAD_BYTES:
+            raise UpstreamReset(
+                f"response head from upstream exceeds {MAX_RESPONSE_HEAD_BYTES // 1024} KiB"
+            )
         self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             return  # interim response (100 Continue): the real one follows

@@ -38,6 +38,8 @@ BEFORE_HEADERS: list[tuple[str, bytes, bool]] = [
     ("nul_in_header", b"HTTP/1.1 200 OK\r\nx-a: a\x00\r\ncontent-length: 0\r\n\r\n", False),
     ("obs_fold", b"HTTP/1.1 200 OK\r\nx-a: a\r\n b\r\ncontent-length: 0\r\n\r\n", False),
     ("bare_lf", b"HTTP/1.1 200 OK\ncontent-length: 0\n\n", False),
+    ("huge_header", b"HTTP/1.1 200 OK\r\nx-a: " + b"a" * 70_000 + b"\r\n\r\n", False),
+    ("endless_headers", b"HTTP/1.1 200 OK\r\n" + b"x-a: 0123456789abcdef\r\n" * 4000, False),
     ("close_mid_status_line", b"HTTP/1.1 2", True),
     ("close_mid_headers", b"HTTP/1.1 200 OK\r\ncontent-le", True),
     ("close_without_reply", b"", True),
