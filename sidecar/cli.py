@@ -125,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose_command.configure(p)
     p.set_defaults(func=diagnose_command.main)
 
+    from sidecar.top import command as top_command
+
+    p = sub.add_parser("top", help="live traffic view over sidecars' admin ports")
+    top_command.configure(p)
+    p.set_defaults(func=top_command.main)
+
     p = sub.add_parser("demo", help="run the embedded demo (the whole product in one command)")
     demo.configure(p)
     p.set_defaults(func=demo.main)

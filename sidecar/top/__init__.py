@@ -1,0 +1,1 @@
+"""`sidecar top`: a live terminal view of what each sidecar sees, from its admin port."""
