@@ -67,6 +67,12 @@ def _short(frame: str) -> str:
     return f"{name} ({'/'.join(parts[-2:])})" if where else name
 
 
+def _idle(leaf: str) -> bool:
+    """A thread parked in a wait (the span exporter's worker between batches): py-spy
+    samples it as active, but it uses no CPU, so it would only dilute the shares."""
+    return "threading.py" in leaf and leaf.startswith(("Condition.wait", "Event.wait"))
+
+
 def summarise(collapsed: Path, top: int = 25) -> Profile:
     self_counts: Counter[str] = Counter()
     incl_counts: Counter[str] = Counter()
@@ -79,7 +85,7 @@ def summarise(collapsed: Path, top: int = 25) -> Profile:
         frames = [_short(f) for f in stack.split(";")]
         # The first element is the thread/process label py-spy adds.
         frames = [f for f in frames if not f.startswith(("process ", "thread "))]
-        if not frames:
+        if not frames or _idle(frames[-1]):
             continue
         total += count
         self_counts[frames[-1]] += count

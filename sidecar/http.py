@@ -39,7 +39,10 @@ class Headers:
         return [v for k, v in self._items if k == name]
 
     def __contains__(self, name: object) -> bool:
-        return any(k == name for k, _ in self._items)
+        for k, _ in self._items:  # noqa: SIM110 - no generator per lookup (hot path)
+            if k == name:
+                return True
+        return False
 
     def set(self, name: str, value: str) -> None:
         """Replace every field called `name` with one field."""
@@ -49,6 +52,13 @@ class Headers:
 
     def add(self, name: str, value: str) -> None:
         self._items.append((name.lower(), value))
+
+    def replace(self, names: frozenset[str], fields: list[tuple[str, str]]) -> None:
+        """Drop every field named in `names` (lower-case), then append `fields`: the result
+        of `set`/`remove` for each, in one pass (propagators write several fields per
+        request)."""
+        self._items = [(k, v) for k, v in self._items if k not in names]
+        self._items.extend(fields)
 
     def remove(self, name: str) -> None:
         self._items = [(k, v) for k, v in self._items if k != name]

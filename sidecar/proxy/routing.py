@@ -72,6 +72,19 @@ def route_target(request: Request) -> str:
     return host
 
 
+_NAME_CACHE_SIZE = 1024
+
+
+def _checked_name(host: str) -> str:
+    """The upstream name `host` asks for; NoRoute if it is an address or localhost."""
+    name = normalise_name(host)
+    if is_address_like(host) or is_address_like(name):
+        raise NoRoute(f"literal IP address {host!r} is not routable: call an upstream by name")
+    if name == "localhost" or name.endswith(".localhost"):
+        raise NoRoute(f"{name!r} is not routable: call an upstream by name")
+    return name
+
+
 class OutboundRouter:
     """Terminal of the outbound listener stack: resolve the name, hand off to the upstream's
     own stack (built once per upstream, rebuilt after a reload)."""
@@ -87,14 +100,19 @@ class OutboundRouter:
         self._stack_for = stack_for
         self._is_configured = is_configured
         self._resolve_timeout = resolve_timeout
+        # Host value → normalised name, for hosts that passed the address/localhost checks.
+        # Those checks are pure functions of the text, so entries never go stale; what is
+        # routable (config, discovery) is still asked on every request.
+        self._names: dict[str, str] = {}
 
     def upstream_name(self, request: Request) -> str:
         host = route_target(request)
-        name = normalise_name(host)
-        if is_address_like(host) or is_address_like(name):
-            raise NoRoute(f"literal IP address {host!r} is not routable: call an upstream by name")
-        if name == "localhost" or name.endswith(".localhost"):
-            raise NoRoute(f"{name!r} is not routable: call an upstream by name")
+        name = self._names.get(host)
+        if name is None:
+            name = _checked_name(host)
+            if len(self._names) >= _NAME_CACHE_SIZE:
+                self._names.clear()  # bounded: Host values come from clients
+            self._names[host] = name
         if not (self._is_configured(name) or self._directory.is_routable(name)):
             raise NoRoute(f"unknown upstream {name!r}", upstream=name)
         return name

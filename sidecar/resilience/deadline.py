@@ -19,6 +19,7 @@ from sidecar.clock import Clock
 from sidecar.errors import DeadlineExceeded, UpstreamTimeout
 from sidecar.events import NullObserver, Observer
 from sidecar.http import Request, Response
+from sidecar.resilience.expiry import Expiry, LoopRef
 from sidecar.stack import Handler
 
 EXPECTED_TIMEOUT_HEADER = "x-sidecar-expected-timeout-ms"
@@ -69,6 +70,7 @@ class DeadlineLayer:
 
     def wrap(self, inner: Handler) -> Handler:
         total, clock, observer = self._total, self._clock, self._observer
+        loop = LoopRef()
 
         async def deadline(request: Request) -> Response:
             now = clock.monotonic()
@@ -85,27 +87,40 @@ class DeadlineLayer:
             caller_bound = callers is not None and callers < own
             request.deadline = callers if callers is not None and caller_bound else own
             stamp_remaining(request, now)
+            expiry = Expiry(loop.get(), request.deadline - now)
             try:
-                async with asyncio.timeout(request.deadline - now):
-                    return await inner(request)
-            except TimeoutError as exc:  # our own total timer fired
-                if caller_bound:
-                    raise DeadlineExceeded(
-                        "the caller's deadline expired waiting for the upstream",
-                        upstream=request.upstream,
-                    ) from exc
-                raise UpstreamTimeout(
-                    f"no response within the total timeout of {total:g}s",
-                    upstream=request.upstream,
-                ) from exc
-            except UpstreamTimeout as exc:
+                response = await inner(request)
+            except asyncio.CancelledError:
+                if not expiry.close():
+                    raise
+                exc: BaseException | None = None  # our own total timer fired
+            except TimeoutError as err:
+                expiry.close()
+                exc = err
+            except UpstreamTimeout as err:
+                expiry.close()
                 # The retry layer caps each try at the deadline, so its timeout may be the one
                 # that fires when the caller's budget runs out: report whose budget it was.
                 if caller_bound and clock.monotonic() >= request.deadline - _SLACK:
                     raise DeadlineExceeded(
                         "the caller's deadline expired waiting for the upstream",
                         upstream=request.upstream,
-                    ) from exc
+                    ) from err
                 raise
+            except BaseException:
+                expiry.close()
+                raise
+            else:
+                expiry.close()
+                return response
+            if caller_bound:
+                raise DeadlineExceeded(
+                    "the caller's deadline expired waiting for the upstream",
+                    upstream=request.upstream,
+                ) from exc
+            raise UpstreamTimeout(
+                f"no response within the total timeout of {total:g}s",
+                upstream=request.upstream,
+            ) from exc
 
         return deadline

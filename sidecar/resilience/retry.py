@@ -20,6 +20,7 @@ from sidecar.http import Request, Response
 from sidecar.resilience.budget import RetryBudget
 from sidecar.resilience.classify import Outcome, classify_error
 from sidecar.resilience.deadline import stamp_remaining
+from sidecar.resilience.expiry import Expiry, LoopRef
 from sidecar.resilience.replay import buffer_for_replay, discard_body
 from sidecar.stack import Handler
 
@@ -122,6 +123,7 @@ class RetryLayer:
         per_try, max_retries, upstream = self._per_try, self._max_retries, self._upstream
         base, cap, sleep, rng = self._backoff_base, self._backoff_max, self._sleep, self._rng
         buffer_bytes = self._buffer_bytes
+        loop = LoopRef()
 
         async def attempt(request: Request) -> Response:
             now = clock.monotonic()
@@ -131,13 +133,25 @@ class RetryLayer:
                 if timeout <= 0:
                     raise UpstreamTimeout("the deadline passed before this try", upstream=upstream)
             stamp_remaining(request, now)
+            expiry = Expiry(loop.get(), timeout)
             try:
-                async with asyncio.timeout(timeout):
-                    return await inner(request)
-            except TimeoutError as exc:
-                raise UpstreamTimeout(
-                    f"no response headers within {timeout * 1000:.0f} ms", upstream=upstream
-                ) from exc
+                response = await inner(request)
+            except asyncio.CancelledError:
+                if not expiry.close():
+                    raise
+                exc: BaseException | None = None  # the per-try timer fired
+            except TimeoutError as err:
+                expiry.close()
+                exc = err
+            except BaseException:
+                expiry.close()
+                raise
+            else:
+                expiry.close()
+                return response
+            raise UpstreamTimeout(
+                f"no response headers within {timeout * 1000:.0f} ms", upstream=upstream
+            ) from exc
 
         if max_retries == 0:
             return attempt

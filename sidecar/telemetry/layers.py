@@ -15,9 +15,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import (
-    NonRecordingSpan,
     Span,
-    SpanContext,
     SpanKind,
     Status,
     StatusCode,
@@ -31,7 +29,7 @@ from sidecar.stack import Handler
 from sidecar.telemetry.access_log import AccessLog
 from sidecar.telemetry.labels import OTHER, RouteMatcher, method_label
 from sidecar.telemetry.metrics import Metrics
-from sidecar.telemetry.tracing import Tracing
+from sidecar.telemetry.tracing import SpanStarter, Tracing
 
 _MAX_REQUEST_ID = 200
 # Rejections decided before any upstream policy runs; the resilience layers report their own
@@ -69,7 +67,7 @@ class ServerTelemetryLayer:
         if direction not in ("inbound", "outbound"):
             raise ValueError(f"direction must be inbound or outbound, not {direction!r}")
         self.direction = direction
-        self._tracer = tracing.tracer
+        self._starter = SpanStarter(tracing)
         self._propagator = tracing.propagator
         self._metrics = metrics
         self._routes: RouteMatcher = metrics.routes
@@ -81,7 +79,7 @@ class ServerTelemetryLayer:
         self._inject = direction == "inbound"
 
     def wrap(self, inner: Handler) -> Handler:
-        tracer, propagator, metrics = self._tracer, self._propagator, self._metrics
+        starter, propagator, metrics = self._starter, self._propagator, self._metrics
         routes, clock, direction = self._routes, self._clock, self.direction
         inflight = metrics.inflight_gauge(direction, "")
 
@@ -97,7 +95,7 @@ class ServerTelemetryLayer:
             route = routes.match(request.path)
 
             parent = propagator.extract(request.headers)
-            span = tracer.start_span(span_name(method, route), parent, kind=SpanKind.SERVER)
+            span = starter.start(span_name(method, route), parent, SpanKind.SERVER)
             ctx = trace.set_span_in_context(span, parent)
             request.trace = ctx
             recording = span.is_recording()
@@ -192,7 +190,7 @@ class ClientTelemetryLayer:
         default_upstream: str = "",
         clock: Clock | None = None,
     ) -> None:
-        self._tracer = tracing.tracer
+        self._starter = SpanStarter(tracing)
         self._propagator = tracing.propagator
         self._metrics = metrics
         self._routes = metrics.routes
@@ -201,7 +199,7 @@ class ClientTelemetryLayer:
         self._clock = clock or SystemClock()
 
     def wrap(self, inner: Handler) -> Handler:
-        tracer, propagator, metrics = self._tracer, self._propagator, self._metrics
+        starter, propagator, metrics = self._starter, self._propagator, self._metrics
         routes, clock, direction = self._routes, self._clock, self._direction
         default_upstream = self._default_upstream
 
@@ -212,9 +210,7 @@ class ClientTelemetryLayer:
             upstream = metrics.upstream(request.upstream or default_upstream)
             method = method_label(request.method)
             route = routes.match(request.path)
-            span = _unsampled_child(parent)
-            if span is None:
-                span = tracer.start_span(span_name(method, route), parent, kind=SpanKind.CLIENT)
+            span = starter.start(span_name(method, route), parent, SpanKind.CLIENT)
             propagator.inject(request.headers, trace.set_span_in_context(span, parent))
             recording = span.is_recording()
             if recording:
@@ -268,23 +264,6 @@ class ClientTelemetryLayer:
             return response
 
         return handle
-
-
-def _unsampled_child(parent: Context) -> Span | None:
-    """Fast path for sampled-out requests: under our own unsampled SERVER span every sampler
-    we offer drops the child too, so skip the SDK and mint a non-recording span (a fresh span
-    id, so the upstream still sees a distinct parent)."""
-    sc = trace.get_current_span(parent).get_span_context()
-    if not sc.is_valid or sc.is_remote or sc.trace_flags.sampled:
-        return None
-    child = SpanContext(
-        sc.trace_id,
-        random.getrandbits(64) or 1,
-        is_remote=False,
-        trace_flags=sc.trace_flags,
-        trace_state=sc.trace_state,
-    )
-    return NonRecordingSpan(child)
 
 
 def _client_attributes(

@@ -2,15 +2,26 @@
 
 Hot path: labelled children are cached in dicts keyed by the label tuple, so a request costs a
 dict lookup and an observe, not a `.labels()` call (which validates and locks every time).
-Every label value is bounded (see labels.py), so the caches are bounded too."""
+Every label value is bounded (see labels.py), so the caches are bounded too.
+
+The per-request series (durations, overhead, in-flight) keep their numbers in plain Python
+cells instead of prometheus-client's lock-protected values (two or more lock round trips and a
+bucket loop per observation): only the event loop writes them, and the exposition reads them
+through the child's sample function, so the text and OpenMetrics output are unchanged."""
 
 from __future__ import annotations
 
+import time
+import types
+from bisect import bisect_left
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import exposition as prom_text
+from prometheus_client import metrics as prom_metrics
 from prometheus_client.openmetrics import exposition as openmetrics
+from prometheus_client.samples import Exemplar, Sample
+from prometheus_client.utils import floatToGoString
 
 from sidecar import __version__
 from sidecar.telemetry.labels import BoundedValues, RouteMatcher, status_label
@@ -36,6 +47,65 @@ MAX_UPSTREAM_LABELS = 200
 
 OPENMETRICS_CONTENT_TYPE = openmetrics.CONTENT_TYPE_LATEST
 PROMETHEUS_CONTENT_TYPE = prom_text.CONTENT_TYPE_PLAIN_0_0_4
+
+
+class HistogramCell:
+    """The numbers of one labelled histogram child, updated without locks. Exemplars (one
+    per bucket, the latest, as prometheus-client keeps them) only for sampled requests."""
+
+    __slots__ = ("_bounds", "_counts", "_created", "_exemplars", "_les", "_sum")
+
+    def __init__(self, child: Histogram) -> None:
+        bounds: list[float] = list(child._upper_bounds)
+        self._bounds = bounds
+        self._les: list[str] = [floatToGoString(b) for b in bounds]  # type: ignore[no-untyped-call]
+        self._counts = [0] * len(bounds)
+        self._exemplars: list[Exemplar | None] = [None] * len(bounds)
+        self._sum = 0.0
+        self._created = child._created
+
+        def samples(_: Histogram) -> Iterable[Sample]:
+            return self.samples()
+
+        child._child_samples = types.MethodType(samples, child)  # type: ignore[method-assign]
+
+    def observe(self, amount: float, trace_id: str = "") -> None:
+        i = bisect_left(self._bounds, amount)  # first bucket with amount <= bound
+        self._counts[i] += 1
+        self._sum += amount
+        if trace_id:
+            self._exemplars[i] = Exemplar({"trace_id": trace_id}, amount, time.time())
+
+    def samples(self) -> tuple[Sample, ...]:
+        out = []
+        acc = 0
+        for le, n, ex in zip(self._les, self._counts, self._exemplars, strict=True):
+            acc += n
+            out.append(Sample("_bucket", {"le": le}, float(acc), None, ex))
+        out.append(Sample("_count", {}, float(acc), None, None))
+        out.append(Sample("_sum", {}, self._sum, None, None))
+        if prom_metrics._use_created:  # honours PROMETHEUS_DISABLE_CREATED_SERIES
+            out.append(Sample("_created", {}, self._created, None, None))
+        return tuple(out)
+
+
+class LiveCount:
+    """An in-flight gauge child's value, kept as a plain int (inc/dec without a lock)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, child: Gauge) -> None:
+        self.value = 0
+        child.set_function(self.get)
+
+    def get(self) -> float:
+        return float(self.value)
+
+    def inc(self) -> None:
+        self.value += 1
+
+    def dec(self) -> None:
+        self.value -= 1
 
 
 class Metrics:
@@ -161,10 +231,10 @@ class Metrics:
         )
         self.build_info.labels(version).set(1)
 
-        self._server_children: dict[tuple[str, str, int, str], Histogram] = {}
-        self._client_children: dict[tuple[str, str, int, str], Histogram] = {}
-        self._overhead_children: dict[str, Histogram] = {}
-        self._inflight_children: dict[tuple[str, str], Gauge] = {}
+        self._server_children: dict[tuple[str, str, int, str], HistogramCell] = {}
+        self._client_children: dict[tuple[str, str, int, str], HistogramCell] = {}
+        self._overhead_children: dict[str, HistogramCell] = {}
+        self._inflight_children: dict[tuple[str, str], LiveCount] = {}
 
     # ------------------------------------------------------------ label helpers
 
@@ -189,11 +259,13 @@ class Metrics:
         key = (method, route, status, error_type)
         child = self._server_children.get(key)
         if child is None:
-            child = self.server_duration.labels(
-                self.service, method, route, status_label(status), error_type
+            child = HistogramCell(
+                self.server_duration.labels(
+                    self.service, method, route, status_label(status), error_type
+                )
             )
             self._server_children[key] = child
-        child.observe(seconds, {"trace_id": trace_id} if trace_id else None)
+        child.observe(seconds, trace_id)
 
     def observe_client(
         self,
@@ -208,28 +280,30 @@ class Metrics:
         key = (upstream, method, status, error_type)
         child = self._client_children.get(key)
         if child is None:
-            child = self.client_duration.labels(
-                self.service,
-                upstream,
-                method,
-                status_label(status) if status else "",
-                error_type,
+            child = HistogramCell(
+                self.client_duration.labels(
+                    self.service,
+                    upstream,
+                    method,
+                    status_label(status) if status else "",
+                    error_type,
+                )
             )
             self._client_children[key] = child
-        child.observe(seconds, {"trace_id": trace_id} if trace_id else None)
+        child.observe(seconds, trace_id)
 
     def observe_overhead(self, direction: str, seconds: float) -> None:
         child = self._overhead_children.get(direction)
         if child is None:
-            child = self.proxy_overhead.labels(self.service, direction)
+            child = HistogramCell(self.proxy_overhead.labels(self.service, direction))
             self._overhead_children[direction] = child
         child.observe(max(0.0, seconds))
 
-    def inflight_gauge(self, direction: str, upstream: str) -> Gauge:
+    def inflight_gauge(self, direction: str, upstream: str) -> LiveCount:
         key = (direction, upstream)
         child = self._inflight_children.get(key)
         if child is None:
-            child = self.inflight.labels(self.service, direction, upstream)
+            child = LiveCount(self.inflight.labels(self.service, direction, upstream))
             self._inflight_children[key] = child
         return child
 

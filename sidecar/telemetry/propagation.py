@@ -39,12 +39,35 @@ GETTER = HeadersGetter()
 SETTER = HeadersSetter()
 
 
+Fields = tuple[frozenset[str], list[tuple[str, str]]]
+
+
+class Ids:
+    """A span context's ids formatted once for every format that injects it (SpanContext's
+    attributes are properties, and hex formatting is not free)."""
+
+    __slots__ = ("flags", "sampled", "span_hex", "trace_hex", "trace_state")
+
+    def __init__(self, ctx: SpanContext) -> None:
+        trace_id, span_id, _remote, flags, state = ctx[:5]
+        self.trace_hex = f"{trace_id:032x}"
+        self.span_hex = f"{span_id:016x}"
+        self.flags = int(flags)
+        self.sampled = bool(self.flags & TraceFlags.SAMPLED)
+        self.trace_state: TraceState | None = state
+
+
 class TraceFormat(Protocol):
     """One header format for the span context."""
 
     def extract(self, headers: Headers) -> SpanContext | None: ...
 
     def inject(self, headers: Headers, ctx: SpanContext) -> None: ...
+
+    def fields(self, ids: Ids) -> Fields:
+        """(names this format replaces or removes, fields to append): what `inject` does,
+        as data, so several formats can be written in one pass over the headers."""
+        ...
 
 
 def _hex_id(text: str, width: int) -> int | None:
@@ -69,6 +92,13 @@ def _remote(trace_id: int, span_id: int, sampled: bool) -> SpanContext:
 
 
 _TRACEPARENT_RE = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+
+
+_W3C = frozenset({"traceparent"})
+_W3C_WITH_STATE = frozenset({"traceparent", "tracestate"})
+_B3 = frozenset({"b3"})
+_B3_MULTI = frozenset({"x-b3-traceid", "x-b3-spanid", "x-b3-sampled", "x-b3-parentspanid"})
+_JAEGER = frozenset({"uber-trace-id"})
 
 
 class W3CTraceContext:
@@ -100,12 +130,18 @@ class W3CTraceContext:
         )
 
     def inject(self, headers: Headers, ctx: SpanContext) -> None:
+        headers.replace(*self.fields(Ids(ctx)))
+
+    def fields(self, ids: Ids) -> Fields:
         # Formatted directly: the same output as OTel's propagator at a fraction of the cost
         # (this runs on every forwarded request).
-        value = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
-        headers.set("traceparent", value)
-        if ctx.trace_state:
-            headers.set("tracestate", ctx.trace_state.to_header())
+        value = f"00-{ids.trace_hex}-{ids.span_hex}-{ids.flags:02x}"
+        if ids.trace_state:
+            return _W3C_WITH_STATE, [
+                ("traceparent", value),
+                ("tracestate", ids.trace_state.to_header()),
+            ]
+        return _W3C, [("traceparent", value)]
 
 
 class B3Single:
@@ -125,8 +161,11 @@ class B3Single:
         return _remote(trace_id, span_id, sampled)
 
     def inject(self, headers: Headers, ctx: SpanContext) -> None:
-        sampled = "1" if ctx.trace_flags.sampled else "0"
-        headers.set("b3", f"{ctx.trace_id:032x}-{ctx.span_id:016x}-{sampled}")
+        headers.replace(*self.fields(Ids(ctx)))
+
+    def fields(self, ids: Ids) -> Fields:
+        sampled = "1" if ids.sampled else "0"
+        return _B3, [("b3", f"{ids.trace_hex}-{ids.span_hex}-{sampled}")]
 
 
 class B3Multi:
@@ -144,11 +183,16 @@ class B3Multi:
         return _remote(trace_id, span_id, sampled)
 
     def inject(self, headers: Headers, ctx: SpanContext) -> None:
-        headers.set("x-b3-traceid", f"{ctx.trace_id:032x}")
-        headers.set("x-b3-spanid", f"{ctx.span_id:016x}")
-        headers.set("x-b3-sampled", "1" if ctx.trace_flags.sampled else "0")
-        # A parent id from the caller would now be stale: the span id above is our span.
-        headers.remove("x-b3-parentspanid")
+        headers.replace(*self.fields(Ids(ctx)))
+
+    def fields(self, ids: Ids) -> Fields:
+        # x-b3-parentspanid is only removed: a parent id from the caller would now be stale
+        # (the span id below is our span).
+        return _B3_MULTI, [
+            ("x-b3-traceid", ids.trace_hex),
+            ("x-b3-spanid", ids.span_hex),
+            ("x-b3-sampled", "1" if ids.sampled else "0"),
+        ]
 
 
 class JaegerUberTraceId:
@@ -171,8 +215,11 @@ class JaegerUberTraceId:
         return _remote(trace_id, span_id, bool(flags & 1))
 
     def inject(self, headers: Headers, ctx: SpanContext) -> None:
-        flags = 1 if ctx.trace_flags.sampled else 0
-        headers.set("uber-trace-id", f"{ctx.trace_id:032x}:{ctx.span_id:016x}:0:{flags:x}")
+        headers.replace(*self.fields(Ids(ctx)))
+
+    def fields(self, ids: Ids) -> Fields:
+        flags = "1" if ids.sampled else "0"
+        return _JAEGER, [("uber-trace-id", f"{ids.trace_hex}:{ids.span_hex}:0:{flags}")]
 
 
 FORMATS: dict[str, type[TraceFormat]] = {
@@ -214,7 +261,18 @@ class HeaderPropagator:
         """Write the span of `context` (and its baggage) in every configured format."""
         sc = trace.get_current_span(context).get_span_context()
         if sc.is_valid:
-            for fmt in self._formats:
-                fmt.inject(headers, sc)
+            # Every format's fields in one rebuild of the list (the names are disjoint, so
+            # this is the same as injecting each format in turn).
+            formats, ids = self._formats, Ids(sc)
+            if len(formats) == 1:
+                headers.replace(*formats[0].fields(ids))
+            else:
+                names: frozenset[str] = frozenset()
+                fields: list[tuple[str, str]] = []
+                for fmt in formats:
+                    n, f = fmt.fields(ids)
+                    names |= n
+                    fields += f
+                headers.replace(names, fields)
         if baggage.get_all(context):
             self._baggage.inject(headers, context, setter=SETTER)

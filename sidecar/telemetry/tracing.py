@@ -5,6 +5,7 @@ Nothing here sets OTel's global provider; app.py builds a `Tracing` and passes i
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
@@ -21,7 +23,16 @@ from opentelemetry.sdk.trace.sampling import (
     Sampler,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import Tracer
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    Tracer,
+    TraceState,
+    get_current_span,
+)
+from opentelemetry.trace import Span as ApiSpan
 
 from sidecar import __version__
 from sidecar.config import TracingConfig
@@ -176,6 +187,25 @@ class BoundedExportProcessor(SpanProcessor):
             timer.cancel()
 
 
+class PresetIdGenerator(RandomIdGenerator):
+    """The SDK's random ids, except that the next trace id can be drawn in advance: the
+    span starter samples a root span on an id it drew itself and, when sampled, lets the SDK
+    start the span on that same id (so the sampled share stays exactly the ratio)."""
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def preset(self, trace_id: int) -> None:
+        self._next = trace_id
+
+    def generate_trace_id(self) -> int:
+        trace_id = self._next
+        if trace_id:
+            self._next = 0
+            return trace_id
+        return super().generate_trace_id()
+
+
 @dataclass(frozen=True, slots=True)
 class Tracing:
     provider: TracerProvider
@@ -183,6 +213,8 @@ class Tracing:
     buffer: SpanBuffer
     propagator: HeaderPropagator
     exporting: bool
+    sampler: str = ""  # the configured sampler's name ("" : unknown, always ask the SDK)
+    ratio: float = 1.0
 
     def force_flush(self, timeout: float = 5.0) -> bool:
         return self.provider.force_flush(int(timeout * 1000))
@@ -208,6 +240,7 @@ def build_tracing(
         resource=resource,
         sampler=make_sampler(config.sampler, config.ratio),
         shutdown_on_exit=False,
+        id_generator=PresetIdGenerator(),
     )
     buffer = SpanBuffer(config.buffer_spans)
     provider.add_span_processor(buffer)
@@ -229,4 +262,63 @@ def build_tracing(
         buffer=buffer,
         propagator=HeaderPropagator(config.propagators),
         exporting=exporter is not None,
+        sampler=config.sampler,
+        ratio=config.ratio,
+    )
+
+
+_RATIO_SAMPLERS = frozenset({"traceidratio", "parentbased_traceidratio"})
+_ROOT_DROPPERS = frozenset({"always_off", "parentbased_always_off"})
+
+
+class SpanStarter:
+    """Starts spans like `tracer.start_span`, but decides itself, for the samplers we
+    configure, when the span would be dropped, and then mints the SDK's non-recording span
+    directly (same ids, flags and trace state): a sampled-out request, at 1 % sampling
+    nearly all of them, then costs a few integer operations instead of the SDK's sampler,
+    span-context and self-metrics machinery. Anything else goes to the SDK."""
+
+    __slots__ = ("_bound", "_gen", "_parent_based", "_ratio_based", "_root_drop", "_tracer")
+
+    def __init__(self, tracing: Tracing) -> None:
+        self._tracer = tracing.tracer
+        name = tracing.sampler
+        gen = getattr(tracing.provider, "id_generator", None)
+        self._gen = gen if isinstance(gen, PresetIdGenerator) else None
+        self._ratio_based = name in _RATIO_SAMPLERS
+        self._root_drop = name in _ROOT_DROPPERS
+        self._parent_based = name.startswith("parentbased_")
+        self._bound = TraceIdRatioBased.get_bound_for_rate(tracing.ratio)
+
+    def start(self, name: str, context: Context, kind: SpanKind) -> ApiSpan:
+        parent = get_current_span(context).get_span_context()
+        if parent.is_valid:
+            if (
+                (self._parent_based and not parent.trace_flags.sampled)
+                or (self._root_drop and not self._parent_based)
+                or (
+                    self._ratio_based
+                    and not self._parent_based
+                    and parent.trace_id & TraceIdRatioBased.TRACE_ID_LIMIT >= self._bound
+                )
+            ):
+                random_bit = TraceFlags.RANDOM_TRACE_ID if parent.trace_flags.random_trace_id else 0
+                return _dropped(parent.trace_id, random_bit, parent.trace_state)
+        elif self._gen is not None and (self._ratio_based or self._root_drop):
+            trace_id = random.getrandbits(128) or 1
+            if self._root_drop or trace_id & TraceIdRatioBased.TRACE_ID_LIMIT >= self._bound:
+                return _dropped(trace_id, TraceFlags.RANDOM_TRACE_ID, None)
+            self._gen.preset(trace_id)
+        return self._tracer.start_span(name, context, kind=kind)
+
+
+def _dropped(trace_id: int, flags: int, trace_state: TraceState | None) -> ApiSpan:
+    return NonRecordingSpan(
+        SpanContext(
+            trace_id,
+            random.getrandbits(64) or 1,
+            is_remote=False,
+            trace_flags=TraceFlags(flags),
+            trace_state=trace_state,
+        )
     )

@@ -93,6 +93,19 @@ class StreamBody:
             w.set_result(None)
 
     # ---- consumer side
+    def take_complete(self) -> bytes | None:
+        """The whole body at once if all of it has already arrived (the common case for a
+        small response: head and body in one read), else None. Lets the writer send head
+        and body in one write instead of iterating."""
+        if not self._eof or self._error is not None:
+            return None
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        self.consumed = True
+        return data
+
     async def read(self) -> bytes:
         """Next chunk, or b"" at the end of the body."""
         while not self._chunks:

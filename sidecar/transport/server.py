@@ -389,9 +389,15 @@ class ServerConnection(asyncio.Protocol):
             transport.write(head)
             _abort_body(response)
             return keep_alive
-        if isinstance(body, BytesBody):
-            data = body.data
-            transport.write(head + (_chunk(data) + b"0\r\n\r\n" if chunked else data))
+        data = body.data if isinstance(body, BytesBody) else None
+        if data is None and isinstance(body, StreamBody):
+            data = body.take_complete()
+        if data is not None:
+            # One write (one syscall) for head and body.
+            if chunked:
+                transport.write(head + (_chunk(data) if data else b"") + b"0\r\n\r\n")
+            else:
+                transport.write(head + data)
             return keep_alive
         transport.write(head)
         sent = 0
