@@ -77,11 +77,17 @@ class ServerTelemetryLayer:
         # On inbound the next hop is the local app; without a client layer in that stack it
         # must still see our SERVER span as its parent.
         self._inject = direction == "inbound"
+        # DESIGN §7: the server histogram is the service's inbound RED. The outbound
+        # listener's requests are counted per attempt in the client histogram and, when the
+        # sidecar refuses them, in sidecar_requests_rejected_total; counting them here too
+        # would add every call the app makes to the traffic the app receives.
+        self._server_metrics = direction == "inbound"
 
     def wrap(self, inner: Handler) -> Handler:
         starter, propagator, metrics = self._starter, self._propagator, self._metrics
         routes, clock, direction = self._routes, self._clock, self.direction
         inflight = metrics.inflight_gauge(direction, "")
+        server_metrics = self._server_metrics
 
         async def handle(request: Request) -> Response:
             start = request.start or clock.monotonic()
@@ -124,9 +130,10 @@ class ServerTelemetryLayer:
             sampled = span.get_span_context().trace_flags.sampled
             trace_hex = trace_id_hex(span) if sampled or self._access_log else ""
             status = response.status
-            metrics.observe_server(
-                method, route, status, error_type, elapsed, trace_hex if sampled else ""
-            )
+            if server_metrics:
+                metrics.observe_server(
+                    method, route, status, error_type, elapsed, trace_hex if sampled else ""
+                )
             metrics.observe_overhead(direction, elapsed - request.upstream_time)
             if recording:
                 span.set_attribute("http.response.status_code", status)

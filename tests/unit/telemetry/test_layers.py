@@ -147,7 +147,7 @@ async def test_request_id_kept_or_generated() -> None:
 
 
 async def test_sidecar_error_becomes_design_reply_with_trace_and_request_id() -> None:
-    env = Env()
+    env = Env(direction="inbound")
 
     async def open_breaker(request: Request) -> Response:
         raise CircuitOpen("breaker open", upstream="user-service", retry_after=30)
@@ -173,7 +173,7 @@ async def test_sidecar_error_becomes_design_reply_with_trace_and_request_id() ->
 
 
 async def test_fallback_reply_counts_as_sidecar_error_type() -> None:
-    env = Env()
+    env = Env(direction="inbound")
 
     async def fallback(request: Request) -> Response:
         return Response(200, Headers([("x-sidecar-fallback", "static")]),
@@ -187,7 +187,7 @@ async def test_fallback_reply_counts_as_sidecar_error_type() -> None:
 
 
 async def test_upstream_5xx_is_an_error_on_spans_but_not_a_sidecar_error_on_server_metric() -> None:
-    env = Env()
+    env = Env(direction="inbound")
     await compose([env.server, env.client], Upstream(env.clock, status=500))(req())
     (server,) = env.spans("server")
     (client,) = env.spans("client")
@@ -242,9 +242,14 @@ async def test_durations_overhead_and_inflight_on_a_fake_clock() -> None:
     assert env.sample("sidecar_inflight_requests", direction="outbound",
                       upstream="user-service") == 0
     assert env.sample("sidecar_inflight_requests", direction="outbound", upstream="") == 0
-    assert env.sample("http_server_request_duration_seconds_sum", http_request_method="GET",
+    # The outbound listener's requests are the app's calls, not traffic the service
+    # receives: they are in the client histogram, never in the (inbound) server one.
+    assert env.sample("http_server_request_duration_seconds_count", http_request_method="GET",
                       http_route="/users/{id}", http_response_status_code="200",
-                      error_type="") == pytest.approx(0.2515)
+                      error_type="") is None
+    assert env.sample("http_client_request_duration_seconds_sum", upstream="user-service",
+                      http_request_method="GET", http_response_status_code="200",
+                      error_type="") == pytest.approx(0.25)
     assert env.sample("sidecar_proxy_overhead_seconds_sum",
                       direction="outbound") == pytest.approx(0.0015)
     assert env.sample("sidecar_proxy_overhead_seconds_bucket", direction="outbound",
@@ -269,7 +274,7 @@ async def test_exemplar_carries_the_span_trace_id() -> None:
 
 
 async def test_sampled_out_requests_record_nothing_but_still_propagate() -> None:
-    env = Env(sampler="parentbased_always_on")
+    env = Env(sampler="parentbased_always_on", direction="inbound")
     up = Upstream(env.clock)
     await compose([env.server, env.client], up)(
         req([("traceparent", f"00-{CALLER_TRACE}-{CALLER_SPAN}-00")])
