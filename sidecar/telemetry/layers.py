@@ -34,6 +34,7 @@ from sidecar.telemetry.tracing import SpanStarter, Tracing
 _MAX_REQUEST_ID = 200
 # Rejections decided before any upstream policy runs; the resilience layers report their own
 # (circuit_open, overloaded, no_healthy_endpoints, deadline_exceeded) when they refuse.
+EXPECTED_TIMEOUT_HEADER = "x-sidecar-expected-timeout-ms"
 REJECTIONS = frozenset({"bad_request", "no_route"})
 _ERROR = Status(StatusCode.ERROR)
 
@@ -165,6 +166,7 @@ class ServerTelemetryLayer:
             attrs["server.address"] = self._server_address
         if request.client_addr:
             attrs["client.address"] = request.client_addr
+        _deadline_attribute(attrs, request)
         span.set_attributes(attrs)
 
     def _failed(
@@ -273,6 +275,15 @@ class ClientTelemetryLayer:
         return handle
 
 
+def _deadline_attribute(attrs: dict[str, Any], request: Request) -> None:
+    """The deadline this request carries (DESIGN §5), on the span: a CLIENT span records the
+    budget it gave the upstream, a SERVER span the budget its caller gave it. `sidecar
+    diagnose` compares it with how long the callee really worked."""
+    value = request.headers.get(EXPECTED_TIMEOUT_HEADER)
+    if value is not None and value.isdigit() and len(value) <= 12:
+        attrs["sidecar.expected_timeout_ms"] = int(value)
+
+
 def _client_attributes(
     span: Span, request: Request, upstream: str, method: str, route: str
 ) -> None:
@@ -287,6 +298,7 @@ def _client_attributes(
         attrs["http.route"] = route
     if request.retry_reason:
         attrs["sidecar.retry_reason"] = request.retry_reason
+    _deadline_attribute(attrs, request)
     ep = request.endpoint
     if ep is not None:
         attrs["sidecar.endpoint"] = ep.address

@@ -351,3 +351,26 @@ async def test_access_log_line_has_trace_and_request_id() -> None:
     assert record["request_id"] == "r-9"
     assert record["status"] == 200 and record["upstream"] == "user-service"
     assert record["path"] == "/users/7" and record["direction"] == "outbound"
+
+
+async def test_spans_record_the_deadline_given_and_received() -> None:
+    env = Env(direction="inbound")
+
+    class Deadline:
+        """Stands in for the deadline layer: it sets the budget it gives the next hop."""
+
+        def wrap(self, inner: Handler) -> Handler:
+            async def handle(request: Request) -> Response:
+                request.headers.set("x-sidecar-expected-timeout-ms", "750")
+                return await inner(request)
+
+            return handle
+
+    handler = compose([env.server, Deadline(), env.client], Upstream(env.clock))
+    await handler(req([("x-sidecar-expected-timeout-ms", "900")]))
+    (server,) = env.spans("server")
+    (client,) = env.spans("client")
+    assert server.attributes["sidecar.expected_timeout_ms"] == 900
+    assert client.attributes["sidecar.expected_timeout_ms"] == 750
+    await handler(req([("x-sidecar-expected-timeout-ms", "soon")]))
+    assert "sidecar.expected_timeout_ms" not in env.spans("server")[-1].attributes
