@@ -240,7 +240,9 @@ class Sidecar:
 
     async def readiness(self) -> list[str]:
         reasons = []
-        if not self._started:
+        if self.state.draining:
+            reasons.append("draining")
+        elif not self._started:
             reasons.append("listeners not started")
         else:
             reasons.extend(self.lifecycle.ready_reasons())

@@ -7,7 +7,6 @@ needs to be told about a reload" reads in one place."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +23,6 @@ from sidecar.discovery.registration import (
 from sidecar.discovery.resolver import Directory, Resolver
 from sidecar.discovery.static import StaticResolver
 from sidecar.events import Observer
-
-log = logging.getLogger(__name__)
 
 
 class AllSynced:
