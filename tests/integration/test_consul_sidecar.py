@@ -219,6 +219,9 @@ async def test_sigterm_does_maintenance_then_drain_then_deregister_with_no_faile
                 await eventually(lambda: len(slow.seen) == 5)
                 proc.send_signal(signal.SIGTERM)
                 await eventually(lambda: f"_service_maintenance:{sid}" in _checks(double, sid))
+                # Orchestrators see it too.
+                async with s.get(f"http://127.0.0.1:{admin}/readyz") as r:
+                    assert r.status == 503 and "draining" in (await r.json())["reasons"]
                 # A late arrival (a caller that has not seen the maintenance yet) is served.
                 late = asyncio.create_task(one(s))
                 statuses = await asyncio.gather(*in_flight, late)
