@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -430,7 +431,9 @@ async def diagnose(
                 len(phase.latencies_ms), jaeger_wait_s,
             )
         if traces is None:
-            console.print(f"[dim]Jaeger: {why}; reading the sidecars' /debug/traces instead.[/]")
+            console.print(
+                f"[dim]Jaeger: {escape(why or '')}; reading the sidecars' /debug/traces instead.[/]"
+            )
         else:
             source, origin = "jaeger", f"Jaeger's query API ({jaeger.rstrip('/')})"
     if traces is None:

@@ -4,14 +4,27 @@ waiting for late batches, and giving up at once when Jaeger cannot be reached.""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from rich.console import Console
 
+from sidecar import demo
+from sidecar.demo_load import PhaseResult
+from sidecar.demo_topology import ServicePlan
 from sidecar.demo_traces import collect_from_jaeger
 from tests.conftest import free_port
 from tests.doubles.jaeger import JaegerDouble
-from tests.unit.diagnose.builder import jaeger_response, rebase, sequential_chain
+from tests.unit.diagnose.builder import (
+    DOCS,
+    RETR,
+    USER,
+    jaeger_response,
+    meshed,
+    rebase,
+    sequential_chain,
+)
 
 OP = "GET /context/{user_id}"
 
@@ -77,3 +90,38 @@ async def test_unreachable_jaeger_gives_up_at_once() -> None:
     assert payload is None and why is not None
     assert why.startswith(f"cannot reach {url}/api/traces")
     assert time.monotonic() - t0 < 5  # not the 60 s it would wait for late spans
+
+
+async def test_demo_falls_back_to_the_sidecars_when_jaeger_is_down(tmp_path: Path) -> None:
+    """The demo's diagnosis step with an unreachable --jaeger: one line saying so, then the
+    same diagnosis from the sidecars' /debug/traces (served here by one admin double)."""
+    traces = jaeger_response([
+        meshed([(USER, 1, 20), (DOCS, 22, 60), (RETR, 83, 10)], total_ms=95, base_ms=i * 1000)
+        for i in range(30)
+    ])
+
+    async def debug_traces(request: web.Request) -> web.Response:
+        return web.json_response(traces)
+
+    app = web.Application()
+    app.router.add_get("/debug/traces", debug_traces)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    admin = free_port()
+    await web.TCPSite(runner, "127.0.0.1", admin).start()
+    plans = [ServicePlan(name, "unused", 1, 2, 3, admin)
+             for name in ("bff", "user-service", "document-service", "retrieval-service")]
+    dead = f"http://127.0.0.1:{free_port()}"
+    console = Console(record=True, width=200)
+    try:
+        async with aiohttp.ClientSession() as session:
+            diag = await demo.diagnose(session, console, plans, PhaseResult("before"),
+                                       tmp_path, jaeger=dead, jaeger_wait_s=30)
+    finally:
+        await runner.cleanup()
+    text = console.export_text()
+    assert f"Jaeger: cannot reach {dead}/api/traces: " in text
+    assert "[Connect call failed" in text  # brackets of the reason survive rich's markup
+    assert "Collected 30 traces (420 spans) from the 4 sidecars' /debug/traces" in text
+    assert diag.source == "traces" and diag.slowest == "document-service"
+    assert diag.report is not None and diag.report.exists()
