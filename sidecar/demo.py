@@ -154,7 +154,10 @@ def start_all(
         },
         "pids": {c.name: c.pid for c in supervisor.children},
     }
-    (workdir / "topology.json").write_text(json.dumps(topology, indent=2))
+    # Renamed into place: whoever watches for the file never reads half of it.
+    tmp = workdir / "topology.json.tmp"
+    tmp.write_text(json.dumps(topology, indent=2))
+    tmp.replace(workdir / "topology.json")
 
 
 async def wait_ready(
