@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -40,7 +41,14 @@ from sidecar.demo_topology import (
     plan,
     sidecar_config,
 )
-from sidecar.demo_traces import Breakdown, collect, server_timing_breakdown
+from sidecar.demo_traces import (
+    Breakdown,
+    collect,
+    collect_from_jaeger,
+    server_timing_breakdown,
+)
+from sidecar.diagnose import analysis, html, report
+from sidecar.diagnose.model import TraceFormatError, parse_jaeger
 
 
 class DemoError(Exception):
@@ -52,6 +60,8 @@ class Timings:
     warmup_s: float
     phase_s: float
     ready_timeout_s: float = 30.0
+    # How long Jaeger may take to hold a phase's traces (sidecars export once a second).
+    jaeger_wait_s: float = 15.0
 
 
 QUICK = Timings(warmup_s=1.5, phase_s=6.0)
@@ -64,12 +74,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--duration", type=float, metavar="S", help="seconds of load before and after the fix"
     )
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent clients (8)")
-    parser.add_argument("--otlp", metavar="URL", help="also export spans to this OTLP collector")
+    parser.add_argument(
+        "--otlp",
+        metavar="URL",
+        help="also export spans to this OTLP collector (:4318 or a /v1/traces path: "
+        "OTLP/HTTP, else gRPC)",
+    )
     parser.add_argument(
         "--jaeger",
         metavar="URL",
-        help="Jaeger UI/query URL (e.g. http://127.0.0.1:16686): export spans to its OTLP "
-        "port 4317 and link the traces",
+        help="Jaeger query/UI URL (e.g. http://127.0.0.1:16686): the sidecars export spans to "
+        "its OTLP gRPC port (same host, 4317; --otlp overrides) and the diagnosis reads them "
+        "back through Jaeger's query API",
     )
     parser.add_argument("--consul", metavar="URL", help="discover services through Consul")
     parser.add_argument(
@@ -138,7 +154,10 @@ def start_all(
         },
         "pids": {c.name: c.pid for c in supervisor.children},
     }
-    (workdir / "topology.json").write_text(json.dumps(topology, indent=2))
+    # Renamed into place: whoever watches for the file never reads half of it.
+    tmp = workdir / "topology.json.tmp"
+    tmp.write_text(json.dumps(topology, indent=2))
+    tmp.replace(workdir / "topology.json")
 
 
 async def wait_ready(
@@ -231,27 +250,27 @@ def signals_ignored() -> Iterator[None]:
 
 @dataclass
 class Diagnosis:
-    source: str  # "traces" | "server-timing"
+    source: str  # "traces" (sidecars' /debug/traces) | "jaeger" | "server-timing"
     slowest: str | None
     report: Path | None = None
 
 
-def diagnose_traces(traces: dict[str, Any], console: Console, workdir: Path) -> Diagnosis | None:
-    """Trace-based diagnosis (`sidecar diagnose`) of the traces merged from every sidecar's
-    /debug/traces; also writes the HTML waterfall report. None when no trace matched, and
-    the demo falls back to the bff's Server-Timing breakdown."""
-    from sidecar.diagnose import analysis, html, report, sources
-
-    path = workdir / "traces.json"
-    path.write_text(json.dumps(traces))
-    parsed = sources.read_file(path)
-    result = analysis.diagnose(parsed, ENTRY_SERVICE, OPERATION)
+def diagnose_traces(
+    traces: dict[str, Any], console: Console, workdir: Path, source: str = "traces"
+) -> Diagnosis | None:
+    """Trace-based diagnosis (what `sidecar diagnose` prints) of the phase's traces; also
+    writes the HTML waterfall report. None when no trace holds the operation or no hop stands
+    out, and the demo falls back to the bff's Server-Timing breakdown."""
+    try:
+        result = analysis.diagnose(parse_jaeger(traces), ENTRY_SERVICE, OPERATION)
+    except (analysis.NoMatchingTraces, TraceFormatError):
+        return None
     if result.slowest is None:
         return None
     report.render_text(result, console)
     console.print(f"[bold red]Slowest hop:[/] {result.slowest.message}")
     slow = result.slowest.hop.split(" ", 1)[0] if result.slowest.hop else None
-    diag = Diagnosis("traces", slow)
+    diag = Diagnosis(source, slow)
     diag.report = workdir / "report.html"
     diag.report.write_text(html.render(result))
     return diag
@@ -353,7 +372,9 @@ async def run_demo(args: argparse.Namespace, supervisor: Supervisor, console: Co
         before = await phase("before: sequential calls", phase_s)
 
         console.rule("[bold]Diagnosis[/]")
-        diagnosis = await diagnose(session, console, plans, before, workdir)
+        diagnosis = await diagnose(
+            session, console, plans, before, workdir, args.jaeger, timings.jaeger_wait_s
+        )
 
         console.rule("[bold]The fix[/]")
         console.print(
@@ -387,6 +408,11 @@ async def run_demo(args: argparse.Namespace, supervisor: Supervisor, console: Co
     if args.jaeger:
         url = args.jaeger.rstrip("/")
         console.print(f"Traces in Jaeger: {url}/search?service={ENTRY_SERVICE}")
+        console.print(
+            f"Diagnose them again: sidecar diagnose --jaeger {url} --service {ENTRY_SERVICE} "
+            f'--operation "{OPERATION}"',
+            markup=False,
+        )
     console.print(f"Numbers: {workdir / 'result.json'}")
     return 0
 
@@ -397,29 +423,46 @@ async def diagnose(
     plans: list[ServicePlan],
     phase: PhaseResult,
     workdir: Path,
+    jaeger: str | None = None,
+    jaeger_wait_s: float = 15.0,
 ) -> Diagnosis:
-    entry = next(p for p in plans if p.name == ENTRY_SERVICE)
-    others = [p.admin_url for p in plans if p.name != ENTRY_SERVICE]
-    lookback = time.time() - phase.started_wall + 2
-    traces, why = await collect(
-        session, entry.admin_url, others, ENTRY_SERVICE, OPERATION, lookback, limit=2000
-    )
+    traces, why, source, origin = None, None, "traces", "the 4 sidecars' /debug/traces"
+    if jaeger:
+        with console.status(f"waiting for Jaeger ({jaeger}) to hold this phase's traces…"):
+            traces, why = await collect_from_jaeger(
+                session, jaeger, ENTRY_SERVICE, OPERATION, phase.started_wall,
+                len(phase.latencies_ms), jaeger_wait_s,
+            )
+        if traces is None:
+            console.print(
+                f"[dim]Jaeger: {escape(why or '')}; reading the sidecars' /debug/traces instead.[/]"
+            )
+        else:
+            source, origin = "jaeger", f"Jaeger's query API ({jaeger.rstrip('/')})"
+    if traces is None:
+        entry = next(p for p in plans if p.name == ENTRY_SERVICE)
+        others = [p.admin_url for p in plans if p.name != ENTRY_SERVICE]
+        lookback = time.time() - phase.started_wall + 2
+        traces, why = await collect(
+            session, entry.admin_url, others, ENTRY_SERVICE, OPERATION, lookback, limit=2000
+        )
     if traces is not None:
         since_us = phase.started_wall * 1e6
         traces["data"] = [
-            t for t in traces["data"] if min(s["startTime"] for s in t["spans"]) >= since_us
+            t for t in traces["data"]
+            if t.get("spans") and min(s["startTime"] for s in t["spans"]) >= since_us
         ]
         path = workdir / "traces.json"
         path.write_text(json.dumps(traces))
         spans = sum(len(t["spans"]) for t in traces["data"])
         console.print(
-            f"Collected {len(traces['data'])} traces ({spans} spans) from the 4 sidecars' "
-            f"/debug/traces → {path}"
+            f"Collected {len(traces['data'])} traces ({spans} spans) from {origin} → {path}",
+            highlight=False,
         )
-        diag = diagnose_traces(traces, console, workdir)
+        diag = diagnose_traces(traces, console, workdir, source)
         if diag is not None:
             return diag
-        why = "this build has no trace-based diagnosis (sidecar.diagnose) yet"
+        why = f"no trace of {ENTRY_SERVICE} {OPERATION} showed a slowest downstream hop"
     console.print(f"[dim]Trace-based diagnosis unavailable: {why}.[/]")
     console.print("[dim]Showing the bff's own per-call timing (its Server-Timing header).[/]")
     breakdown = server_timing_breakdown(phase)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -102,6 +103,64 @@ async def collect(
     )
     others = [payload for payload, _ in fetched if payload is not None]
     return merge_traces(entry, others), None
+
+
+async def collect_from_jaeger(
+    session: aiohttp.ClientSession,
+    base: str,
+    service: str,
+    operation: str,
+    since_wall: float,
+    expected: int,
+    wait_s: float,
+    poll_s: float = 1.0,
+) -> tuple[JaegerPayload | None, str | None]:
+    """The phase's traces as Jaeger's query API serves them, once Jaeger has them.
+
+    Sidecars export in batches (one a second), so the last traces arrive after the load
+    stopped, and a trace's spans arrive from four sidecars at different times. Jaeger is
+    asked until it holds most of the requests sent (`expected`) and the span count stays the
+    same between two polls; after `wait_s`, whatever it has (or the reason it has nothing)."""
+    url = f"{base.rstrip('/')}/api/traces"
+    params = {
+        "service": service,
+        "operation": operation,
+        "start": str(int(since_wall * 1e6)),
+        "limit": str(max(1, expected) * 2),
+    }
+    want = max(1, math.ceil(expected * 0.9))
+    deadline = asyncio.get_running_loop().time() + wait_s
+    last_spans = -1
+    while True:
+        params["end"] = str(int(time.time() * 1e6))
+        payload, why = await _get_traces(session, url, params)
+        if payload is None:
+            return None, why  # unreachable or refusing: waiting will not change that
+        spans = sum(len(t.get("spans", [])) for t in payload["data"])
+        if len(payload["data"]) >= want and spans == last_spans:
+            return payload, None
+        last_spans = spans
+        if asyncio.get_running_loop().time() >= deadline:
+            break
+        await asyncio.sleep(poll_s)
+    if payload["data"]:
+        return payload, None  # fewer than hoped for, still worth diagnosing
+    return None, f"Jaeger has no {service} {operation!r} traces after {wait_s:g}s"
+
+
+async def _get_traces(
+    session: aiohttp.ClientSession, url: str, params: dict[str, str]
+) -> tuple[JaegerPayload | None, str | None]:
+    try:
+        async with session.get(url, params=params) as resp:
+            if resp.status != 200:
+                return None, f"{url} answered {resp.status}"
+            data = await resp.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        return None, f"cannot reach {url}: {exc or type(exc).__name__}"
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        return None, f"{url} did not return Jaeger JSON"
+    return data, None
 
 
 # ---------------------------------------------------------------- fallback breakdown

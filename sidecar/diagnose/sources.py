@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 
@@ -52,7 +52,7 @@ async def from_jaeger(session: aiohttp.ClientSession, base: str, query: Query) -
     Jaeger filters operations by exact name, while users type a prefix ("GET /context"), so
     the exact name is looked up first; with no single match we ask for the whole service and
     filter locally."""
-    base = base.rstrip("/")
+    base = _http_base(base)
     end_us = int(time.time() * 1_000_000)
     params = {
         "service": query.service,
@@ -151,10 +151,20 @@ def _error_detail(body: bytes) -> str:
         return ""
 
 
-def _debug_traces_url(url: str) -> str:
-    url = url.rstrip("/")
+def _http_base(given: str) -> str:
+    """`localhost:16686` as users type it means http://localhost:16686."""
+    url = given.strip()
     if "://" not in url:
         url = f"http://{url}"
+    url = url.rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SourceError(f"{given.strip()}: not an http:// or https:// URL")
+    return url
+
+
+def _debug_traces_url(url: str) -> str:
+    url = _http_base(url)
     return url if url.endswith("/debug/traces") else f"{url}/debug/traces"
 
 

@@ -176,7 +176,8 @@ def _mark_hops(nodes: list[Node]) -> None:
         if node.span.kind == "client":
             callee = _callee(node)
             local = callee is None and bool(node.children)
-            if not local or _tag(node.span, "sidecar.upstream"):
+            own_app = _to_own_app(node, callee)
+            if not own_app and (not local or _tag(node.span, "sidecar.upstream")):
                 node.hop = _client_hop(node, callee)
         elif node.span.service != parent.span.service and not _is_callee_of_client(node):
             node.hop = HopKey(node.span.service, node.span.operation)
@@ -189,6 +190,13 @@ def _callee(node: Node) -> Node | None:
     servers = [c for c in others if c.span.kind == "server"]
     pool = servers or others
     return min(pool, key=lambda c: c.start) if pool else None
+
+
+def _to_own_app(node: Node, callee: Node | None) -> bool:
+    """An inbound sidecar forwarding to the app it fronts: a CLIENT span naming its own
+    service. That time is the service's own work (or, below a hop, part of that hop), not a
+    second call; counting it would double every hop seen through two sidecars."""
+    return callee is None and _tag(node.span, "sidecar.upstream") == node.span.service
 
 
 def _is_callee_of_client(node: Node) -> bool:

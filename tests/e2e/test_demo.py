@@ -1,12 +1,10 @@
-"""`sidecar demo --quick` as a user runs it: real processes, the diagnosis, before/after
-numbers, and nothing left behind (processes or ports), also after Ctrl-C."""
+"""`sidecar demo` as a user runs it: real processes, the diagnosis, before/after numbers,
+and nothing left behind (processes or ports), also after Ctrl-C."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
+import re
 import subprocess
 import sys
 import time
@@ -14,81 +12,133 @@ from pathlib import Path
 
 import pytest
 
-DEMO = [sys.executable, "-m", "sidecar.cli", "demo"]
+from tests.e2e.demo_run import (
+    Demo,
+    alive,
+    descendants,
+    kill_leftovers,
+    listening_ports,
+    live_in_sessions_or_groups,
+    poll,
+    port_is_free,
+    served_requests,
+)
+
+ROUTE = "/context/{user_id}"
+ROUTE_OP = "GET /context/{user_id}"
 
 
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state != "Z"  # a zombie nobody reaped has already exited
-
-
-def assert_nothing_left(workdir: Path) -> None:
-    topology = json.loads((workdir / "topology.json").read_text())
-    pids = topology["pids"]
-    assert len(pids) == 8, pids
-    survivors = {name: pid for name, pid in pids.items() if alive(pid)}
-    assert not survivors, f"processes outlived the demo: {survivors}"
-    for service, ports in topology["services"].items():
-        for kind, port in ports.items():
-            with socket.socket() as s:  # bind fails if anything still listens there
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind(("127.0.0.1", port))
-                s.listen()
-            assert kind and service
-
-
-def test_quick_demo_names_the_slow_hop_and_measures_the_fix(tmp_path):
+def test_quick_demo_names_the_slow_hop_and_measures_the_fix(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     t0 = time.monotonic()
-    r = subprocess.run(
-        [*DEMO, "--quick", "--workdir", str(workdir)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "COLUMNS": "120"},
-    )
-    elapsed = time.monotonic() - t0
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    out = r.stdout
-    assert "Slowest hop" in out and "document-service" in out
-    assert "before" in out and "after" in out and "p50" in out and "p99" in out
-    result = json.loads((workdir / "result.json").read_text())
-    assert result["slowest_hop"] == "document-service"
-    before, after = result["before"], result["after"]
-    assert before["requests"] > 20 and after["requests"] > 20
-    # concurrent calls hide user- and retrieval-service behind document-service
-    assert after["p50_ms"] < before["p50_ms"]
-    assert elapsed < 60, f"--quick took {elapsed:.0f}s"
-    assert_nothing_left(workdir)
-
-
-def test_ctrl_c_stops_everything(tmp_path):
-    workdir = tmp_path / "demo"
-    proc = subprocess.Popen(
-        [*DEMO, "--quick", "--workdir", str(workdir)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    demo = Demo(["--quick"], workdir)
     try:
-        # wait until the load runs, i.e. all eight children are up
-        deadline = time.monotonic() + 60
-        seen = ""
-        assert proc.stdout is not None
-        while "ready in" not in seen:
-            line = proc.stdout.readline()
-            if not line or time.monotonic() > deadline:
-                pytest.fail(f"demo never became ready:\n{seen}")
-            seen += line
-        proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=30)
+        code = demo.wait(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, seen + rest
-    assert "interrupted" in rest
-    assert "Traceback" not in seen + rest
-    assert_nothing_left(workdir)
+        demo.kill()
+    elapsed = time.monotonic() - t0
+    out = demo.output
+    assert code == 0, out[-4000:]
+    assert "Traceback" not in out
+    text = " ".join(out.split())  # rich wraps long lines at the terminal's width
+
+    # The diagnosis comes from the sidecars' traces (not the Server-Timing fallback) ...
+    assert "Trace-based diagnosis unavailable" not in text
+    collected = re.search(r"Collected (\d+) traces \((\d+) spans\)", text)
+    assert collected and int(collected[1]) > 20, text
+    # ... names the hop the demo slowed down, and the calls that need not be sequential.
+    assert re.search(r"Slowest hop: document-service GET /documents: \d+% of p99 critical path",
+                     text), text
+    saving = re.search(r"user-service, document-service and retrieval-service are called one "
+                       r"after the other; concurrent would save ~(\d+) ms at p50", text)
+    assert saving and int(saving[1]) >= 50, text  # user + retrieval take ~75 ms at p50
+
+    # Before/after as printed, and as recorded for scripts.
+    result = json.loads((workdir / "result.json").read_text())
+    before, after = result["before"], result["after"]
+    line = re.search(r"before p50 ([\d,]+) ms p99 ([\d,]+) ms → after p50 ([\d,]+) ms "
+                     r"p99 ([\d,]+) ms", text)
+    assert line, text
+    assert float(line[1].replace(",", "")) == pytest.approx(before["p50_ms"], abs=1)
+    assert float(line[3].replace(",", "")) == pytest.approx(after["p50_ms"], abs=1)
+    assert result["slowest_hop"] == "document-service"
+    assert result["diagnosis_source"] == "traces"
+    assert before["requests"] > 20 and after["requests"] > 20
+    assert before["errors"] == after["errors"] == 0
+    # Concurrent calls hide user- and retrieval-service behind document-service.
+    assert after["p50_ms"] < before["p50_ms"] - 30
+
+    # The HTML report: written, and its path printed.
+    report = Path(result["report"])
+    assert f"Diagnosis report: {report}" in text
+    html = report.read_text()
+    assert html.lstrip().lower().startswith("<!doctype html") and "document-service" in html
+
+    # Every hop is counted once per request, not once per sidecar it crossed.
+    diag = subprocess.run(
+        [sys.executable, "-m", "sidecar.cli", "diagnose", "--file", str(workdir / "traces.json"),
+         "--service", "bff", "--operation", ROUTE_OP, "--json"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    doc = json.loads(diag.stdout)
+    traces = doc["latency_ms"]["count"]
+    assert {h["service"]: h["count"] for h in doc["hops"]} == {
+        "user-service": traces, "document-service": traces, "retrieval-service": traces}
+
+    assert elapsed < 60, f"--quick took {elapsed:.0f}s"
+    topology = demo.topology()
+    assert not [pid for pid in topology["pids"].values() if alive(pid)]
+    assert not live_in_sessions_or_groups(topology["pids"].values())
+    assert not [p for p in ports_of(topology) if not port_is_free(p)]
+
+
+@pytest.mark.parametrize(
+    ("moment", "tty"),
+    [("starting", False), ("under-load", False), ("under-load", True)],
+    ids=["starting", "under-load", "under-load-on-a-terminal"],
+)
+def test_ctrl_c_stops_everything_it_started(tmp_path: Path, moment: str, tty: bool) -> None:
+    workdir = tmp_path / "demo"
+    demo = Demo(["--quick"], workdir, tty=tty)
+    try:
+        if moment == "starting":  # every child spawned, none known ready yet
+            poll("topology.json", (workdir / "topology.json").exists, timeout=60, interval=0.01)
+        else:
+            demo.wait_for_line("ready in", timeout=60)
+            bff_admin = f"http://127.0.0.1:{demo.topology()['services']['bff']['admin']}"
+            poll("load through the bff", lambda: served_requests(bff_admin, ROUTE) > 0, 30)
+        topology = demo.topology()
+        children = descendants(demo.proc.pid)
+        recorded = set(topology["pids"].values())
+        assert recorded <= {p.pid for p in children}, (recorded, children)
+        ports = ports_of(topology)
+        if moment == "under-load":  # all sixteen listeners are up: check /proc agrees
+            assert listening_ports(p.pid for p in children) == ports
+        groups = {p.sid for p in children} | {p.pgid for p in children} | {demo.proc.pid}
+
+        t0 = time.monotonic()
+        demo.interrupt()
+        code = demo.wait(timeout=30)
+        stopped_in = time.monotonic() - t0
+    finally:
+        demo.kill()
+    survivors = [p for p in children if alive(p.pid)]
+    escaped = live_in_sessions_or_groups(groups)
+    bound = [p for p in ports if not port_is_free(p)]
+    kill_leftovers(survivors + escaped)
+    out = demo.output
+    assert code == 130, out[-4000:]
+    assert "interrupted" in out
+    assert "Traceback" not in out
+    assert stopped_in < 10, f"took {stopped_in:.1f}s to stop after Ctrl-C"
+    assert not survivors, "children outlived the demo"
+    assert not escaped, "a (grand)child escaped the stop"
+    assert not bound, "ports still bound"
+    for log in workdir.glob("*.log"):  # children are stopped, not killed mid-stack
+        assert "Traceback" not in log.read_text(errors="replace"), log.name
+
+
+def ports_of(topology: dict[str, dict[str, dict[str, int]]]) -> set[int]:
+    ports = {port for svc in topology["services"].values() for port in svc.values()}
+    assert len(ports) == 16, topology
+    return ports

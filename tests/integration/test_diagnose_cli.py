@@ -8,9 +8,20 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import free_port
 from tests.doubles.jaeger import JaegerDouble
-from tests.unit.diagnose.builder import concurrent_fanout, jaeger_response, rebase, sequential_chain
+from tests.unit.diagnose.builder import (
+    DOCS,
+    RETR,
+    USER,
+    concurrent_fanout,
+    jaeger_response,
+    meshed,
+    rebase,
+    sequential_chain,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRY = (
@@ -83,3 +94,32 @@ async def test_empty_source_and_usage_errors() -> None:
     assert code == 2 and "exactly one trace source" in err
     code, _, err = await run_cli("--file", "x.json", "--service", "bff", "--lookback", "soon")
     assert code == 2 and "--lookback" in err
+
+
+async def test_traces_recorded_by_a_sidecar_mesh_text_and_json() -> None:
+    """The demo's shape (every service behind its own sidecar): the same answers, and one
+    call per hop per request."""
+    builders = [meshed([(USER, 1, 20), (DOCS, 22, 60 if i < 49 else 120), (RETR, 23 + 60, 10)],
+                       total_ms=95 if i < 49 else 155, base_ms=i * 1000) for i in range(50)]
+    args = ("--service", "bff", "--operation", "GET /context/{user_id}")
+    async with JaegerDouble(traces(builders)) as jaeger:
+        code, out, err = await run_cli("--jaeger", jaeger.url, *args)
+        assert code == 0, err
+        code_json, out_json, err_json = await run_cli("--jaeger", jaeger.url, *args, "--json")
+    assert "document-service GET /documents/{id}: " in out
+    assert ("user-service, document-service and retrieval-service are called one after the "
+            "other; concurrent would save ~30 ms at p50") in " ".join(out.split())
+    assert code_json == 0, err_json
+    doc = json.loads(out_json)
+    assert doc["slowest_hop"]["hop"] == "document-service GET /documents/{id}"
+    assert {h["service"]: h["count"] for h in doc["hops"]} == {
+        "user-service": 50, "document-service": 50, "retrieval-service": 50}
+    [seq] = doc["sequential_calls"]
+    assert seq["saving_ms_p50"] == pytest.approx(30, abs=1) and seq["traces"] == 50
+
+
+async def test_unreachable_jaeger_with_json_prints_no_half_document() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    code, out, err = await run_cli("--jaeger", url, "--service", "bff", "--json")
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and err.startswith(f"error: cannot reach {url}/api/traces")

@@ -149,3 +149,26 @@ def rebase(payload: dict[str, Any], now_us: int) -> dict[str, Any]:
     for s in spans:
         s["startTime"] += shift
     return payload
+
+
+def meshed(
+    calls: list[tuple[tuple[str, str], float, float]], total_ms: float, base_ms: float = 0.0,
+) -> TraceBuilder:
+    """A bff request as the demo's sidecars record it (every service behind its own sidecar):
+    each sidecar's inbound SERVER span wraps a CLIENT span to its local app (tagged with its own
+    service as `sidecar.upstream`); each app call goes to the bff sidecar's outbound listener
+    (a SERVER span) that makes the CLIENT call to the upstream's sidecar."""
+    b = TraceBuilder(base_ms)
+    root = b.span("bff", ROOT_OP, 0, total_ms, tags={"http.route": "/context/{user_id}"})
+    app = b.span("bff", ROOT_OP, 0.1, total_ms - 0.2, root, "client",
+                 {"sidecar.upstream": "bff", "sidecar.attempt": 1, "server.address": "bff"})
+    for (service, op), start, duration in calls:
+        out = b.span("bff", op, start, duration, app, "server", {"sidecar.direction": "outbound"})
+        client = b.span("bff", op, start + 0.1, duration - 0.2, out, "client",
+                        {"sidecar.upstream": service, "sidecar.attempt": 1,
+                         "server.address": service})
+        inbound = b.span(service, op, start + 0.2, duration - 0.4, client, "server",
+                         {"sidecar.direction": "inbound"})
+        b.span(service, op, start + 0.3, duration - 0.6, inbound, "client",
+               {"sidecar.upstream": service, "sidecar.attempt": 1, "server.address": service})
+    return b

@@ -18,6 +18,7 @@ from tests.unit.diagnose.builder import (
     TraceBuilder,
     bff,
     concurrent_fanout,
+    meshed,
     mixed,
     sequential_chain,
 )
@@ -314,3 +315,21 @@ def test_no_matching_trace_raises() -> None:
         diagnose([b.trace() for b in sequential_chain(3)], "user-service", "GET /nothing")
     with pytest.raises(NoMatchingTraces):
         diagnose([Trace("t", ())], "bff", None)
+
+
+def test_sidecars_forwarding_to_their_local_app_are_not_hops() -> None:
+    """The demo's real shape: the inbound sidecar's CLIENT span to its own app is the same
+    call as the caller's hop, not a second one (nor, for the bff, a hop at all)."""
+    n = 50
+    builders = [
+        meshed([(USER, 1, 20), (DOCS, 22, 60), (RETR, 83, 10)], total_ms=95, base_ms=i * 1000)
+        for i in range(n)
+    ]
+    d = run(builders)
+    assert {h.service for h in d.hops} == {"user-service", "document-service",
+                                            "retrieval-service"}
+    assert all(h.count == n and h.traces == n for h in d.hops), d.hops
+    assert d.slowest is not None
+    assert d.slowest.message.startswith("document-service GET /documents/{id}: ")
+    [seq] = d.sequential
+    assert seq.saving_ms == pytest.approx(30.0, abs=1)

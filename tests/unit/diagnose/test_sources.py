@@ -74,6 +74,15 @@ async def test_jaeger_source_errors_are_one_line() -> None:
     assert "\n" not in str(info.value)
 
 
+async def test_jaeger_url_without_scheme_is_http_and_other_schemes_are_refused() -> None:
+    async with JaegerDouble(payload(3)["data"]) as jaeger, aiohttp.ClientSession() as session:
+        bare = jaeger.url.removeprefix("http://") + "/"
+        assert len(await sources.from_jaeger(session, bare, QUERY)) == 3
+        for url in ("ftp://jaeger:16686", "http://", "https://:16686"):
+            with pytest.raises(sources.SourceError, match="not an http:// or https:// URL"):
+                await sources.from_jaeger(session, url, QUERY)
+
+
 async def test_admin_sources_are_merged_by_trace_id(unused_port: int) -> None:
     """Each sidecar serves only its own service's spans; together they make whole traces."""
     whole = payload(4)
