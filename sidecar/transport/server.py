@@ -61,6 +61,27 @@ class ServerState:
         self.started_requests = 0
         self.draining = False
         self._idle: asyncio.Event | None = None
+        self._sweep: asyncio.TimerHandle | None = None
+
+    def track(self, conn: ServerConnection, loop: asyncio.AbstractEventLoop) -> None:
+        self.connections.add(conn)
+        if self._sweep is None:
+            self._sweep = loop.call_later(self._tick(), self._expire, loop)
+
+    def _tick(self) -> float:
+        # Per-connection deadlines are checked by one sweep per process instead of a timer
+        # per connection: arming one is a float store on the hot path, and an idle
+        # connection carries no TimerHandle. They fire at most a quarter late (<= 1 s).
+        limits = self.limits
+        return min(1.0, max(0.01, min(limits.header_read_timeout, limits.idle_timeout) / 4))
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._sweep = None
+        now = loop.time()
+        for conn in [c for c in self.connections if 0.0 < c.deadline <= now]:
+            conn.expire()
+        if self.connections:
+            self._sweep = loop.call_later(self._tick(), self._expire, loop)
 
     def request_started(self) -> None:
         self.active_requests += 1
@@ -128,9 +149,9 @@ class ServerConnection(asyncio.Protocol):
         "_report_broken",
         "_state",
         "_task",
-        "_timer",
         "_transport",
         "_url",
+        "deadline",
     )
 
     def __init__(
@@ -160,7 +181,9 @@ class ServerConnection(asyncio.Protocol):
         # empty deque costs ~700 bytes on every idle connection.
         self._pending: list[tuple[Request, bool]] = []
         self._task: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        # Loop time at which the header-read or idle timeout fires; 0: none (ServerState
+        # sweeps these).
+        self.deadline = 0.0
         self._closing = False
         self._reading_paused = False
         # The byte stream broke while a request was being served: answer it, then close.
@@ -183,7 +206,7 @@ class ServerConnection(asyncio.Protocol):
             # Over the limit: refuse at once rather than queue unboundedly.
             self._send_error_and_close(Overloaded("too many connections", retry_after=1))
             return
-        self._state.connections.add(self)
+        self._state.track(self, self._loop)
         self._arm_timer(self._limits.header_read_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -243,7 +266,7 @@ class ServerConnection(asyncio.Protocol):
         self._headers = []
         self._head_bytes = 0
         self._body_bytes = 0
-        if self._timer is None:
+        if not self.deadline:
             self._arm_timer(self._limits.header_read_timeout)
 
     def on_url(self, url: bytes) -> None:
@@ -490,16 +513,14 @@ class ServerConnection(asyncio.Protocol):
             self._transport.close()
 
     def _arm_timer(self, delay: float) -> None:
-        self._cancel_timer()
-        self._timer = self._loop.call_later(delay, self._on_timeout)
+        self.deadline = self._loop.time() + delay
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.deadline = 0.0
 
-    def _on_timeout(self) -> None:
-        self._timer = None
+    def expire(self) -> None:
+        """The header-read or idle deadline passed (called by the ServerState sweep)."""
+        self.deadline = 0.0
         if self._task is None:
             if self._head_raw or self._url or self._headers:
                 # Slowloris: part of a head arrived, too slowly. Say why, then cut it off.
