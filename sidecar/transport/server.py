@@ -62,10 +62,13 @@ class ServerState:
         self.draining = False
         self._idle: asyncio.Event | None = None
         self._sweep: asyncio.TimerHandle | None = None
+        self._sweep_loop: asyncio.AbstractEventLoop | None = None
 
     def track(self, conn: ServerConnection, loop: asyncio.AbstractEventLoop) -> None:
         self.connections.add(conn)
-        if self._sweep is None:
+        if self._sweep is None or self._sweep_loop is not loop:
+            # (A sweep left on another, closed loop would never fire.)
+            self._sweep_loop = loop
             self._sweep = loop.call_later(self._tick(), self._expire, loop)
 
     def _tick(self) -> float:
