@@ -15,8 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiohttp import web
-
 from sidecar.admin.server import AdminRoute, AdminServer, json_response
 from sidecar.balance.cluster import Cluster
 from sidecar.balance.factory import make_balancer
@@ -207,10 +205,10 @@ class Sidecar:
     # ------------------------------------------------------------ admin
     def _admin_routes(self) -> list[AdminRoute]:
 
-        async def config_view(request: web.Request) -> web.StreamResponse:
+        async def config_view(request: Request) -> Response:
             return json_response(redacted(self.config))
 
-        async def endpoints_view(request: web.Request) -> web.StreamResponse:
+        async def endpoints_view(request: Request) -> Response:
             now = self.clock.monotonic()
             return json_response(
                 {
@@ -227,7 +225,7 @@ class Sidecar:
                 }
             )
 
-        async def breakers_view(request: web.Request) -> web.StreamResponse:
+        async def breakers_view(request: Request) -> Response:
             return json_response({n: b.snapshot() for n, b in sorted(self.breakers.items())})
 
         routes: list[AdminRoute] = [

@@ -1,20 +1,39 @@
-"""Admin HTTP server (aiohttp): /healthz, /readyz, plus routes contributed by components
-(/metrics, /admin/*, /debug/*). /admin/* and /debug/* answer loopback clients only unless
-`admin.expose_debug` (DESIGN §8)."""
+"""Admin HTTP server: /healthz, /readyz, plus routes contributed by components (/metrics,
+/admin/*, /debug/*). /admin/* and /debug/* answer loopback clients only unless
+`admin.expose_debug` (DESIGN §8).
+
+It runs on the data path's own HTTP/1.1 server protocol (httptools), not aiohttp.web: the
+admin API is a handful of GET routes, and aiohttp.web alone cost ~13 MiB of RSS per sidecar.
+It has its own ServerState, so the data path's connection limit and drain don't apply here."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
+import logging
 from collections.abc import Awaitable, Callable, Sequence
+from urllib.parse import parse_qs, unquote, urlsplit
 
-from aiohttp import web
+from sidecar.http import BytesBody, Headers, Request, Response
+from sidecar.transport.server import ServerConnection, ServerLimits, ServerState
 
-AdminHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+log = logging.getLogger(__name__)
+
+AdminHandler = Callable[[Request], Awaitable[Response]]
 AdminRoute = tuple[str, str, AdminHandler]  # (method, path, handler)
 ReadinessCheck = Callable[[], Awaitable[list[str]]]  # reasons not ready; empty = ready
 
 _PROTECTED = ("/admin", "/debug")
+# Admin requests are small GETs from operators and scrapers; these bound what a stray client
+# can make the admin port hold.
+ADMIN_LIMITS = ServerLimits(
+    max_header_bytes=16384,
+    max_body_bytes=1024 * 1024,
+    header_read_timeout=10.0,
+    max_connections=1024,
+)
+_STOP_GRACE = 2.0  # seconds an in-flight admin request may take to finish at stop
 
 
 def _is_loopback(remote: str | None) -> bool:
@@ -26,12 +45,31 @@ def _is_loopback(remote: str | None) -> bool:
         return False
 
 
-def json_response(data: object, status: int = 200) -> web.Response:
-    return web.Response(
-        text=json.dumps(data, indent=2, sort_keys=True, default=str),
+def json_response(data: object, status: int = 200) -> Response:
+    """Pretty JSON, the admin API's house style."""
+    return json_body(json.dumps(data, indent=2, sort_keys=True, default=str), status)
+
+
+def json_body(text: str, status: int = 200) -> Response:
+    return Response(
         status=status,
-        content_type="application/json",
+        headers=Headers.from_lower([("content-type", "application/json; charset=utf-8")]),
+        body=BytesBody(text.encode()),
     )
+
+
+def text_response(text: str, status: int, extra: list[tuple[str, str]] | None = None) -> Response:
+    fields = [("content-type", "text/plain; charset=utf-8"), *(extra or [])]
+    return Response(status, Headers.from_lower(fields), BytesBody(text.encode()))
+
+
+def query_params(request: Request) -> dict[str, str]:
+    """The query string's parameters, first value of each (blank values kept)."""
+    q = request.target.find("?")
+    if q < 0:
+        return {}
+    parsed = parse_qs(request.target[q + 1 :], keep_blank_values=True)
+    return {k: v[0] for k, v in parsed.items()}
 
 
 class AdminServer:
@@ -43,21 +81,35 @@ class AdminServer:
     ) -> None:
         self._expose = expose_debug
         self._readiness = readiness
-        self._app = web.Application(middlewares=[self._guard])
-        self._app.router.add_get("/healthz", self._healthz)
-        self._app.router.add_get("/readyz", self._readyz)
+        # path -> method -> handler; GET routes answer HEAD too (as aiohttp's add_get did).
+        self._routes: dict[str, dict[str, AdminHandler]] = {}
+        self._add("GET", "/healthz", self._healthz)
+        self._add("GET", "/readyz", self._readyz)
         for method, path, handler in routes:
-            self._app.router.add_route(method, path, handler)
-        self._runner: web.AppRunner | None = None
+            self._add(method, path, handler)
+        self._state = ServerState(ADMIN_LIMITS)
+        self._server: asyncio.Server | None = None
 
-    @web.middleware
-    async def _guard(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
+    def _add(self, method: str, path: str, handler: AdminHandler) -> None:
+        methods = self._routes.setdefault(path, {})
+        methods[method.upper()] = handler
+        if method.upper() == "GET":
+            methods.setdefault("HEAD", handler)
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when started on port 0)."""
+        assert self._server is not None, "admin server not started"
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def handle(self, request: Request) -> Response:
+        target = request.target
+        # Routed on the decoded path (as aiohttp did), so the guard sees what routing sees.
+        path = unquote(request.path if target.startswith("/") else urlsplit(target).path)
         if (
-            request.path.startswith(_PROTECTED)
+            path.startswith(_PROTECTED)
             and not self._expose
-            and not _is_loopback(request.remote)
+            and not _is_loopback(request.client_addr)
         ):
             return json_response(
                 {
@@ -67,24 +119,48 @@ class AdminServer:
                 },
                 status=403,
             )
-        return await handler(request)
+        methods = self._routes.get(path)
+        if methods is None:
+            return text_response("404: Not Found", 404)
+        handler = methods.get(request.method)
+        if handler is None:
+            allow = ",".join(sorted(methods))
+            return text_response("405: Method Not Allowed", 405, [("allow", allow)])
+        try:
+            return await handler(request)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("admin handler failed: %s %s", request.method, path)
+            return text_response("500 Internal Server Error", 500)
 
-    async def _healthz(self, request: web.Request) -> web.Response:
+    async def _healthz(self, request: Request) -> Response:
         return json_response({"status": "ok"})
 
-    async def _readyz(self, request: web.Request) -> web.Response:
+    async def _readyz(self, request: Request) -> Response:
         reasons = await self._readiness()
         if reasons:
             return json_response({"status": "not ready", "reasons": reasons}, status=503)
         return json_response({"status": "ready"})
 
     async def start(self, host: str, port: int) -> None:
-        self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
-        await site.start()
+        loop = asyncio.get_running_loop()
+        self._state = state = ServerState(ADMIN_LIMITS)
+        handler = self.handle
+
+        def factory() -> ServerConnection:
+            # No `prepare`: the data path's (request ids, proxy headers) is not the admin's.
+            return ServerConnection(handler, state, "admin")
+
+        self._server = await loop.create_server(factory, host, port, reuse_address=True)
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        # Idle keep-alive connections close now, busy ones after their answer.
+        self._state.start_drain()
+        await self._state.wait_idle(_STOP_GRACE)
+        for conn in list(self._state.connections):
+            conn.close_if_idle()

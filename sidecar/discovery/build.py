@@ -9,20 +9,22 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sidecar.clock import Clock
 from sidecar.config import Config
-from sidecar.discovery.consul import ConsulResolver
-from sidecar.discovery.consul_http import ConsulHttp
 from sidecar.discovery.file import FileResolver
-from sidecar.discovery.registration import (
-    ConsulRegistration,
-    Lifecycle,
-    service_registration,
-)
+from sidecar.discovery.registration import Lifecycle
 from sidecar.discovery.resolver import Directory, Resolver
 from sidecar.discovery.static import StaticResolver
 from sidecar.events import Observer
+
+if TYPE_CHECKING:
+    # The Consul modules pull in aiohttp's client (~several MiB): imported at run time only
+    # when discovery.consul is configured.
+    from sidecar.discovery.consul import ConsulResolver
+    from sidecar.discovery.consul_http import ConsulHttp
+    from sidecar.discovery.registration import ConsulRegistration
 
 
 class AllSynced:
@@ -38,7 +40,7 @@ class AllSynced:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         for source in self._sources:
-            if isinstance(source, ConsulResolver):
+            if not isinstance(source, FileResolver):
                 if not await source.wait_synced(max(0.0, deadline - loop.time())):
                     return False
                 continue
@@ -93,9 +95,15 @@ def build_discovery(
         file_resolver = FileResolver(path, observer=observer)
         resolvers.append(file_resolver)
         synced.append(file_resolver)
-    consul = http = registration = None
+    consul: ConsulResolver | None = None
+    http: ConsulHttp | None = None
+    registration: ConsulRegistration | None = None
     consul_cfg = config.discovery.consul
     if consul_cfg is not None:
+        from sidecar.discovery.consul import ConsulResolver
+        from sidecar.discovery.consul_http import ConsulHttp
+        from sidecar.discovery.registration import ConsulRegistration, service_registration
+
         http = ConsulHttp(
             consul_cfg.address, token=consul_cfg.token, datacenter=consul_cfg.datacenter
         )

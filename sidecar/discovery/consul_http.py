@@ -9,9 +9,12 @@ import asyncio
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
+if TYPE_CHECKING:
+    # Imported when first used: Lifecycle (always built) imports this module through
+    # registration.py, and a sidecar without Consul should not pay aiohttp's ~10 MiB.
+    import aiohttp
 
 
 class ConsulError(Exception):
@@ -61,6 +64,8 @@ class ConsulHttp:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
+            import aiohttp
+
             self._session = aiohttp.ClientSession()
         return self._session
 
@@ -82,6 +87,8 @@ class ConsulHttp:
         body: Any,
         deadline: float | None,
     ) -> ConsulReply:
+        import aiohttp
+
         what = f"consul {method} {path}"
         data = json.dumps(body).encode() if body is not None else None
         try:

@@ -6,16 +6,14 @@ enforces loopback-only access to /debug/* itself."""
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 
-from aiohttp import web
-
+from sidecar.admin.server import AdminHandler, AdminRoute, json_body, query_params
 from sidecar.config import parse_duration
+from sidecar.http import BytesBody, Headers, Request, Response
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.span_buffer import SpanBuffer
 
-AdminHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Route = tuple[str, str, AdminHandler]
+Route = AdminRoute
 
 DEFAULT_LOOKBACK = 3600.0  # Jaeger's UI default, 1h
 DEFAULT_LIMIT = 20
@@ -32,22 +30,22 @@ def telemetry_routes(metrics: Metrics | None, buffer: SpanBuffer | None) -> list
 
 
 def metrics_handler(metrics: Metrics) -> AdminHandler:
-    async def handle(request: web.Request) -> web.StreamResponse:
-        body, content_type = metrics.render(request.headers.get("Accept"))
-        return web.Response(body=body, headers={"Content-Type": content_type})
+    async def handle(request: Request) -> Response:
+        body, content_type = metrics.render(request.headers.get("accept"))
+        return Response(200, Headers.from_lower([("content-type", content_type)]), BytesBody(body))
 
     return handle
 
 
-def _bad_request(message: str) -> web.Response:
-    return web.json_response({"data": None, "errors": [{"code": 400, "msg": message}]}, status=400)
+def _bad_request(message: str) -> Response:
+    return json_body(json.dumps({"data": None, "errors": [{"code": 400, "msg": message}]}), 400)
 
 
 def traces_handler(buffer: SpanBuffer) -> AdminHandler:
     """Jaeger query-API shaped: `?service=&operation=&lookback=15m&limit=20`."""
 
-    async def handle(request: web.Request) -> web.StreamResponse:
-        q = request.query
+    async def handle(request: Request) -> Response:
+        q = query_params(request)
         try:
             lookback = parse_duration(q["lookback"]) if q.get("lookback") else DEFAULT_LOOKBACK
         except ValueError as exc:
@@ -64,9 +62,10 @@ def traces_handler(buffer: SpanBuffer) -> AdminHandler:
             lookback=lookback,
             limit=limit,
         )
-        return web.Response(
-            body=json.dumps(result, separators=(",", ":")).encode(),
-            content_type="application/json",
+        return Response(
+            200,
+            Headers.from_lower([("content-type", "application/json")]),
+            BytesBody(json.dumps(result, separators=(",", ":")).encode()),
         )
 
     return handle

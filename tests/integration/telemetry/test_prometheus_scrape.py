@@ -12,8 +12,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
+from sidecar.admin.server import AdminServer
 from sidecar.telemetry.admin_routes import telemetry_routes
 from sidecar.telemetry.metrics import Metrics
 from tests.conftest import free_port, require_binary
@@ -27,15 +27,15 @@ async def admin() -> AsyncIterator[tuple[int, Metrics]]:
     metrics.observe_server("GET", "/users/{id}", 200, "", 0.03, TRACE)
     metrics.observe_client("user-service", "GET", 200, "", 0.02, TRACE)
     metrics.breaker_state("user-service", "open")
-    app = web.Application()
-    for method, path, handler in telemetry_routes(metrics, None):
-        app.router.add_route(method, path, handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
+
+    async def ready() -> list[str]:
+        return []
+
+    server = AdminServer(telemetry_routes(metrics, None), ready)
     port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await server.start("127.0.0.1", port)
     yield port, metrics
-    await runner.cleanup()
+    await server.stop()
 
 
 async def query(session: aiohttp.ClientSession, base: str, path: str, **params: str) -> Any:

@@ -2,11 +2,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from sidecar.admin.server import AdminServer
 from sidecar.config import TracingConfig
 from sidecar.telemetry.admin_routes import telemetry_routes
 from sidecar.telemetry.metrics import Metrics
@@ -16,20 +16,26 @@ TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[TestClient[web.Request, web.Application]]:
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
     metrics = Metrics("bff")
     metrics.observe_client("user-service", "GET", 200, "", 0.02, TRACE)
     tracing = build_tracing(TracingConfig(exporter="none"), "bff")
     for op in ("GET /a", "GET /b", "GET /b"):
         tracing.tracer.start_span(op).end()
-    app = web.Application()
-    for method, path, handler in telemetry_routes(metrics, tracing.buffer):
-        app.router.add_route(method, path, handler)
-    async with TestClient(TestServer(app, host="127.0.0.1")) as c:
-        yield c
+
+    async def ready() -> list[str]:
+        return []
+
+    admin = AdminServer(telemetry_routes(metrics, tracing.buffer), ready)
+    await admin.start("127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{admin.port}") as c:
+            yield c
+    finally:
+        await admin.stop()
 
 
-async def test_metrics_prometheus_text(client: TestClient[web.Request, web.Application]) -> None:
+async def test_metrics_prometheus_text(client: aiohttp.ClientSession) -> None:
     resp = await client.get("/metrics")
     assert resp.status == 200
     assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
@@ -38,7 +44,7 @@ async def test_metrics_prometheus_text(client: TestClient[web.Request, web.Appli
 
 
 async def test_metrics_openmetrics_on_request(
-    client: TestClient[web.Request, web.Application],
+    client: aiohttp.ClientSession,
 ) -> None:
     resp = await client.get(
         "/metrics", headers={"Accept": "application/openmetrics-text;version=1.0.0"}
@@ -48,7 +54,7 @@ async def test_metrics_openmetrics_on_request(
     assert f'# {{trace_id="{TRACE}"}}' in text
 
 
-async def test_debug_traces(client: TestClient[web.Request, web.Application]) -> None:
+async def test_debug_traces(client: aiohttp.ClientSession) -> None:
     resp = await client.get("/debug/traces", params={"service": "bff", "lookback": "15m"})
     assert resp.status == 200
     body = await resp.json()
@@ -63,7 +69,7 @@ async def test_debug_traces(client: TestClient[web.Request, web.Application]) ->
 
 @pytest.mark.parametrize("query", [{"lookback": "soon"}, {"limit": "x"}, {"limit": "0"}])
 async def test_debug_traces_rejects_bad_params(
-    client: TestClient[web.Request, web.Application], query: dict[str, str]
+    client: aiohttp.ClientSession, query: dict[str, str]
 ) -> None:
     resp = await client.get("/debug/traces", params=query)
     assert resp.status == 400
