@@ -165,11 +165,14 @@ async def test_fallback_static_and_last_good_are_served_and_marked(upstreams, si
 async def test_ewma_steers_away_from_a_slow_endpoint(upstreams, sidecar_factory):
     ups, out, _ = await setup(upstreams, sidecar_factory, {"load_balancer": "ewma"}, n=2)
     fast, slow = ups
-    slow.delay = 0.1
+    # Peak-EWMA is load-aware (cost = rtt × (inflight + 1)): on a busy machine the fast
+    # endpoint's rtt grows with the batch, so the slow one is made clearly slower than a
+    # loaded fast one (0.3 s vs ~5 × 20 ms) for the test to measure steering, not the CPU.
+    slow.delay = 0.3
     async with aiohttp.ClientSession() as s:
         # The first batches teach the balancer which endpoint is slow; enough batches after
-        # them that the learning phase can't decide the share on a busy machine.
-        for _ in range(24):
-            await asyncio.gather(*(get(s, f"{out}/x") for _ in range(10)))
+        # them that the learning phase can't decide the share.
+        for _ in range(30):
+            await asyncio.gather(*(get(s, f"{out}/x") for _ in range(5)))
     share = len(fast.seen) / (len(fast.seen) + len(slow.seen))
     assert share > 0.8, (len(fast.seen), len(slow.seen))
