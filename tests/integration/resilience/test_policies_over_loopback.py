@@ -165,9 +165,9 @@ async def test_fallback_static_and_last_good_are_served_and_marked(upstreams, si
 async def test_ewma_steers_away_from_a_slow_endpoint(upstreams, sidecar_factory):
     ups, out, _ = await setup(upstreams, sidecar_factory, {"load_balancer": "ewma"}, n=2)
     fast, slow = ups
-    # Peak-EWMA is load-aware (cost = rtt × (inflight + 1)): on a busy machine the fast
+    # Peak-EWMA is load-aware (cost = rtt * (inflight + 1)): on a busy machine the fast
     # endpoint's rtt grows with the batch, so the slow one is made clearly slower than a
-    # loaded fast one (0.3 s vs ~5 × 20 ms) for the test to measure steering, not the CPU.
+    # loaded fast one (0.3 s vs ~5 * 20 ms) for the test to measure steering, not the CPU.
     slow.delay = 0.3
     async with aiohttp.ClientSession() as s:
         # The first batches teach the balancer which endpoint is slow; enough batches after
