@@ -141,7 +141,13 @@ def fault_middleware(faults: Faults) -> Callable[..., Awaitable[web.StreamRespon
             await asyncio.sleep(delay)
         if faults.should_fail():
             return _error(500, "injected_fault", "error injected by FAULT_ERROR_RATE")
-        return await handler(request)
+        try:
+            return await handler(request)
+        except ConnectionResetError:
+            # The caller (our sidecar) went away mid-request, e.g. while the demo stops:
+            # nobody is left to answer, and it is not a service error worth a traceback.
+            # aiohttp drops a response it cannot write without logging (nginx's 499).
+            return web.Response(status=499, text="client closed the connection")
 
     return inject
 
