@@ -250,35 +250,24 @@ def inbound_rows(prev: Scrape, cur: Scrape, dt: float) -> list[Row]:
     app = histogram_deltas(
         prev, cur, CLIENT, lambda ls: service if _get(ls, "upstream") == service else None
     )
-    rows = []
-    for name, h in app.items():
-        rows.append(
-            Row(
-                admin=cur.admin,
-                service=service,
-                kind=INBOUND,
-                name=name,
-                rps=h.count / dt,
-                success_rate=h.ok / h.count if h.count > 0 else None,
-                p50_s=h.quantile(0.5),
-                p99_s=h.quantile(0.99),
-                inflight=_int(_gauge(cur, INFLIGHT, direction="inbound", upstream="")),
-            )
+
+    def row(kind: str, name: str, h: HistogramDelta, inflight: int | None = None) -> Row:
+        return Row(
+            admin=cur.admin,
+            service=service,
+            kind=kind,
+            name=name,
+            rps=h.count / dt,
+            success_rate=h.ok / h.count if h.count > 0 else None,
+            p50_s=h.quantile(0.5),
+            p99_s=h.quantile(0.99),
+            inflight=inflight,
         )
+
+    inflight = _int(_gauge(cur, INFLIGHT, direction="inbound", upstream=""))
+    rows = [row(INBOUND, name, h, inflight) for name, h in app.items()]
     routes = histogram_deltas(prev, cur, SERVER, lambda ls: _get(ls, "http_route") or None)
-    for name, h in sorted(routes.items()):
-        rows.append(
-            Row(
-                admin=cur.admin,
-                service=service,
-                kind=ROUTE,
-                name=name,
-                rps=h.count / dt,
-                success_rate=h.ok / h.count if h.count > 0 else None,
-                p50_s=h.quantile(0.5),
-                p99_s=h.quantile(0.99),
-            )
-        )
+    rows += [row(ROUTE, name, h) for name, h in sorted(routes.items())]
     return rows
 
 
