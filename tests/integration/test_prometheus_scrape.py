@@ -6,8 +6,6 @@ that would stay empty on a live sidecar fails here."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import importlib.util
 import math
 import subprocess
 import time
@@ -22,14 +20,10 @@ from sidecar.app import Sidecar
 from sidecar.config import split_host_port
 from tests.conftest import free_port, require_binary
 from tests.integration.test_dashboards import all_queries, load_dashboards, panels, substitute
+from tests.integration.top_traffic import drive
 
 SERVICE = "bff"
 RATE_INTERVAL = "10s"  # Grafana would use 4 x the 1 s scrape interval; a little more is steadier
-# Until Consul discovery lands, nothing in this test can make a discovery query fail, so the
-# "Discovery errors" panel has no series. Once `sidecar.discovery.consul` exists, the sidecar
-# below points at a Consul that refuses connections and this exemption disappears by itself.
-CONSUL_AVAILABLE = importlib.util.find_spec("sidecar.discovery.consul") is not None
-NEEDS_CONSUL = {"sidecar_discovery_errors_total"}
 
 
 async def traffic(inbound: str, outbound: str, stop: asyncio.Event) -> None:
@@ -42,15 +36,7 @@ async def traffic(inbound: str, outbound: str, stop: asyncio.Event) -> None:
         (outbound + "/users/7", {"Host": "broken"}),
         (outbound + "/users/7", {"Host": "flaky"}),
     ]
-    timeout = aiohttp.ClientTimeout(total=5)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        while not stop.is_set():
-            for url, headers in calls:
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with session.get(url, headers=headers) as resp:
-                        await resp.read()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.02)  # pacing, not synchronisation
+    await drive(calls, stop, pause=0.02)
 
 
 @pytest.fixture
@@ -67,8 +53,8 @@ async def busy_sidecar(
             "flaky": [f"127.0.0.1:{good.port}", dead[1]],  # one bad endpoint gets ejected
         }
     }
-    if CONSUL_AVAILABLE:
-        discovery["consul"] = {"address": f"http://127.0.0.1:{free_port()}", "register": False}
+    # A Consul that refuses connections: the "Discovery errors" panel gets its series.
+    discovery["consul"] = {"address": f"http://127.0.0.1:{free_port()}", "register": False}
     sc: Sidecar = await sidecar_factory(
         {
             "service": {"name": SERVICE, "port": app.port},
@@ -160,9 +146,6 @@ def expected_queries() -> list[tuple[str, str]]:
     the failing upstream selected on its own."""
     out = []
     for dashboard, where, q in all_queries():
-        names = {n for n in NEEDS_CONSUL if n in q}
-        if names and not CONSUL_AVAILABLE:
-            continue
         for upstream in (".*", "broken") if "$upstream" in q else (".*",):
             values = {"service": SERVICE, "upstream": upstream, "__rate_interval": RATE_INTERVAL}
             out.append((f"{dashboard} {where} [upstream={upstream}]", substitute(q, values)))
