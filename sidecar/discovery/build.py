@@ -40,15 +40,8 @@ class AllSynced:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         for source in self._sources:
-            if not isinstance(source, FileResolver):
-                if not await source.wait_synced(max(0.0, deadline - loop.time())):
-                    return False
-                continue
-            # The file resolver has no event to await: it reads within one poll interval.
-            while source.pending_sync():
-                if loop.time() >= deadline:
-                    return False
-                await asyncio.sleep(0.05)
+            if not await source.wait_synced(max(0.0, deadline - loop.time())):
+                return False
         return True
 
 

@@ -84,6 +84,7 @@ class FileResolver:
         self._table: dict[str, tuple[Endpoint, ...]] = {}
         self._stamp: tuple[int, int, int] | None = None
         self._loaded = False
+        self._synced = asyncio.Event()
         self.last_error: str | None = None
         self._observer: Observer = observer or NullObserver()
 
@@ -101,6 +102,14 @@ class FileResolver:
 
     def pending_sync(self) -> list[str]:
         return [] if self._loaded else [f"file {self.path}"]
+
+    async def wait_synced(self, within: float) -> bool:
+        """Wait (bounded) until the file has been read successfully once."""
+        try:
+            await asyncio.wait_for(self._synced.wait(), within)
+        except TimeoutError:
+            return False
+        return True
 
     def poll(self, publish: Publish) -> bool:
         """Re-read the file if it changed; True if a new table was applied."""
@@ -142,6 +151,7 @@ class FileResolver:
         changed = [n for n, eps in table.items() if self._table.get(n) != eps or not self._loaded]
         self._table = table
         self._loaded = True
+        self._synced.set()
         now = time.time()
         for name in changed:
             publish(EndpointSet(name, table[name], self.source, now))

@@ -262,6 +262,8 @@ async def test_file_discovery_through_the_sidecar_follows_changes_and_survives_a
     )
     await eventually(lambda: sc.directory.get("user-service") is not None)
     assert await _spread(sc, "user-service", 3) == Counter({(200, "a"): 3})
+    # The first good read of the file is what readiness waits for.
+    await eventually(lambda: sc.lifecycle.ready_reasons() == [])
 
     # Atomic replace, as config management tools do it.
     new = tmp_path / "endpoints.new"
