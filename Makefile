@@ -5,14 +5,19 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# The data path compiled with mypyc (setup.py); rebuilt when one of its sources changes.
+NATIVE_STAMP := $(VENV)/.native-stamp
+NATIVE_SOURCES := $(shell grep -v '^\#' native-modules.txt)
 # command=package pairs the test suite needs on the machine
 TEST_SYSTEM_PACKAGES := prometheus=prometheus docker-compose=docker-compose chromium=chromium wrk=wrk nginx=nginx
 BENCH_SYSTEM_PACKAGES := wrk=wrk nginx=nginx
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint bench soak compose-up compose-down system-packages clean
+.PHONY: venv native demo test lint bench soak compose-up compose-down system-packages clean
 
-venv: $(STAMP)
+venv: $(NATIVE_STAMP)
+
+native: $(NATIVE_STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,25 +25,29 @@ $(STAMP): pyproject.toml
 	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
+$(NATIVE_STAMP): $(STAMP) setup.py native-modules.txt scripts/build-native.sh $(NATIVE_SOURCES)
+	@scripts/build-native.sh $(PY)
+	@touch $(NATIVE_STAMP)
+
 system-packages:
 	@scripts/ensure-system-packages.sh $(TEST_SYSTEM_PACKAGES)
 
-demo: $(STAMP)
+demo: $(NATIVE_STAMP)
 	@$(VENV)/bin/sidecar demo $(DEMO_ARGS)
 
 # pytest exits 5 when it collects nothing; that is not a failure of the product.
-test: $(STAMP) system-packages
+test: $(NATIVE_STAMP) system-packages
 	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sidecar tests demo_services bench
 	$(VENV)/bin/mypy --strict sidecar
 
-bench: $(STAMP)
+bench: $(NATIVE_STAMP)
 	@scripts/ensure-system-packages.sh $(BENCH_SYSTEM_PACKAGES)
 	@$(PY) -m bench.run $(BENCH_ARGS)
 
-soak: $(STAMP) system-packages
+soak: $(NATIVE_STAMP) system-packages
 	@$(PY) -m pytest -q -m slow tests -k soak $(PYTEST_ARGS)
 
 compose-up:
@@ -48,4 +57,5 @@ compose-down:
 	docker compose -f compose/docker-compose.yml down -v
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo build build-native.log
+	find sidecar -name '*.so' -delete

@@ -230,18 +230,22 @@ def start_nginx(
 # ------------------------------------------------------------------ python proxies
 
 
-def start_minimal_proxy(workdir: Path, port: int, upstream_port: int, core: int | None) -> Service:
+def start_minimal_proxy(
+    workdir: Path, port: int, upstream_port: int, core: int | None, module: str = "minimal_proxy"
+) -> Service:
+    """One of the reference Python proxies in bench/: `minimal_proxy` (aiohttp) or
+    `bare_relay` (uvloop + httptools, no features)."""
     workdir.mkdir(parents=True, exist_ok=True)
     argv = [
         sys.executable,
         "-m",
-        "bench.minimal_proxy",
+        f"bench.{module}",
         "--listen",
         f"127.0.0.1:{port}",
         "--upstream",
         f"http://127.0.0.1:{upstream_port}",
     ]
-    return Service("minimal", argv, port, core, workdir / "stdout.log")
+    return Service(module, argv, port, core, workdir / "stdout.log")
 
 
 def sidecar_config(

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sidecar import __version__
+from sidecar import BUILD, __version__
 from sidecar.config import Config, ConfigError, load_config
 
 log = logging.getLogger("sidecar")
@@ -64,8 +64,9 @@ async def _serve(config: Config, config_path: str, config_dir: Path) -> int:
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
     log.info(
-        "sidecar %s for %s: inbound %s, outbound %s, admin %s",
+        "sidecar %s (%s) for %s: inbound %s, outbound %s, admin %s",
         __version__,
+        BUILD,
         config.service.name,
         config.listeners.inbound,
         config.listeners.outbound,
@@ -106,6 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_version(args: argparse.Namespace) -> int:
     print(f"sidecar {__version__}")
+    print(f"data path: {BUILD}")
     return 0
 
 

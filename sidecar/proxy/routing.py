@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 
 import httptools
 
@@ -55,19 +56,25 @@ def route_target(request: Request) -> str:
         request.authority = host
         return split_authority(host)
     try:
-        url = httptools.parse_url(target.encode("latin-1"))
+        # Any, not httptools' URL stub: it says bytes/int, but absent parts are None, and the
+        # compiled build checks values against the declared types.
+        url: Any = httptools.parse_url(target.encode("latin-1"))
     except httptools.HttpParserInvalidURLError:
         raise BadRequest("malformed request target") from None
-    scheme = (url.schema or b"").decode().lower()
+    schema: bytes | None = url.schema
+    raw_host: bytes | None = url.host
+    raw_path: bytes | None = url.path
+    query: bytes | None = url.query
+    port: int | None = url.port
+    scheme = (schema or b"").decode().lower()
     if scheme != "http":
         raise BadRequest(f"unsupported scheme {scheme or '(none)'!r}: only http:// is forwarded")
-    host = (url.host or b"").decode("latin-1")
+    host = (raw_host or b"").decode("latin-1")
     if not host:
         raise BadRequest("absolute URI without a host")
-    path = (url.path or b"/").decode("latin-1")
-    query = url.query
+    path = (raw_path or b"/").decode("latin-1")
     request.target = path + ("?" + query.decode("latin-1") if query else "")
-    request.authority = host if url.port is None else f"{host}:{url.port}"
+    request.authority = host if port is None else f"{host}:{port}"
     request.headers.set("host", request.authority)
     return host
 

@@ -24,12 +24,13 @@ class PrefixedBody:
         self.length = length
         self.replayable = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        prefix, self._prefix = self._prefix, []
-        for chunk in prefix:
-            yield chunk
-        async for chunk in self._rest:
-            yield chunk
+    def __aiter__(self) -> PrefixedBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._prefix:
+            return self._prefix.pop(0)
+        return await self._rest.__anext__()
 
 
 async def buffer_for_replay(body: Body, limit: int) -> Body:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 HIGH_WATER = 64 * 1024
 
@@ -126,12 +126,16 @@ class StreamBody:
             self._resume()
         return chunk
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        while True:
-            chunk = await self.read()
-            if not chunk:
-                return
-            yield chunk
+    # The body is its own (single-pass) iterator: a class method rather than an async
+    # generator, which mypyc can compile.
+    def __aiter__(self) -> StreamBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self.read()
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
 
     def abort(self) -> None:
         """The consumer gives up before EOF: the producing connection can't be reused."""
