@@ -49,6 +49,10 @@ async def _serve(config: Config, config_path: str, config_dir: Path) -> int:
     # move them out of the collector's generations so full collections stop walking them.
     gc.collect()
     gc.freeze()
+    # Each proxied request allocates a few dozen short-lived containers, so the default
+    # threshold (700) runs a young-generation collection every few requests. A larger one
+    # runs it ~70x less often for the same total work; reference cycles still go.
+    gc.set_threshold(50_000, 20, 20)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 

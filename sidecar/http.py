@@ -19,15 +19,19 @@ class Headers:
 
     __slots__ = ("_items",)
 
-    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        self._items: list[tuple[str, str]] = [(k.lower(), v) for k, v in items]
+    def __init__(
+        self,
+        items: Iterable[tuple[str, str]] = (),
+        lower: list[tuple[str, str]] | None = None,
+    ) -> None:
+        self._items: list[tuple[str, str]] = (
+            [(k.lower(), v) for k, v in items] if lower is None else lower
+        )
 
-    @classmethod
-    def from_lower(cls, items: list[tuple[str, str]]) -> Headers:
+    @staticmethod
+    def from_lower(items: list[tuple[str, str]]) -> Headers:
         """Adopt a list whose names are already lower-case (the parsers produce that)."""
-        h = cls()
-        h._items = items
-        return h
+        return Headers(lower=items)
 
     def get(self, name: str, default: str | None = None) -> str | None:
         for k, v in self._items:
