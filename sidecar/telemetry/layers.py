@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import (
     Span,
@@ -26,6 +25,7 @@ from sidecar.errors import SidecarError, error_response
 from sidecar.http import Request, Response
 from sidecar.resilience.classify import error_type_of_exception, error_type_of_status
 from sidecar.stack import Handler
+from sidecar.telemetry import otelfast
 from sidecar.telemetry.access_log import AccessLog
 from sidecar.telemetry.labels import OTHER, RouteMatcher, method_label
 from sidecar.telemetry.metrics import Metrics
@@ -47,7 +47,7 @@ def span_name(method: str, route: str) -> str:
 
 def trace_id_hex(span: Span) -> str:
     sc = span.get_span_context()
-    return f"{sc.trace_id:032x}" if sc.is_valid else ""
+    return f"{sc[otelfast.TRACE_ID]:032x}" if otelfast.is_valid(sc) else ""
 
 
 def _valid_request_id(value: str | None) -> bool:
@@ -103,7 +103,7 @@ class ServerTelemetryLayer:
 
             parent = propagator.extract(request.headers)
             span = starter.start(span_name(method, route), parent, SpanKind.SERVER)
-            ctx = trace.set_span_in_context(span, parent)
+            ctx = otelfast.with_span(span, parent)
             request.trace = ctx
             recording = span.is_recording()
             if recording:
@@ -128,7 +128,7 @@ class ServerTelemetryLayer:
                 inflight.dec()
 
             elapsed = clock.monotonic() - start
-            sampled = span.get_span_context().trace_flags.sampled
+            sampled = otelfast.is_sampled(span.get_span_context())
             trace_hex = trace_id_hex(span) if sampled or self._access_log else ""
             status = response.status
             if server_metrics:
@@ -220,7 +220,7 @@ class ClientTelemetryLayer:
             method = method_label(request.method)
             route = routes.match(request.path)
             span = starter.start(span_name(method, route), parent, SpanKind.CLIENT)
-            propagator.inject(request.headers, trace.set_span_in_context(span, parent))
+            propagator.inject(request.headers, otelfast.with_span(span, parent))
             recording = span.is_recording()
             if recording:
                 _client_attributes(span, request, upstream, method, route)
@@ -234,7 +234,7 @@ class ClientTelemetryLayer:
                 elapsed = clock.monotonic() - start
                 request.upstream_time += elapsed
                 error_type = error_type_of_exception(exc)
-                sampled = span.get_span_context().trace_flags.sampled
+                sampled = otelfast.is_sampled(span.get_span_context())
                 metrics.observe_client(
                     upstream,
                     method,
@@ -255,7 +255,7 @@ class ClientTelemetryLayer:
             request.upstream_time += elapsed
             status = response.status
             error_type = response.error_code or error_type_of_status(status)
-            sampled = span.get_span_context().trace_flags.sampled
+            sampled = otelfast.is_sampled(span.get_span_context())
             metrics.observe_client(
                 upstream,
                 method,

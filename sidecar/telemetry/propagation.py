@@ -12,13 +12,13 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from opentelemetry import baggage, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
 from sidecar.http import Headers
+from sidecar.telemetry import otelfast
 
 
 class HeadersGetter(Getter[Headers]):
@@ -83,12 +83,7 @@ def _hex_id(text: str, width: int) -> int | None:
 
 
 def _remote(trace_id: int, span_id: int, sampled: bool) -> SpanContext:
-    return SpanContext(
-        trace_id,
-        span_id,
-        is_remote=True,
-        trace_flags=TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT),
-    )
+    return otelfast.span_context(trace_id, span_id, True, otelfast.SAMPLED if sampled else 0, None)
 
 
 _TRACEPARENT_RE = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
@@ -121,12 +116,12 @@ class W3CTraceContext:
         if not trace_id or not span_id:
             return None
         state = headers.get_all("tracestate")
-        return SpanContext(
+        return otelfast.span_context(
             trace_id,
             span_id,
-            is_remote=True,
-            trace_flags=TraceFlags(int(flags_hex, 16) & TraceFlags.SAMPLED),
-            trace_state=TraceState.from_header(state) if state else None,
+            True,
+            int(flags_hex, 16) & otelfast.SAMPLED,
+            TraceState.from_header(state) if state else None,
         )
 
     def inject(self, headers: Headers, ctx: SpanContext) -> None:
@@ -254,13 +249,13 @@ class HeaderPropagator:
         for fmt in self._formats:
             sc = fmt.extract(headers)
             if sc is not None:
-                return trace.set_span_in_context(NonRecordingSpan(sc), ctx)
+                return otelfast.with_span(NonRecordingSpan(sc), ctx)
         return ctx
 
     def inject(self, headers: Headers, context: Context) -> None:
         """Write the span of `context` (and its baggage) in every configured format."""
-        sc = trace.get_current_span(context).get_span_context()
-        if sc.is_valid:
+        sc = otelfast.span_of(context).get_span_context()
+        if otelfast.is_valid(sc):
             # Every format's fields in one rebuild of the list (the names are disjoint, so
             # this is the same as injecting each format in turn).
             formats, ids = self._formats, Ids(sc)
@@ -274,5 +269,5 @@ class HeaderPropagator:
                     names |= n
                     fields += f
                 headers.replace(names, fields)
-        if baggage.get_all(context):
+        if otelfast.has_baggage(context):
             self._baggage.inject(headers, context, setter=SETTER)

@@ -26,17 +26,15 @@ from opentelemetry.sdk.trace.sampling import (
 )
 from opentelemetry.trace import (
     NonRecordingSpan,
-    SpanContext,
     SpanKind,
-    TraceFlags,
     Tracer,
     TraceState,
-    get_current_span,
 )
 from opentelemetry.trace import Span as ApiSpan
 
 from sidecar import __version__
 from sidecar.config import TracingConfig
+from sidecar.telemetry import otelfast
 from sidecar.telemetry.propagation import HeaderPropagator
 from sidecar.telemetry.span_buffer import SpanBuffer
 
@@ -329,34 +327,28 @@ class SpanStarter:
         self._bound = TraceIdRatioBased.get_bound_for_rate(tracing.ratio)
 
     def start(self, name: str, context: Context, kind: SpanKind) -> ApiSpan:
-        parent = get_current_span(context).get_span_context()
-        if parent.is_valid:
+        parent = otelfast.span_of(context).get_span_context()
+        if otelfast.is_valid(parent):
+            trace_id: int = parent[otelfast.TRACE_ID]
             if (
-                (self._parent_based and not parent.trace_flags.sampled)
+                (self._parent_based and not otelfast.is_sampled(parent))
                 or (self._root_drop and not self._parent_based)
                 or (
                     self._ratio_based
                     and not self._parent_based
-                    and parent.trace_id & TraceIdRatioBased.TRACE_ID_LIMIT >= self._bound
+                    and trace_id & TraceIdRatioBased.TRACE_ID_LIMIT >= self._bound
                 )
             ):
-                random_bit = TraceFlags.RANDOM_TRACE_ID if parent.trace_flags.random_trace_id else 0
-                return _dropped(parent.trace_id, random_bit, parent.trace_state)
+                random_bit = parent[otelfast.FLAGS] & otelfast.RANDOM_TRACE_ID
+                return _dropped(trace_id, random_bit, parent[otelfast.STATE])
         elif self._gen is not None and (self._ratio_based or self._root_drop):
             trace_id = random.getrandbits(128) or 1
             if self._root_drop or trace_id & TraceIdRatioBased.TRACE_ID_LIMIT >= self._bound:
-                return _dropped(trace_id, TraceFlags.RANDOM_TRACE_ID, None)
+                return _dropped(trace_id, otelfast.RANDOM_TRACE_ID, None)
             self._gen.preset(trace_id)
         return self._tracer.start_span(name, context, kind=kind)
 
 
 def _dropped(trace_id: int, flags: int, trace_state: TraceState | None) -> ApiSpan:
-    return NonRecordingSpan(
-        SpanContext(
-            trace_id,
-            random.getrandbits(64) or 1,
-            is_remote=False,
-            trace_flags=TraceFlags(flags),
-            trace_state=trace_state,
-        )
-    )
+    span_id = random.getrandbits(64) or 1
+    return NonRecordingSpan(otelfast.span_context(trace_id, span_id, False, flags, trace_state))

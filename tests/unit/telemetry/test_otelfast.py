@@ -1,0 +1,47 @@
+"""otelfast reads OpenTelemetry's context keys and builds its SpanContext tuples directly:
+hold every helper to the API call it replaces, so an OTel upgrade that changes them fails here
+rather than silently dropping trace propagation."""
+
+from __future__ import annotations
+
+from opentelemetry import baggage, trace
+from opentelemetry.context import Context
+from opentelemetry.trace import INVALID_SPAN, NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
+from sidecar.telemetry import otelfast
+
+CASES = [
+    (0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, True, 1, TraceState([("k", "v")])),
+    (1, 1, False, 0, None),
+    (0, 5, False, 1, None),  # invalid trace id
+    (5, 0, False, 3, None),  # invalid span id
+    ((1 << 128) - 1, (1 << 64) - 1, False, 2, None),
+]
+
+
+def test_span_context_is_what_the_constructor_builds() -> None:
+    for trace_id, span_id, remote, flags, state in CASES:
+        want = SpanContext(trace_id, span_id, remote, TraceFlags(flags), state)
+        got = otelfast.span_context(trace_id, span_id, remote, flags, state)
+        assert type(got) is SpanContext
+        assert got == want
+        assert (got.trace_id, got.span_id, got.is_remote) == (trace_id, span_id, remote)
+        assert got.trace_flags == want.trace_flags and type(got.trace_flags) is TraceFlags
+        assert got.trace_state == want.trace_state and got.is_valid == want.is_valid
+        assert otelfast.is_valid(got) == want.is_valid
+        assert otelfast.is_sampled(got) == want.trace_flags.sampled
+
+
+def test_context_helpers_agree_with_the_api() -> None:
+    empty = Context()
+    assert otelfast.span_of(empty) is trace.get_current_span(empty) is INVALID_SPAN
+    span = NonRecordingSpan(otelfast.span_context(7, 9, False, 1, None))
+    with_bag = baggage.set_baggage("tenant", "a", empty)
+    for base in (empty, with_bag):
+        ours, theirs = otelfast.with_span(span, base), trace.set_span_in_context(span, base)
+        assert type(ours) is Context and ours == theirs
+        assert otelfast.span_of(ours) is trace.get_current_span(theirs) is span
+        assert otelfast.has_baggage(ours) == bool(baggage.get_all(theirs))
+    assert otelfast.has_baggage(with_bag) and not otelfast.has_baggage(empty)
+    # The source context is left as it was (contexts are immutable values).
+    assert otelfast.span_of(with_bag) is INVALID_SPAN
