@@ -87,7 +87,7 @@ class DeadlineLayer:
             caller_bound = callers is not None and callers < own
             request.deadline = callers if callers is not None and caller_bound else own
             stamp_remaining(request, now)
-            expiry = Expiry(loop.get(), request.deadline - now)
+            expiry = Expiry(loop.timers(), request.deadline - now)
             try:
                 response = await inner(request)
             except asyncio.CancelledError:

@@ -133,7 +133,7 @@ class RetryLayer:
                 if timeout <= 0:
                     raise UpstreamTimeout("the deadline passed before this try", upstream=upstream)
             stamp_remaining(request, now)
-            expiry = Expiry(loop.get(), timeout)
+            expiry = Expiry(loop.timers(), timeout)
             try:
                 response = await inner(request)
             except asyncio.CancelledError:
