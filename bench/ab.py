@@ -2,6 +2,8 @@
 
     python -m bench.ab main HEAD                 # git refs (exported with `git archive`)
     python -m bench.ab /path/to/tree HEAD --rounds 6 --duration 4 --idle 1000
+    python -m bench.ab main HEAD --compile       # refs compiled with mypyc, as `make` does
+    python -m bench.ab HEAD HEAD:pure --compile  # the same tree compiled vs pure Python
 
 One upstream nginx (core 0, shared with wrk), nginx proxy_pass as the yardstick, and one
 sidecar per tree (bench config: EWMA, retries, breaker, outlier detection, metrics, tracing
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import statistics
 import subprocess
 import sys
@@ -26,23 +29,46 @@ from bench.run import UPSTREAM_NAME, _binary
 from bench.wrk import Wrk
 
 
-def _tree(spec: str, tmp: Path) -> Path:
-    """A directory holding a `sidecar/` package: `spec` itself, or a git ref exported."""
+def _tree(spec: str, tmp: Path, compile_: bool) -> Path:
+    """A directory holding a `sidecar/` package: `spec` itself (used as it is, compiled or
+    not), or a git ref exported, and with `compile_` built with mypyc like `make native`."""
     path = Path(spec)
     if (path / "sidecar").is_dir():
         return path.resolve()
     out = tmp / spec.replace("/", "_")
+    if out.exists():  # the same ref twice (e.g. `HEAD HEAD:pure`): one export, one build
+        return out
     out.mkdir(parents=True)
+    files = ["sidecar", "setup.py", "native-modules.txt"] if compile_ else ["sidecar"]
     archive = subprocess.run(
-        ["git", "-C", str(procs.ROOT), "archive", spec, "sidecar"], check=True, capture_output=True
+        ["git", "-C", str(procs.ROOT), "archive", spec, *files], check=True, capture_output=True
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+    if compile_:
+        print(f"compiling {spec} with mypyc...", file=sys.stderr, flush=True)
+        env = dict(os.environ, SIDECAR_MYPYC="1")
+        subprocess.run(
+            [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+            cwd=out,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        # Newer than the sources, so sidecar/native.py takes the build (see build-native.sh).
+        for so in (out / "sidecar").rglob("*.so"):
+            so.touch()
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n")[0])
-    p.add_argument("trees", nargs="+", help="git refs or directories containing sidecar/")
+    p.add_argument(
+        "trees",
+        nargs="+",
+        help="git refs or directories containing sidecar/; a `:pure` suffix runs that tree "
+        "with SIDECAR_PURE_PYTHON=1",
+    )
+    p.add_argument("--compile", action="store_true", help="compile exported refs with mypyc")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--duration", type=int, default=4, help="seconds per wrk run")
     p.add_argument("--idle", type=int, default=0, help="idle keep-alive connections for RSS")
@@ -68,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
             port = procs.free_port()
             ports = {"inbound": procs.free_port(), "outbound": port, "admin": procs.free_port()}
             text = procs.sidecar_config(ports, UPSTREAM_NAME, up_port, sink, "otlp_http")
-            root = _tree(spec, tmp / "trees")
-            svc = procs.start_sidecar(tmp / f"sidecar{i}", text, port, 1, root=root)
+            base, pure = (spec[: -len(":pure")], True) if spec.endswith(":pure") else (spec, False)
+            root = _tree(base, tmp / "trees", a.compile)
+            env = {"SIDECAR_PURE_PYTHON": "1"} if pure else {}
+            svc = procs.start_sidecar(tmp / f"sidecar{i}", text, port, 1, root=root, env=env)
             targets.append((f"sidecar {spec}", svc, UPSTREAM_NAME))
         for _, svc, host in targets:
             svc.wait_listening()

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -294,12 +294,13 @@ def start_sidecar(
     core: int | None,
     root: Path = ROOT,
     wrapper: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> Service:
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "sidecar.yaml"
     path.write_text(config_text)
     argv = [*wrapper, sys.executable, "-m", "sidecar.cli", "run", "-c", str(path)]
-    env = dict(os.environ)
+    full = dict(os.environ, **(env or {}))
     # The chosen tree's package wins over any installed copy.
-    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
-    return Service("sidecar", argv, port, core, workdir / "stdout.log", env=env, cwd=root)
+    full["PYTHONPATH"] = str(root) + os.pathsep + full.get("PYTHONPATH", "")
+    return Service("sidecar", argv, port, core, workdir / "stdout.log", env=full, cwd=root)
