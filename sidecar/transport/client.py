@@ -34,6 +34,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._pool = pool
         self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
+        # Looked up once: on Python 3.11 `asyncio.get_running_loop()` is a getpid() syscall.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._flow = WriteFlow()
         self._headers: list[tuple[str, str]] = []
         self._response: asyncio.Future[Response] | None = None
@@ -53,6 +55,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but implement it.
         self._transport = cast(asyncio.Transport, transport)
+        self._loop = asyncio.get_running_loop()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -176,10 +179,9 @@ class UpstreamConnection(asyncio.Protocol):
     async def send(
         self, method: str, target: str, headers: list[tuple[str, str]], body: Body
     ) -> Response:
-        transport = self._transport
-        if transport is None or self.closed:
+        transport, loop = self._transport, self._loop
+        if transport is None or loop is None or self.closed:
             raise UpstreamReset("connection closed", upstream=self._pool.upstream)
-        loop = asyncio.get_running_loop()
         fut: asyncio.Future[Response] = loop.create_future()
         self._response = fut
         self._head_only = method == "HEAD"
