@@ -46,13 +46,41 @@ def split_authority(authority: str) -> str:
     return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
 
 
+def checked_authority(host: str) -> str:
+    """`host` as a Host field value (RFC 9110 §7.2: uri-host [":" port]), with an empty port
+    dropped; BadRequest when the port is not a port number. RFC 9112 §3.2 requires a 400
+    for an invalid Host, and re-sending what we could not parse would let the upstream read
+    it differently from how we routed it."""
+    if host.startswith("["):
+        end = host.find("]") + 1
+        if end == 0:
+            raise BadRequest("malformed Host header: unterminated IPv6 literal")
+    else:
+        end = host.find(":")
+        if end < 0:
+            return host
+    if end == len(host):
+        return host
+    if host[end] != ":":
+        raise BadRequest("malformed Host header: text after the IPv6 literal")
+    port = host[end + 1 :]
+    if not port:
+        return host[:end]  # "name:" is "name" (RFC 3986 §6.2.3)
+    if not (port.isdigit() and port.isascii() and len(port) <= 5 and int(port) <= 65535):
+        raise BadRequest(f"malformed Host header: port {port[:20]!r} is not a port number")
+    return host
+
+
 def route_target(request: Request) -> str:
     """Set request.target/authority from an absolute-form URI; return the upstream host name."""
     target = request.target
     if target.startswith("/") or target == "*":
-        host = request.headers.get("host")
-        if not host:
+        raw = request.headers.get("host")
+        if not raw:
             raise BadRequest("missing Host header: cannot tell which upstream to call")
+        host = checked_authority(raw)
+        if host is not raw:
+            request.headers.set("host", host)
         request.authority = host
         return split_authority(host)
     try:

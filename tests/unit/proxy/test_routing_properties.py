@@ -84,3 +84,26 @@ NAMES = st.from_regex(r"\A[a-z][a-z0-9-]{0,20}[a-z]\Z").filter(lambda n: "localh
 def test_service_names_route(name):
     assert ROUTER.upstream_name(_request("/x", name)) == name
     assert ROUTER.upstream_name(_request("/x", f"{name}.service.consul:8080")) == name
+
+
+@given(NAMES, st.sampled_from(["", ":", ":80", ":65535"]))
+def test_a_valid_port_routes_and_an_empty_one_is_dropped(name, port):
+    req = _request("/x", name + port)
+    assert ROUTER.upstream_name(req) == name
+    # What the upstream is sent: an empty port means the default one (RFC 3986 §6.2.3).
+    expected = name if port == ":" else name + port
+    assert req.authority == expected and req.headers.get("host") == expected
+
+
+BAD_PORTS = st.one_of(
+    st.sampled_from([":,", "::", ":80:", ":8o", ": 80", ":80 ", ":+80", ":-1", ":65536", ":123456", ":８０"]),
+    st.text(min_size=1, max_size=6).filter(lambda p: not p.isdigit()).map(lambda p: ":" + p),
+)
+
+
+@given(NAMES, BAD_PORTS)
+def test_a_host_whose_port_is_not_a_number_is_a_bad_request(name, port):
+    # RFC 9112 §3.2: 400 for an invalid Host. Forwarding it would let the upstream read a
+    # different authority from the one we routed on.
+    with pytest.raises(BadRequest, match="malformed Host"):
+        ROUTER.upstream_name(_request("/x", name + port))
