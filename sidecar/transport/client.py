@@ -21,6 +21,7 @@ from sidecar.http import EMPTY_BODY, Body, BytesBody, Headers, Response
 from sidecar.proxy.hygiene import HOP_BY_HOP, connection_tokens
 from sidecar.transport.body import StreamBody
 from sidecar.transport.flow import WriteFlow
+from sidecar.transport.inert import NoCallbacks
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        # Freed by refcounting, not left to the cyclic collector (see inert.py): under churn
+        # (more concurrent calls than the pool keeps idle) thousands piled up for it.
+        self._parser = httptools.HttpResponseParser(NoCallbacks())
         self._flow.connection_lost()
         self._pool.forget(self)
         err = UpstreamReset("upstream closed the connection", upstream=self._pool.upstream)

@@ -22,6 +22,7 @@ from sidecar.errors import BadRequest, Overloaded, PayloadTooLarge, SidecarError
 from sidecar.http import EMPTY_BODY, BytesBody, Headers, Request, Response
 from sidecar.transport.body import StreamBody
 from sidecar.transport.flow import WriteFlow
+from sidecar.transport.inert import NoCallbacks
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +215,8 @@ class ServerConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        # Freed by refcounting, not left to the cyclic collector (see inert.py).
+        self._parser = httptools.HttpRequestParser(NoCallbacks())
         self._state.connections.discard(self)
         self._cancel_timer()
         self._flow.connection_lost()

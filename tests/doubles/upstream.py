@@ -61,6 +61,10 @@ class Upstream:
                 sent += len(part)
             await resp.write_eof()
             return resp
+        if request.path == "/close":  # answer, then close the connection (no keep-alive)
+            resp = web.json_response({"upstream": self.name})
+            resp.force_close()
+            return resp
         if request.path.startswith("/status/"):
             return web.json_response({"upstream": self.name}, status=int(request.path[8:]))
         return web.json_response(

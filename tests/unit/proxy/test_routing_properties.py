@@ -96,7 +96,22 @@ def test_a_valid_port_routes_and_an_empty_one_is_dropped(name, port):
 
 
 BAD_PORTS = st.one_of(
-    st.sampled_from([":,", "::", ":80:", ":8o", ": 80", ":80 ", ":+80", ":-1", ":65536", ":123456", ":８０"]),
+    st.sampled_from(
+        # The last one is full-width digits, which str.isdigit() accepts.
+        [
+            ":,",
+            "::",
+            ":80:",
+            ":8o",
+            ": 80",
+            ":80 ",
+            ":+80",
+            ":-1",
+            ":65536",
+            ":123456",
+            ":\uff18\uff10",
+        ]
+    ),
     st.text(min_size=1, max_size=6).filter(lambda p: not p.isdigit()).map(lambda p: ":" + p),
 )
 

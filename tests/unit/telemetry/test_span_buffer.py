@@ -22,8 +22,9 @@ def one_trace(tracer: trace.Tracer, op: str = "GET /context/{id}") -> None:
     server = tracer.start_span(op, kind=SpanKind.SERVER, attributes={"http.route": "/x"})
     ctx = trace.set_span_in_context(server)
     client = tracer.start_span("GET", ctx, kind=SpanKind.CLIENT)
-    client.set_attributes({"sidecar.attempt": 2, "sidecar.upstream": "user-service",
-                           "x.ok": True, "x.ratio": 0.5})
+    client.set_attributes(
+        {"sidecar.attempt": 2, "sidecar.upstream": "user-service", "x.ok": True, "x.ratio": 0.5}
+    )
     client.add_event("retry", {"reason": "503"})
     client.set_status(Status(StatusCode.ERROR))
     client.end()
