@@ -38,19 +38,11 @@ def normalise_name(host: str) -> str:
     return name
 
 
-def split_authority(authority: str) -> str:
-    """Host part of `host[:port]` / `[v6]:port`."""
-    if authority.startswith("["):
-        end = authority.find("]")
-        return authority[: end + 1] if end > 0 else authority
-    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
-
-
-def checked_authority(host: str) -> str:
-    """`host` as a Host field value (RFC 9110 §7.2: uri-host [":" port]), with an empty port
-    dropped; BadRequest when the port is not a port number. RFC 9112 §3.2 requires a 400
-    for an invalid Host, and re-sending what we could not parse would let the upstream read
-    it differently from how we routed it."""
+def checked_authority(host: str) -> tuple[str, str]:
+    """(`host` as a Host field value to forward, its host part), for RFC 9110 §7.2's
+    uri-host [":" port], with an empty port dropped; BadRequest when the port is not a port
+    number. RFC 9112 §3.2 requires a 400 for an invalid Host, and re-sending what we could not
+    parse would let the upstream read it differently from how we routed it."""
     if host.startswith("["):
         end = host.find("]") + 1
         if end == 0:
@@ -58,17 +50,17 @@ def checked_authority(host: str) -> str:
     else:
         end = host.find(":")
         if end < 0:
-            return host
+            return host, host
     if end == len(host):
-        return host
+        return host, host
     if host[end] != ":":
         raise BadRequest("malformed Host header: text after the IPv6 literal")
     port = host[end + 1 :]
     if not port:
-        return host[:end]  # "name:" is "name" (RFC 3986 §6.2.3)
+        return host[:end], host[:end]  # "name:" is "name" (RFC 3986 §6.2.3)
     if not (port.isdigit() and port.isascii() and len(port) <= 5 and int(port) <= 65535):
         raise BadRequest(f"malformed Host header: port {port[:20]!r} is not a port number")
-    return host
+    return host, host[:end]
 
 
 def route_target(request: Request) -> str:
@@ -78,11 +70,11 @@ def route_target(request: Request) -> str:
         raw = request.headers.get("host")
         if not raw:
             raise BadRequest("missing Host header: cannot tell which upstream to call")
-        host = checked_authority(raw)
-        if host is not raw:
-            request.headers.set("host", host)
-        request.authority = host
-        return split_authority(host)
+        authority, host = checked_authority(raw)
+        if authority is not raw:
+            request.headers.set("host", authority)
+        request.authority = authority
+        return host
     try:
         # Any, not httptools' URL stub: it says bytes/int, but absent parts are None, and the
         # compiled build checks values against the declared types.

@@ -139,7 +139,7 @@ def _unflat(flat: Sequence[Any]) -> dict[str, Any]:
 
 
 def _pack(span: ReadableSpan) -> _Record:
-    """A finished span as one bytes record, ~0.4 KiB for a sidecar span against ~1.1 KiB as a
+    """A finished span as one bytes record, ~0.33 KiB for a sidecar span against ~1.1 KiB as a
     ReadableSpan copy (its dicts, tuples and int objects): the buffer holds 10 000 spans by
     default, and at a few hundred sampled requests a second it is full within a minute.
     Pickle is only ever read back from our own records, never from input."""
