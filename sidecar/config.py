@@ -1,4 +1,5 @@
-"""Configuration: pydantic models of DESIGN §3, YAML loading, env overrides, validation errors.
+"""Configuration: pydantic models (README's configuration reference), YAML loading, env
+overrides, validation errors.
 
 Loading order: YAML file < standard variables (CONSUL_HTTP_*, OTEL_*) < SIDECAR_<SECTION>__<KEY>.
 Per-upstream policies are deep-merged over `upstreams.default` before validation, so error

@@ -2,7 +2,7 @@
 
 One watch per upstream name that is configured or actually used (lazy `start_watch`), each a
 `GET /v1/health/service/<name>?passing` blocking loop. A return is not a change: only a
-different endpoint list is published. Outage vs empty set (DESIGN §8a): on errors the last
+different endpoint list is published. Outage vs empty set (docs/discovery.md): on errors the last
 known endpoints stay until `stale_after` has passed since Consul started failing, then an empty
 set is published (503 no_healthy_endpoints); an empty passing set from Consul is the truth and
 is published at once. A catalog watch (`/v1/catalog/services`) tells which names exist, so an

@@ -1,6 +1,6 @@
 """Self-registration in the local Consul agent, and the readiness of the discovery side.
 
-Lifecycle (DESIGN §8a): bind listeners → first discovery sync → register → ready;
+Lifecycle (docs/discovery.md): bind listeners → first discovery sync → register → ready;
 SIGTERM → maintenance on → drain → deregister → exit. The HTTP check goes through the sidecar's
 inbound listener to the app's health path, so a passing check means sidecar *and* app work."""
 
