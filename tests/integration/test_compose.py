@@ -118,6 +118,23 @@ def test_compose_script_uses_whichever_compose_is_installed(
         assert proc.stdout.strip() == f"{runs} -f compose/docker-compose.yml ps"
 
 
+def test_compose_script_runs_the_command_compose_names(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _fake(bin_dir, "docker", 'echo "docker $*"\n')
+    _fake(bin_dir, "docker-compose", 'echo "docker-compose $*"\n')
+    bash = shutil.which("bash")
+    assert bash is not None
+    proc = subprocess.run(
+        [bash, str(COMPOSE_SH), "version"],
+        env={"PATH": str(bin_dir), "COMPOSE": "docker-compose"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (proc.returncode, proc.stdout.strip()) == (0, "docker-compose version"), proc.stderr
+
+
 def dockerfile_instructions() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
     text = (ROOT / "Dockerfile").read_text()
