@@ -126,8 +126,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     setup_logging(args.log_level or config.logging.level, config.logging.format)
     config_dir = Path(args.config).resolve().parent
-    for problem in file_problems(config.model_dump(mode="json", by_alias=True), config_dir):
-        log.warning("config: %s (see /readyz until this is fixed)", problem)
     return run_loop(lambda: _serve(config, args.config, config_dir))
 
 

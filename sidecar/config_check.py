@@ -1,7 +1,8 @@
 """Checks of a config against the machine it will run on, without touching the network:
 the files it names exist, can be read and parse. `sidecar check-config` reports them with the
-schema's problems; `sidecar run` logs them as warnings (a file may still appear, e.g. a
-ConfigMap mounted late, and /readyz says why the sidecar is not ready meanwhile)."""
+schema's problems. `sidecar run` does not refuse to start over them: an endpoint file may
+still appear (a ConfigMap mounted late); the file resolver logs why it has no endpoints and
+/readyz says so until it does."""
 
 from __future__ import annotations
 
