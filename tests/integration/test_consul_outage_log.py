@@ -40,8 +40,14 @@ async def test_watch_logs_an_outage_once_and_its_end_once(
     http = ConsulHttp(config.address)
     observer = RecordingObserver()
     resolver = ConsulResolver(
-        config, http, names=["user"], observer=observer, backoff_base=0.005, backoff_max=0.01,
-        rate=1000, burst=1000,
+        config,
+        http,
+        names=["user"],
+        observer=observer,
+        backoff_base=0.005,
+        backoff_max=0.01,
+        rate=1000,
+        burst=1000,
     )
     directory = Directory([resolver])
     directory.start()
@@ -69,8 +75,13 @@ async def test_registration_logs_its_first_failure_and_its_success(
     registration = ConsulRegistration(
         http,
         service_registration(
-            name="orders", inbound="127.0.0.1:15000", service_address="127.0.0.1",
-            health_path="/healthz", tags=[], meta={}, deregister_critical_after=60,
+            name="orders",
+            inbound="127.0.0.1:15000",
+            service_address="127.0.0.1",
+            health_path="/healthz",
+            tags=[],
+            meta={},
+            deregister_critical_after=60,
         ),
         backoff_base=0.005,
         backoff_max=0.01,

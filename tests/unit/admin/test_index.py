@@ -54,5 +54,11 @@ def test_every_route_of_the_sidecar_is_described() -> None:
     text = Sidecar(config).admin.index_text()
     rows = [line for line in text.splitlines() if line.split(" ", 1)[0].isupper()]
     paths = {row.split()[1] for row in rows}
-    assert {"/metrics", "/admin/config", "/admin/endpoints", "/admin/breakers", "/debug/traces"} <= paths
+    assert {
+        "/metrics",
+        "/admin/config",
+        "/admin/endpoints",
+        "/admin/breakers",
+        "/debug/traces",
+    } <= paths
     assert [row.split()[1] for row in rows if row.endswith(UNDESCRIBED)] == []

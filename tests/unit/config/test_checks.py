@@ -133,8 +133,7 @@ def test_good_otlp_endpoints_pass(endpoint: str) -> None:
 def test_missing_discovery_file_relative_to_the_config(tmp_path: Path) -> None:
     data = {"discovery": {"file": {"path": "endpoints.yaml"}}}
     assert file_problems(data, tmp_path) == [
-        f"discovery.file.path: cannot read {tmp_path / 'endpoints.yaml'}: "
-        "No such file or directory"
+        f"discovery.file.path: cannot read {tmp_path / 'endpoints.yaml'}: No such file or directory"
     ]
     (tmp_path / "endpoints.yaml").write_text("user: ['127.0.0.1:8001']\n")
     assert file_problems(data, tmp_path) == []

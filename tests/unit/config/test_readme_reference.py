@@ -32,7 +32,9 @@ def _model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def model_keys(model: type[BaseModel] = Config, prefix: str = "") -> Iterator[tuple[str, FieldInfo]]:
+def model_keys(
+    model: type[BaseModel] = Config, prefix: str = ""
+) -> Iterator[tuple[str, FieldInfo]]:
     """(dotted key as written in YAML, field) of every leaf; `<name>` for a mapping's keys."""
     for name, field in model.model_fields.items():
         key = prefix + (field.alias or name)
