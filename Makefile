@@ -12,8 +12,12 @@ NATIVE_SOURCES := $(shell grep -v '^\#' native-modules.txt)
 TEST_SYSTEM_PACKAGES := prometheus=prometheus docker-compose=docker-compose chromium=chromium wrk=wrk nginx=nginx
 BENCH_SYSTEM_PACKAGES := wrk=wrk nginx=nginx
 PYTEST_ARGS ?=
+LINT_PATHS := sidecar tests demo_services bench
+# 1: `make lint` also checks formatting (`ruff format --check`). Switch on once the tree has
+# been formatted with `make format`.
+FORMAT_CHECK ?= 0
 
-.PHONY: venv native demo test lint bench soak compose-up compose-down system-packages clean
+.PHONY: venv native demo test test-unit lint format bench soak compose-up compose-down system-packages clean
 
 venv: $(NATIVE_STAMP)
 
@@ -39,9 +43,21 @@ demo: $(NATIVE_STAMP)
 test: $(NATIVE_STAMP) system-packages
 	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
 
+# Unit tests only: pure Python, no system packages, no compiled build (about a minute).
+test-unit: $(STAMP)
+	@$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+# Tests are type-checked too, with the relaxations in pyproject.toml's [[tool.mypy.overrides]].
 lint: $(STAMP)
-	$(VENV)/bin/ruff check sidecar tests demo_services bench
-	$(VENV)/bin/mypy --strict sidecar
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/mypy --strict sidecar tests
+	@if [ "$(FORMAT_CHECK)" = 1 ]; then \
+		echo "$(VENV)/bin/ruff format --check $(LINT_PATHS)"; \
+		$(VENV)/bin/ruff format --check $(LINT_PATHS); \
+	fi
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format $(LINT_PATHS)
 
 bench: $(NATIVE_STAMP)
 	@scripts/ensure-system-packages.sh $(BENCH_SYSTEM_PACKAGES)
@@ -50,11 +66,12 @@ bench: $(NATIVE_STAMP)
 soak: $(NATIVE_STAMP) system-packages
 	@$(PY) -m pytest -q -m slow tests -k soak $(PYTEST_ARGS)
 
+# scripts/compose.sh runs `docker compose` or `docker-compose`, whichever is installed.
 compose-up:
-	docker compose -f compose/docker-compose.yml up -d --build
+	scripts/compose.sh -f compose/docker-compose.yml up -d --build
 
 compose-down:
-	docker compose -f compose/docker-compose.yml down -v
+	scripts/compose.sh -f compose/docker-compose.yml down -v
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo build build-native.log

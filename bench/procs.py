@@ -251,7 +251,7 @@ def start_minimal_proxy(
 def sidecar_config(
     ports: dict[str, int], upstream_name: str, upstream_port: int, sink_port: int, tracing: str
 ) -> str:
-    """Realistic production settings (DESIGN §3): EWMA, retries with a budget, breaker,
+    """Realistic production settings: EWMA, retries with a budget, breaker,
     outlier detection, metrics on, tracing sampled at 1 % and exported over OTLP/HTTP to a
     sink, access log off."""
     if tracing == "none":

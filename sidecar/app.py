@@ -349,7 +349,7 @@ class Sidecar:
                 lst.server = None
 
     async def drain(self, timeout: float | None = None) -> bool:
-        """Shut down gracefully (DESIGN §8a): Consul maintenance on → serve in-flight (and,
+        """Shut down gracefully (docs/discovery.md): Consul maintenance on → serve in-flight (and,
         when registered, late-arriving) requests, bounded by `timeout` → deregister.
         True if every request finished."""
         budget = self.config.limits.drain_timeout if timeout is None else timeout

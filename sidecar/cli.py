@@ -1,4 +1,4 @@
-"""Command line: `sidecar run | check-config | version` (DESIGN §2).
+"""Command line: `sidecar run | check-config | diagnose | top | demo | version`.
 
 Exit codes: 0 ok, 1 runtime failure, 2 usage or config error."""
 
@@ -9,13 +9,16 @@ import asyncio
 import gc
 import importlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from sidecar import BUILD, __version__
-from sidecar.config import Config, ConfigError, load_config
+from sidecar.config import Config, ConfigError, apply_env, load_config, parse_yaml
+from sidecar.config_check import file_problems
 
 log = logging.getLogger("sidecar")
 
@@ -26,11 +29,28 @@ def _print_config_errors(path: str, err: ConfigError) -> None:
         print(f"  {problem}", file=sys.stderr)
 
 
+def _raw_config(path: str) -> Any:
+    """The file's data with environment overrides, for the file checks of a config the
+    schema rejected (None when the file itself can't be read or parsed)."""
+    try:
+        return apply_env(parse_yaml(Path(path).read_text()) or {}, os.environ)
+    except Exception:
+        return None
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Everything that would fail at run time and can be found without the network: the
+    schema, cross-field conflicts, and the files the config names, all reported at once."""
+    base_dir = Path(args.config).resolve().parent
     try:
         config = load_config(args.config)
     except ConfigError as err:
-        _print_config_errors(args.config, err)
+        problems = [*err.problems, *file_problems(_raw_config(args.config), base_dir)]
+        _print_config_errors(args.config, ConfigError(problems))
+        return 2
+    problems = file_problems(config.model_dump(mode="json", by_alias=True), base_dir)
+    if problems:
+        _print_config_errors(args.config, ConfigError(problems))
         return 2
     print(f"{args.config}: ok (service {config.service.name})")
     return 0

@@ -1,4 +1,5 @@
-"""Configuration: pydantic models of DESIGN §3, YAML loading, env overrides, validation errors.
+"""Configuration: pydantic models (README's configuration reference), YAML loading, env
+overrides, validation errors.
 
 Loading order: YAML file < standard variables (CONSUL_HTTP_*, OTEL_*) < SIDECAR_<SECTION>__<KEY>.
 Per-upstream policies are deep-merged over `upstreams.default` before validation, so error
@@ -22,7 +23,6 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
-    model_validator,
 )
 
 # ---------------------------------------------------------------- scalar parsing
@@ -80,15 +80,73 @@ def parse_host_port(value: Any) -> str:
     """`host:port` (IPv6 as `[::1]:port`); normalised to text."""
     if not isinstance(value, str):
         raise ValueError("expected host:port")
+    _reject_url(value, "host:port")
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"invalid address {value!r}: expected host:port with port 0-65535")
+    _check_host(host, value)
+    return value
+
+
+# ---------------------------------------------------------------- shapes that fail at run time
+# (a URL where host:port is expected resolves "https" as a host name; port 0 can't be dialled)
+
+_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
+
+
+def _reject_url(value: str, expected: str) -> None:
+    if "://" in value:
+        bare = value.split("://", 1)[1].split("/", 1)[0]
+        raise ValueError(
+            f"invalid address {value!r}: expected {expected} without a scheme, e.g. {bare!r}"
+        )
+
+
+def _check_host(host: str, value: str) -> None:
+    if not (_HOSTNAME_RE.match(host) or is_literal_ip(host)):
+        raise ValueError(f"invalid address {value!r}: {host!r} is not a host name or IP address")
+
+
+def parse_endpoint_address(value: Any) -> str:
+    """An upstream endpoint: `host:port` with a port that can be dialled (1-65535)."""
+    address = parse_host_port(value)
+    if address.rpartition(":")[2].lstrip("0") == "":
+        raise ValueError(f"invalid address {address!r}: port 0 cannot be connected to")
+    return address
+
+
+def parse_host(value: Any) -> str:
+    """A host name or IP address (no port, no scheme)."""
+    if not isinstance(value, str):
+        raise ValueError("expected a host name or IP address")
+    _reject_url(value, "a host name or IP address")
+    _check_host(value, value)
+    return value
+
+
+def parse_otlp_endpoint(value: Any) -> str:
+    """`http(s)://host:port[/path]` or `host:port`, as the OTLP exporters take them."""
+    if not isinstance(value, str):
+        raise ValueError("expected http(s)://host:port")
+    m = re.match(r"^(https?)://([^/\s]+)(/\S*)?$", value)
+    if m is None and "://" in value:
+        raise ValueError(f"invalid OTLP endpoint {value!r}: expected http(s)://host:port")
+    authority = m.group(2) if m else value
+    try:
+        parse_host_port(authority)
+    except ValueError:
+        raise ValueError(
+            f"invalid OTLP endpoint {value!r}: expected http(s)://host:port"
+        ) from None
     return value
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 HostPort = Annotated[str, BeforeValidator(parse_host_port)]
+EndpointAddress = Annotated[str, BeforeValidator(parse_endpoint_address)]
+Host = Annotated[str, BeforeValidator(parse_host)]
+OtlpEndpoint = Annotated[str, BeforeValidator(parse_otlp_endpoint)]
 
 
 def split_host_port(value: str) -> tuple[str, int]:
@@ -107,7 +165,7 @@ _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
 class ServiceConfig(StrictModel):
     name: str = Field(pattern=_NAME_RE)
-    address: str = "127.0.0.1"
+    address: Host = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     health_path: str = Field(default="/healthz", pattern=r"^/")
     tags: list[str] = []
@@ -161,7 +219,7 @@ class FileDiscoveryConfig(StrictModel):
 
 
 class DiscoveryConfig(StrictModel):
-    static: dict[str, list[HostPort]] = {}
+    static: dict[str, list[EndpointAddress]] = {}
     file: FileDiscoveryConfig | None = None
     consul: ConsulConfig | None = None
 
@@ -274,7 +332,7 @@ SAMPLERS = (
 
 class TracingConfig(StrictModel):
     exporter: Literal["otlp_grpc", "otlp_http", "none"] = "otlp_grpc"
-    endpoint: str = "http://127.0.0.1:4317"
+    endpoint: OtlpEndpoint = "http://127.0.0.1:4317"
     sampler: Literal[
         "parentbased_traceidratio",
         "traceidratio",
@@ -345,19 +403,6 @@ class Config(StrictModel):
                 raise ValueError(f"invalid upstream name {name!r}")
         return v
 
-    @model_validator(mode="after")
-    def _ports_unique(self) -> Config:
-        seen: dict[str, str] = {}
-        for where, addr in self.listen_addresses().items():
-            _, port = split_host_port(addr)
-            if port == 0:
-                continue
-            key = f"{port}"
-            if key in seen:
-                raise ValueError(f"{where} and {seen[key]} both listen on port {port}")
-            seen[key] = where
-        return self
-
     def listen_addresses(self) -> dict[str, str]:
         out = {
             "listeners.inbound": self.listeners.inbound,
@@ -377,6 +422,48 @@ class Config(StrictModel):
     def configured_upstreams(self) -> set[str]:
         """Upstream names the config itself makes routable."""
         return set(self.discovery.static) | {n for n in self.upstreams if n != "default"}
+
+
+# ---------------------------------------------------------------- cross-field checks
+
+
+def cross_field_problems(config: Config) -> list[str]:
+    """What single fields can't show: ports two listeners would both bind, and an inbound
+    listener that would forward to itself. Every problem, as `field.path: reason`."""
+    return [*_port_collisions(config), *_inbound_loops(config)]
+
+
+def _port_collisions(config: Config) -> list[str]:
+    # By port alone: a wildcard host (0.0.0.0) takes the port on every address.
+    problems = []
+    seen: dict[int, str] = {}
+    for where, addr in config.listen_addresses().items():
+        _, port = split_host_port(addr)
+        if port == 0:  # the kernel picks a free port
+            continue
+        if port in seen:
+            problems.append(f"{where}: {seen[port]} and {where} both listen on port {port}")
+        else:
+            seen[port] = where
+    return problems
+
+
+def _inbound_loops(config: Config) -> list[str]:
+    svc = config.service
+    problems = []
+    for where, addr in config.listen_addresses().items():
+        host, port = split_host_port(addr)
+        if port != svc.port:
+            continue
+        same_host = host in ("0.0.0.0", "::", svc.address) or (
+            is_literal_ip(svc.address) and ipaddress.ip_address(svc.address).is_loopback
+        )
+        if same_host:
+            problems.append(
+                f"service.port: {svc.address}:{svc.port} is the sidecar's own {where}; the "
+                f"app must listen on a port of its own"
+            )
+    return problems
 
 
 # ---------------------------------------------------------------- loading
@@ -503,6 +590,9 @@ def _format_errors(err: ValidationError) -> list[str]:
             msg = "unknown key"
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
+        elif e["type"] == "literal_error" and "expected" in e.get("ctx", {}):
+            key = next((p for p in reversed(e["loc"]) if isinstance(p, str)), "value")
+            msg = f"unknown {key} {e['input']!r}: expected {e['ctx']['expected']}"
         problems.append(f"{loc or '(top level)'}: {msg}")
     return problems
 
@@ -515,9 +605,13 @@ def build_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
     data = apply_env(data, os.environ if env is None else env)
     data = _merge_upstreams(data)
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_errors(err)) from None
+    problems = cross_field_problems(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:

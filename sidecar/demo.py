@@ -1,4 +1,4 @@
-"""`sidecar demo`: the whole product in one command, on embedded defaults (DESIGN §2, §10).
+"""`sidecar demo`: the whole product in one command, on embedded defaults (docs/demo.md).
 
 Starts bff, user-service, document-service and retrieval-service, each behind its own sidecar
 on loopback; drives load through the bff's sidecar; injects latency into document-service;

@@ -1,5 +1,5 @@
 """The demo's topology: four services, each behind its own sidecar on loopback, on ports
-chosen at runtime; and the sidecar config each one runs with (DESIGN §3, §10)."""
+chosen at runtime; and the sidecar config each one runs with."""
 
 from __future__ import annotations
 

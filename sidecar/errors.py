@@ -1,4 +1,4 @@
-"""Errors the sidecar produces itself (DESIGN §6), as typed exceptions.
+"""Errors the sidecar produces itself (the error codes in README.md), as typed exceptions.
 
 Layers raise these; `error_response` is the one place that turns them into the reply:
 status, `x-sidecar-error` header and the JSON body."""
@@ -42,7 +42,7 @@ class NoRoute(SidecarError):
 
 
 class PayloadTooLarge(SidecarError):
-    # DESIGN §6 has no code for 413; `bad_request` with status 413 keeps the code set closed.
+    # No code of its own for 413: `bad_request` with status 413 keeps the set of codes closed.
     code = "bad_request"
     status = 413
 

@@ -1,7 +1,7 @@
 """The data path's own small HTTP types.
 
 Layers see these, never a transport library's classes, so the transport (server protocol and
-upstream pool) can be swapped without touching a layer (DESIGN §1).
+upstream pool) can be swapped without touching a layer.
 """
 
 from __future__ import annotations
@@ -172,4 +172,4 @@ class Response:
     headers: Headers
     body: Body = EMPTY_BODY
     reason: str = ""
-    error_code: str = ""  # DESIGN §6 code when the sidecar produced this reply itself
+    error_code: str = ""  # the error code when the sidecar produced this reply itself

@@ -1,6 +1,6 @@
 """Admin HTTP server: /healthz, /readyz, plus routes contributed by components (/metrics,
-/admin/*, /debug/*). /admin/* and /debug/* answer loopback clients only unless
-`admin.expose_debug` (DESIGN §8).
+/admin/*, /debug/*), and an index of them at / and /admin/. /admin/* and /debug/* answer
+loopback clients only unless `admin.expose_debug`.
 
 It runs on the data path's own HTTP/1.1 server protocol (httptools), not aiohttp.web: the
 admin API is a handful of GET routes, and aiohttp.web alone cost ~13 MiB of RSS per sidecar.
@@ -12,7 +12,7 @@ import asyncio
 import ipaddress
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from sidecar.http import BytesBody, Headers, Request, Response
@@ -34,6 +34,22 @@ ADMIN_LIMITS = ServerLimits(
     max_connections=1024,
 )
 _STOP_GRACE = 2.0  # seconds an in-flight admin request may take to finish at stop
+
+# One line per endpoint for the index page (/). A route added without a line here is listed
+# as undescribed, and tests/unit/admin/test_index.py names it.
+ROUTE_DESCRIPTIONS: Mapping[str, str] = {
+    "/": "this index",
+    "/admin/": "this index",
+    "/healthz": "liveness: 200 while the process serves",
+    "/readyz": "readiness: 200 when ready, else 503 with the reasons in the body",
+    "/metrics": "Prometheus metrics (OpenMetrics when asked for with Accept)",
+    "/admin/config": "the effective configuration, secrets redacted",
+    "/admin/endpoints": "endpoints per upstream: ejected, in-flight requests, EWMA latency",
+    "/admin/breakers": "circuit breaker state per upstream",
+    "/debug/traces": "recent spans as the Jaeger query API returns them "
+    "(?service=&operation=&lookback=15m&limit=20)",
+}
+UNDESCRIBED = "(no description)"
 
 
 def _is_loopback(remote: str | None) -> bool:
@@ -87,6 +103,8 @@ class AdminServer:
         self._add("GET", "/readyz", self._readyz)
         for method, path, handler in routes:
             self._add(method, path, handler)
+        self._add("GET", "/", self._index)
+        self._add("GET", "/admin/", self._index)
         self._state = ServerState(ADMIN_LIMITS)
         self._server: asyncio.Server | None = None
 
@@ -133,6 +151,24 @@ class AdminServer:
         except Exception:
             log.exception("admin handler failed: %s %s", request.method, path)
             return text_response("500 Internal Server Error", 500)
+
+    def index_text(self) -> str:
+        """Every route with its methods and one line on what it serves."""
+        rows = [
+            (",".join(m for m in methods if m != "HEAD") or "HEAD", path)
+            for path, methods in self._routes.items()
+        ]
+        width = max(len(f"{m} {p}") for m, p in rows)
+        lines = ["sidecar admin endpoints", ""]
+        for methods, path in rows:
+            described = ROUTE_DESCRIPTIONS.get(path, UNDESCRIBED)
+            lines.append(f"{methods} {path}".ljust(width + 2) + described)
+        guarded = "answer loopback clients only" if not self._expose else "answer every client"
+        lines += ["", f"/admin/* and /debug/* {guarded} (admin.expose_debug)."]
+        return "\n".join(lines) + "\n"
+
+    async def _index(self, request: Request) -> Response:
+        return text_response(self.index_text(), 200)
 
     async def _healthz(self, request: Request) -> Response:
         return json_response({"status": "ok"})

@@ -1,4 +1,4 @@
-"""Latency diagnosis of one operation over many traces (DESIGN §9). Pure functions: traces in,
+"""Latency diagnosis of one operation over many traces. Pure functions: traces in,
 a `Diagnosis` out; no I/O, no clocks. Work is bounded: at most MAX_TRACES traces and
 tree.MAX_SPANS_PER_TRACE spans each."""
 

@@ -1,4 +1,4 @@
-"""`sidecar diagnose`: argument parsing and the glue from sources to reports (DESIGN §2, §9).
+"""`sidecar diagnose`: argument parsing and the glue from sources to reports (docs/diagnose.md).
 
 The CLI registers it with `configure(subparser)` and runs `main(args)`; exit codes are 0 ok,
 1 runtime failure (source unreachable, nothing to analyse), 2 usage error."""

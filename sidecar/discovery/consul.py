@@ -2,7 +2,7 @@
 
 One watch per upstream name that is configured or actually used (lazy `start_watch`), each a
 `GET /v1/health/service/<name>?passing` blocking loop. A return is not a change: only a
-different endpoint list is published. Outage vs empty set (DESIGN §8a): on errors the last
+different endpoint list is published. Outage vs empty set (docs/discovery.md): on errors the last
 known endpoints stay until `stale_after` has passed since Consul started failing, then an empty
 set is published (503 no_healthy_endpoints); an empty passing set from Consul is the truth and
 is published at once. A catalog watch (`/v1/catalog/services`) tells which names exist, so an
@@ -87,7 +87,7 @@ class _ServiceWatch:
         await query.run(self.on_reply, self.on_error)
 
     def on_reply(self, reply: ConsulReply) -> None:
-        self._failing_since = None
+        failing_since, self._failing_since = self._failing_since, None
         self._backoff.reset()
         endpoints = endpoints_from_body(reply.body)
         if reply.filtered_by_acls and not endpoints and not self._warned_acl:
@@ -96,8 +96,14 @@ class _ServiceWatch:
                 "consul: results for %s were filtered by ACLs (does the token have service:read?)",
                 self.name,
             )
-        if self._stale:
-            log.info("consul: %s reachable again, %d endpoints", self.name, len(endpoints))
+        if failing_since is not None:
+            # One line per outage: its start was logged once, this closes it.
+            log.warning(
+                "consul watch %s: Consul answers again after %.0fs, %d endpoints",
+                self.name,
+                self._r.clock.monotonic() - failing_since,
+                len(endpoints),
+            )
         self._stale = False
         self._known = len(endpoints)
         self._emit(endpoints)
@@ -106,13 +112,20 @@ class _ServiceWatch:
     async def on_error(self, exc: ConsulError) -> float:
         self._r.observer.discovery_error(SOURCE)
         now = self._r.clock.monotonic()
+        # Only the first error of an outage is a warning; retries log at debug level.
+        first = self._failing_since is None
         if self._failing_since is None:
             self._failing_since = now
         stale_at = self._failing_since + self._r.config.stale_after
         delay = self._backoff.next()
         if self._published is None:
             # Never heard from Consul about this name: it exists but has nothing to route to.
-            log.warning("consul watch %s: %s (no endpoints known yet)", self.name, exc)
+            log.log(
+                logging.WARNING if first else logging.DEBUG,
+                "consul watch %s: %s (no endpoints known yet; retrying)",
+                self.name,
+                exc,
+            )
             self._emit(())
         elif self._stale:
             log.debug("consul watch %s: %s", self.name, exc)
@@ -132,7 +145,8 @@ class _ServiceWatch:
             )
             self._emit(())
         else:
-            log.warning(
+            log.log(
+                logging.WARNING if first else logging.DEBUG,
                 "consul watch %s: %s (keeping %d last known endpoints for %.0fs more)",
                 self.name,
                 exc,

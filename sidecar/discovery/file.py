@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from sidecar.config import parse_endpoint_address
 from sidecar.discovery.endpoints import Endpoint, EndpointSet
 from sidecar.discovery.resolver import Publish
 from sidecar.discovery.static import parse_endpoint
@@ -51,16 +52,10 @@ def parse_endpoint_file(text: str) -> dict[str, tuple[Endpoint, ...]]:
             raise EndpointFileError(f"{name}: expected a list of host:port")
         eps = []
         for addr in addrs:
-            host, sep, port = str(addr).rpartition(":")
-            if (
-                not isinstance(addr, str)
-                or not sep
-                or not host
-                or not port.isdigit()
-                or not 0 < int(port) < 65536
-            ):
-                raise EndpointFileError(f"{name}: invalid address {addr!r}, expected host:port")
-            eps.append(parse_endpoint(addr))
+            try:
+                eps.append(parse_endpoint(parse_endpoint_address(addr)))
+            except ValueError as exc:  # the same shapes as discovery.static accepts
+                raise EndpointFileError(f"{name}: {exc}") from None
         table[name] = tuple(eps)
     return table
 
@@ -101,7 +96,10 @@ class FileResolver:
         pass
 
     def pending_sync(self) -> list[str]:
-        return [] if self._loaded else [f"file {self.path}"]
+        """Why the file has not given endpoints yet, for /readyz (empty once it has)."""
+        if self._loaded:
+            return []
+        return [f"endpoint file {self.last_error}" if self.last_error else f"file {self.path}"]
 
     async def wait_synced(self, within: float) -> bool:
         """Wait (bounded) until the file has been read successfully once."""

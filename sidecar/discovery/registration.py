@@ -1,6 +1,6 @@
 """Self-registration in the local Consul agent, and the readiness of the discovery side.
 
-Lifecycle (DESIGN §8a): bind listeners → first discovery sync → register → ready;
+Lifecycle (docs/discovery.md): bind listeners → first discovery sync → register → ready;
 SIGTERM → maintenance on → drain → deregister → exit. The HTTP check goes through the sidecar's
 inbound listener to the app's health path, so a passing check means sidecar *and* app work."""
 
@@ -95,6 +95,7 @@ class ConsulRegistration:
     async def register(self) -> None:
         """Register, retrying with backoff while Consul is unreachable or refuses."""
         path = "/v1/agent/service/register"
+        failures = 0
         while True:
             self.status = "registering"
             try:
@@ -103,7 +104,10 @@ class ConsulRegistration:
                 delay = self._backoff.next()
                 self.last_error = str(exc)
                 self.status = f"consul registration pending: {exc}"
-                log.warning(
+                failures += 1
+                # The first failure is a warning, the retries debug: /readyz says why meanwhile.
+                log.log(
+                    logging.WARNING if failures == 1 else logging.DEBUG,
                     "consul registration of %s failed (retrying in %.1fs): %s",
                     self.service.service_id,
                     delay,
@@ -115,7 +119,14 @@ class ConsulRegistration:
             self.registered = True
             self.last_error = None
             self.status = "registered"
-            log.info("registered %s in consul", self.service.service_id)
+            if failures:
+                log.warning(
+                    "registered %s in consul after %d failed attempts",
+                    self.service.service_id,
+                    failures,
+                )
+            else:
+                log.info("registered %s in consul", self.service.service_id)
             return
 
     async def maintenance(self, enable: bool, reason: str = "") -> bool:

@@ -9,7 +9,7 @@ from sidecar.transport.client import UpstreamClient
 
 class Forwarder:
     """Forwards to the endpoint the balancer chose. Returns at response headers; the body
-    streams. Raises UpstreamConnectFailure / UpstreamReset (DESIGN §6)."""
+    streams. Raises UpstreamConnectFailure / UpstreamReset."""
 
     def __init__(self, client: UpstreamClient, connect_timeout: float, idle_timeout: float) -> None:
         self._client = client

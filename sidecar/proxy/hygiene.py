@@ -1,4 +1,4 @@
-"""Header hygiene for forwarded requests and responses (DESIGN §4)."""
+"""Header hygiene for forwarded requests and responses."""
 
 from __future__ import annotations
 

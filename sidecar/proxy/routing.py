@@ -1,4 +1,4 @@
-"""Outbound routing (DESIGN §4): which upstream a request is for, and never anything else.
+"""Outbound routing: which upstream a request is for, and never anything else.
 
 The name comes from the absolute URI (HTTP_PROXY clients), else the Host header, else the
 listener's fixed upstream. Only configured or discovered names are routable; literal IPs and

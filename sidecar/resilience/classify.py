@@ -69,7 +69,7 @@ def error_type_of_status(status: int) -> str:
 
 
 def error_type_of_exception(exc: BaseException) -> str:
-    """OTel `error.type` for a failed exchange: a DESIGN §6 code or a small closed set, so it
+    """OTel `error.type` for a failed exchange: a sidecar error code or a small closed set, so it
     is safe as a metric label."""
     if isinstance(exc, SidecarError):
         return exc.code

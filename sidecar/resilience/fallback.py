@@ -1,4 +1,5 @@
-"""Fallback replies when the upstream can't answer (DESIGN §3 `fallback`, §5 header).
+"""Fallback replies when the upstream can't answer (`upstreams.<name>.fallback`, and the
+`x-sidecar-fallback` header).
 
 On the configured refusals (circuit_open, no_healthy_endpoints) the layer answers with the
 last good response to the same GET target if one is cached and fresh, else with the static

@@ -2,7 +2,7 @@
 
 `ServerTelemetryLayer` is the outermost layer of a listener: it continues the caller's trace
 with a SERVER span, owns `x-request-id`, records the request duration and proxy overhead, and
-turns a raised SidecarError into the DESIGN §6 reply (so the body carries the trace id).
+turns a raised SidecarError into its error reply (so the body carries the trace id).
 `ClientTelemetryLayer` sits next to the forwarder: one CLIENT span per attempt, whose id is
 injected as the parent the upstream sees, and the per-attempt client duration with a
 `trace_id` exemplar. Sampled-out requests skip every attribute and exemplar."""
@@ -78,7 +78,7 @@ class ServerTelemetryLayer:
         # On inbound the next hop is the local app; without a client layer in that stack it
         # must still see our SERVER span as its parent.
         self._inject = direction == "inbound"
-        # DESIGN §7: the server histogram is the service's inbound RED. The outbound
+        # The server histogram is the service's inbound RED. The outbound
         # listener's requests are counted per attempt in the client histogram and, when the
         # sidecar refuses them, in sidecar_requests_rejected_total; counting them here too
         # would add every call the app makes to the traffic the app receives.
@@ -276,7 +276,7 @@ class ClientTelemetryLayer:
 
 
 def _deadline_attribute(attrs: dict[str, Any], request: Request) -> None:
-    """The deadline this request carries (DESIGN §5), on the span: a CLIENT span records the
+    """The deadline this request carries, on the span: a CLIENT span records the
     budget it gave the upstream, a SERVER span the budget its caller gave it. `sidecar
     diagnose` compares it with how long the callee really worked."""
     value = request.headers.get(EXPECTED_TIMEOUT_HEADER)

@@ -1,4 +1,4 @@
-"""Prometheus metrics of DESIGN §7 in a registry of our own, and the Observer that feeds them.
+"""Prometheus metrics in a registry of our own, and the Observer that feeds them.
 
 Hot path: labelled children are cached in dicts keyed by the label tuple, so a request costs a
 dict lookup and an observe, not a `.labels()` call (which validates and locks every time).
@@ -26,7 +26,7 @@ from prometheus_client.utils import floatToGoString
 from sidecar import __version__
 from sidecar.telemetry.labels import BoundedValues, RouteMatcher, status_label
 
-# OTel's advised boundaries for http.*.request.duration (DESIGN §7).
+# OTel's advised boundaries for http.*.request.duration.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 # The hop itself should cost well under a millisecond; these buckets can show it.
 OVERHEAD_BUCKETS = (

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -35,6 +36,7 @@ from opentelemetry.trace import Span as ApiSpan
 from sidecar import __version__
 from sidecar.config import TracingConfig
 from sidecar.telemetry import otelfast
+from sidecar.telemetry.export_health import ExportMonitor
 from sidecar.telemetry.propagation import HeaderPropagator
 from sidecar.telemetry.span_buffer import SpanBuffer
 
@@ -120,6 +122,12 @@ def _urllib3_transport() -> BaseHTTPTransport:
     return Urllib3HTTPTransport(verify=verify, cert=cert)
 
 
+def _export_target(config: TracingConfig) -> str:
+    if config.exporter == "otlp_http":
+        return otlp_http_traces_url(config.endpoint)
+    return config.endpoint
+
+
 def otlp_http_traces_url(endpoint: str) -> str:
     """A base endpoint (`http://jaeger:4318`, as in OTEL_EXPORTER_OTLP_ENDPOINT) gets the
     signal path appended; a URL that already has a path is used as given."""
@@ -132,21 +140,35 @@ def otlp_http_traces_url(endpoint: str) -> str:
 
 class _CountingExporter(SpanExporter):
     """Releases queue slots as batches leave the queue and counts batches the collector did
-    not take (failure, timeout, exception) as dropped."""
+    not take (failure, timeout, exception) as dropped; the monitor turns the results into
+    one log line per outage."""
 
-    def __init__(self, inner: SpanExporter, release: DropCounter, dropped: DropCounter) -> None:
+    def __init__(
+        self,
+        inner: SpanExporter,
+        release: DropCounter,
+        dropped: DropCounter,
+        monitor: ExportMonitor | None = None,
+    ) -> None:
         self._inner = inner
         self._release = release
         self._dropped = dropped
+        self._monitor = monitor
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         self._release(len(spans))
+        error: Exception | None = None
         try:
             result = self._inner.export(spans)
-        except Exception:
+        except Exception as exc:
+            error = exc
             result = SpanExportResult.FAILURE
         if result is not SpanExportResult.SUCCESS:
             self._dropped(len(spans))
+            if self._monitor is not None:
+                self._monitor.batch_failed(len(spans), error)
+        elif self._monitor is not None:
+            self._monitor.batch_exported()
         return result
 
     def shutdown(self) -> None:
@@ -173,13 +195,15 @@ class BoundedExportProcessor(SpanProcessor):
         schedule_delay: float = 1.0,
         shutdown_timeout: float = 5.0,
         on_dropped: DropCounter = _ignore_drops,
+        monitor: ExportMonitor | None = None,
     ) -> None:
         self._max = max_queue_size
         self._pending = 0
         self._lock = threading.Lock()
         self._on_dropped = on_dropped
+        self._monitor = monitor
         self._shutdown_timeout = shutdown_timeout
-        self._exporter = _CountingExporter(exporter, self._release, on_dropped)
+        self._exporter = _CountingExporter(exporter, self._release, on_dropped, monitor)
         batch = min(max_export_batch_size, max_queue_size)
         self._inner = BatchSpanProcessor(
             self._exporter,
@@ -205,6 +229,8 @@ class BoundedExportProcessor(SpanProcessor):
                 self._pending += 1
         if full:
             self._on_dropped(1)
+            if self._monitor is not None:
+                self._monitor.overflowed(1)
             return
         self._inner.on_end(span)
 
@@ -290,6 +316,7 @@ def build_tracing(
                 schedule_delay=schedule_delay,
                 shutdown_timeout=shutdown_timeout,
                 on_dropped=on_spans_dropped,
+                monitor=ExportMonitor(_export_target(config), time.monotonic),
             )
         )
     return Tracing(

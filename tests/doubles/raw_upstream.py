@@ -176,7 +176,7 @@ class RawUpstream:
         return RawSeen(m.group(1).decode(), m.group(2).decode("latin-1"), headers, body, conn)
 
     async def _read_chunked(self, reader: asyncio.StreamReader) -> bytes:
-        parts = []
+        parts: list[bytes] = []
         while True:
             size_line = await self._line(reader)
             if not re.fullmatch(rb"[0-9a-fA-F]{1,16}", size_line):

@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = [sys.executable, "-m", "sidecar.cli", "demo"]
@@ -45,6 +46,7 @@ class Demo:
         self._changed = threading.Condition()
         self._eof = False
         self._master: int | None = None
+        self.proc: subprocess.Popen[Any]
         argv = [*DEMO, *args, "--workdir", str(workdir)]
         env = {**os.environ, "COLUMNS": "160", **(env or {})}
         if tty:
@@ -113,7 +115,7 @@ class Demo:
             os.close(self._master)
             self._master = None
 
-    def topology(self) -> dict[str, dict[str, dict[str, int]]]:
+    def topology(self) -> dict[str, Any]:
         return json.loads((self.workdir / "topology.json").read_text())
 
 

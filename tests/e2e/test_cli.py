@@ -167,3 +167,57 @@ def test_console_script_installed():
     assert exe.exists(), "pip install -e . provides the `sidecar` command"
     r = subprocess.run([str(exe), "version"], capture_output=True, text=True, env=os.environ)
     assert r.returncode == 0
+
+
+def test_check_config_finds_what_would_fail_at_run_time_all_at_once(tmp_path):
+    """Without touching the network: a URL where host:port belongs, listeners that collide,
+    an upstream `listen` port that is a listener's, a name the code does not know, and an
+    endpoint file that does not exist — every one as `field.path: reason`, exit 2."""
+    path = write(
+        tmp_path,
+        "service: {name: bff}\n"
+        "listeners: {inbound: '0.0.0.0:9000', outbound: '127.0.0.1:9001', admin: '0.0.0.0:9002'}\n"
+        "discovery:\n"
+        "  static: {user-service: ['https://127.0.0.1:8001']}\n"
+        "  file: {path: endpoints.yaml}\n"
+        "upstreams: {user-service: {load_balancer: fastest}}\n"
+        "tracing: {exporter: none}\n",
+    )
+    r = run_cli("check-config", "-c", path)
+    assert r.returncode == 2, r.stdout
+    lines = [line.strip() for line in r.stderr.splitlines()[1:]]
+    assert lines == [
+        "discovery.static.user-service.0: invalid address 'https://127.0.0.1:8001': expected "
+        "host:port without a scheme, e.g. '127.0.0.1:8001'",
+        "upstreams.user-service.load_balancer: unknown load_balancer 'fastest': expected "
+        "'round_robin', 'random', 'least_request' or 'ewma'",
+        f"discovery.file.path: cannot read {tmp_path / 'endpoints.yaml'}: "
+        "No such file or directory",
+    ]
+
+    # the schema is fine now: the collisions and the missing file are reported together
+    path = write(
+        tmp_path,
+        "service: {name: bff}\n"
+        "listeners: {inbound: '0.0.0.0:9000', outbound: '127.0.0.1:9000', admin: '0.0.0.0:9002'}\n"
+        "discovery: {file: {path: endpoints.yaml}}\n"
+        "upstreams: {user-service: {listen: '127.0.0.1:9002'}}\n"
+        "tracing: {exporter: none}\n",
+    )
+    r = run_cli("check-config", "-c", path)
+    assert r.returncode == 2, r.stdout
+    assert r.stderr.splitlines()[1:] == [
+        "  listeners.outbound: listeners.inbound and listeners.outbound both listen on port 9000",
+        "  upstreams.user-service.listen: listeners.admin and upstreams.user-service.listen "
+        "both listen on port 9002",
+        f"  discovery.file.path: cannot read {tmp_path / 'endpoints.yaml'}: "
+        "No such file or directory",
+    ]
+    (tmp_path / "endpoints.yaml").write_text("user-service: ['127.0.0.1:8001']\n")
+    path = write(
+        tmp_path,
+        "service: {name: bff}\ndiscovery: {file: {path: endpoints.yaml}}\ntracing: {exporter: none}\n",
+    )
+    r = run_cli("check-config", "-c", path)
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    assert r.stdout.strip() == f"{path}: ok (service bff)"

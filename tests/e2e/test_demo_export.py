@@ -102,7 +102,7 @@ class JaegerBackend(OtlpReceiver):
         pid = next((p for p, v in trace["processes"].items() if v["serviceName"] == service),
                    f"p{len(trace['processes']) + 1}")
         trace["processes"][pid] = {"serviceName": service, "tags": []}
-        tags = [{"key": "span.kind", "type": "string", "value": KINDS.get(span.kind, "")}]
+        tags: list[dict[str, Any]] = [{"key": "span.kind", "type": "string", "value": KINDS.get(span.kind, "")}]
         for kv in span.attributes:
             which = kv.value.WhichOneof("value")
             value = getattr(kv.value, which) if which else ""

@@ -1,5 +1,6 @@
 """The container image and the compose stack, checked with real tools (no Docker engine exists
-on the machines this runs on): `docker-compose config` validates the compose file, `promtool`
+on the machines this runs on): `scripts/compose.sh config` (what `make compose-up` runs, with
+`docker compose` or `docker-compose`) validates the compose file, `promtool`
 the Prometheus config, `sidecar check-config` every sidecar config; the image's entrypoint,
 default config, env overrides, HEALTHCHECK command and SIGTERM handling run for real outside
 a container."""
@@ -33,12 +34,25 @@ IMAGE_DEFAULT = COMPOSE / "sidecar" / "image-default.yaml"
 DEMO_APPS = {"bff", "user-service", "document-service", "retrieval-service"}
 
 
+COMPOSE_SH = ROOT / "scripts" / "compose.sh"
+
+
+def _compose_v2_available() -> bool:
+    docker = shutil.which("docker")
+    if docker is None:
+        return False
+    probe = subprocess.run([docker, "compose", "version"], capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
 @pytest.fixture(scope="module")
 def resolved() -> dict[str, Any]:
-    """The compose file as docker-compose itself resolves it (anchors, merges, paths)."""
-    binary = require_binary("docker-compose")
+    """The compose file as Compose itself resolves it (anchors, merges, paths), run through
+    the same script as `make compose-up`."""
+    if not _compose_v2_available():
+        require_binary("docker-compose")  # what `make test` installs
     proc = subprocess.run(
-        [binary, "-f", str(COMPOSE_FILE), "config"],
+        [str(COMPOSE_SH), "-f", str(COMPOSE_FILE), "config"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -46,6 +60,79 @@ def resolved() -> dict[str, Any]:
     assert proc.returncode == 0, proc.stderr
     data: dict[str, Any] = yaml.safe_load(proc.stdout)
     return data
+
+
+def test_make_compose_targets_run_the_compose_script() -> None:
+    for target in ("compose-up", "compose-down"):
+        proc = subprocess.run(
+            ["make", "-n", target], cwd=ROOT, capture_output=True, text=True, timeout=30
+        )
+        assert proc.returncode == 0, proc.stderr
+        (command,) = [line for line in proc.stdout.splitlines() if "compose" in line]
+        assert command.startswith("scripts/compose.sh -f compose/docker-compose.yml "), command
+
+
+def _fake(bin_dir: Path, name: str, script: str) -> None:
+    path = bin_dir / name
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    ("installed", "runs"),
+    [
+        ({"docker": "v2", "docker-compose": "v1"}, "docker compose"),
+        ({"docker": "no plugin", "docker-compose": "v1"}, "docker-compose"),
+        ({"docker-compose": "v1"}, "docker-compose"),
+        ({}, None),
+    ],
+    ids=["v2-plugin", "docker-without-plugin", "v1-only", "none"],
+)
+def test_compose_script_uses_whichever_compose_is_installed(
+    tmp_path: Path, installed: dict[str, str], runs: str | None
+) -> None:
+    """`docker compose` when the v2 plugin answers, else `docker-compose`, else a message
+    naming both (the docker CLI without the plugin says "unknown shorthand flag: 'f'")."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if installed.get("docker") == "v2":
+        _fake(bin_dir, "docker", 'echo "docker $*"\n')
+    elif "docker" in installed:
+        _fake(bin_dir, "docker", 'echo "docker: unknown command: docker $1" >&2; exit 1\n')
+    if "docker-compose" in installed:
+        _fake(bin_dir, "docker-compose", 'echo "docker-compose $*"\n')
+    bash = shutil.which("bash")
+    assert bash is not None
+    proc = subprocess.run(
+        [bash, str(COMPOSE_SH), "-f", "compose/docker-compose.yml", "ps"],
+        env={"PATH": str(bin_dir)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if runs is None:
+        assert proc.returncode == 127
+        assert "neither 'docker compose'" in proc.stderr and "docker-compose" in proc.stderr
+    else:
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == f"{runs} -f compose/docker-compose.yml ps"
+
+
+def test_compose_script_runs_the_command_compose_names(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _fake(bin_dir, "docker", 'echo "docker $*"\n')
+    _fake(bin_dir, "docker-compose", 'echo "docker-compose $*"\n')
+    bash = shutil.which("bash")
+    assert bash is not None
+    proc = subprocess.run(
+        [bash, str(COMPOSE_SH), "version"],
+        env={"PATH": str(bin_dir), "COMPOSE": "docker-compose"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (proc.returncode, proc.stdout.strip()) == (0, "docker-compose version"), proc.stderr
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:

@@ -119,7 +119,7 @@ def metric_names(expr: str) -> set[str]:
 
 def exposed_names(kinds: dict[str, str]) -> set[str]:
     """The series names Prometheus stores for metrics of these kinds."""
-    out = set()
+    out: set[str] = set()
     for name, kind in kinds.items():
         if kind == "histogram":
             out.update(name + s for s in HISTOGRAM_SUFFIXES)

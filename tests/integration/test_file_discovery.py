@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
 from sidecar.discovery.file import FileResolver
@@ -73,7 +75,9 @@ async def test_missing_file_is_not_ready_and_logged_once(
         for _ in range(5):
             resolver.poll(directory.publish)
         assert caplog.text.count("endpoint file rejected") == 1
-        assert resolver.pending_sync() == [f"file {path}"]
+        assert resolver.pending_sync() == [
+            f"endpoint file cannot read {path}: No such file or directory"
+        ]
         write(path, 'user: ["127.0.0.1:8001"]\n')
         await eventually(lambda: addresses(directory, "user") == ["127.0.0.1:8001"])
         assert resolver.pending_sync() == []
@@ -93,3 +97,32 @@ async def test_static_wins_over_file_for_the_same_name(tmp_path: Path) -> None:
         assert addresses(directory, "user") == ["127.0.0.1:8001"]
     finally:
         await directory.stop()
+
+
+async def test_readyz_says_why_the_endpoint_file_gives_no_endpoints(
+    tmp_path: Path, upstreams: Any, sidecar_factory: Any
+) -> None:
+    app = await upstreams("app")
+    path = tmp_path / "endpoints.yaml"
+    sc = await sidecar_factory(
+        {"service": {"name": "bff", "port": app.port}, "discovery": {"file": {"path": str(path)}}}
+    )
+    admin = sc.config.listeners.admin
+    async with aiohttp.ClientSession() as s:
+
+        async def readyz() -> tuple[int, Any]:
+            async with s.get(f"http://{admin}/readyz") as r:
+                return r.status, await r.json()
+
+        status, body = await readyz()
+        assert status == 503
+        assert f"cannot read {path}: No such file or directory" in " ".join(body["reasons"])
+        write(path, "user: [127.0.0.1:8001, 'https://10.0.0.1:8002']\n")
+        await eventually(lambda: sc.discovery.file.last_error is not None and "https" in sc.discovery.file.last_error)
+        status, body = await readyz()
+        assert status == 503
+        assert "invalid address 'https://10.0.0.1:8002'" in " ".join(body["reasons"])
+        write(path, "user: [127.0.0.1:8001]\n")
+        await eventually(lambda: not sc.discovery.file.pending_sync(), within=5)
+        status, body = await readyz()
+        assert (status, body) == (200, {"status": "ready"})

@@ -11,12 +11,12 @@ from hypothesis import strategies as st
 
 from sidecar.discovery.resolver import Directory
 from sidecar.errors import BadRequest, NoRoute
-from sidecar.http import BytesBody, Headers, Request
+from sidecar.http import BytesBody, Headers, Request, Response
 from sidecar.proxy.routing import OutboundRouter, is_address_like
 
 
-async def _never(name: str):  # pragma: no cover - never reached
-    raise AssertionError(name)
+async def _never(request: Request) -> Response:  # pragma: no cover - never reached
+    raise AssertionError(request.target)
 
 
 # The worst case: a router that would route *any* name.

@@ -91,7 +91,7 @@ async def test_cancelled_attempt_releases_inflight() -> None:
         raise AssertionError
 
     handler = BalanceLayer(c, RoundRobinBalancer(), clock).wrap(hang)
-    task = asyncio.create_task(handler(make_request()))
+    task = asyncio.ensure_future(handler(make_request()))
     await started.wait()
     assert c.states[0].inflight == 1
     task.cancel()

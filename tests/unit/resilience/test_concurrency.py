@@ -24,7 +24,7 @@ async def test_limit_rejects_excess_and_frees_slots() -> None:
     obs = RecordingObserver()
     layer = ConcurrencyLimitLayer("svc", 2, obs)
     handler = layer.wrap(gated)
-    tasks = [asyncio.create_task(handler(make_request())) for _ in range(2)]
+    tasks = [asyncio.ensure_future(handler(make_request())) for _ in range(2)]
     await both_in.wait()
     with pytest.raises(Overloaded) as info:
         await handler(make_request())

@@ -109,7 +109,7 @@ async def test_trace_continues_and_upstream_sees_client_span_as_parent() -> None
     client_hex = f"{client.context.span_id:016x}"
     assert up.seen[0].get("traceparent") == f"00-{CALLER_TRACE}-{client_hex}-01"
     assert up.seen[0].get("b3") == f"{CALLER_TRACE}-{client_hex}-1"
-    attrs = dict(server.attributes)
+    attrs = dict(server.attributes or {})
     assert attrs["http.request.method"] == "GET"
     assert attrs["http.route"] == "/users/{id}"
     assert attrs["url.path"] == "/users/7"
@@ -117,7 +117,7 @@ async def test_trace_continues_and_upstream_sees_client_span_as_parent() -> None
     assert attrs["server.address"] == "bff.local"
     assert attrs["http.request.header.x-request-id"] == (up.seen[0].get("x-request-id"),)
     assert "error.type" not in attrs
-    c = dict(client.attributes)
+    c = dict(client.attributes or {})
     assert c["sidecar.upstream"] == "user-service"
     assert c["sidecar.endpoint"] == "10.0.0.5:8080"
     assert c["sidecar.attempt"] == 1

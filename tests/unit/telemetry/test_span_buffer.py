@@ -3,6 +3,7 @@ from __future__ import annotations
 import gc
 import time
 import tracemalloc
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -136,7 +137,7 @@ def test_a_buffered_span_reads_back_as_it_ended() -> None:
     linked.end()
     server = tracer.start_span("GET /x", kind=SpanKind.SERVER)
     ctx = trace.set_span_in_context(server)
-    attrs = {
+    attrs: dict[str, Any] = {
         "url.path": "/x?q=1",  # a key packed by index
         "custom.key": "v",  # one kept by name
         "http.request.header.x-request-id": ("abc",),

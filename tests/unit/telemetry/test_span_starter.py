@@ -4,6 +4,7 @@ start (ids, flags, trace state), and the sampled share of roots must stay the ra
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from opentelemetry import trace
@@ -24,7 +25,7 @@ SAMPLERS = [
 ]
 
 
-def _starter(sampler: str, ratio: float) -> tuple[SpanStarter, object]:
+def _starter(sampler: Any, ratio: float) -> tuple[SpanStarter, object]:
     tracing = build_tracing(TracingConfig(exporter="none", sampler=sampler, ratio=ratio), "svc")
     return SpanStarter(tracing), tracing.tracer
 
