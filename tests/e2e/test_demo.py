@@ -50,7 +50,7 @@ def test_quick_demo_names_the_slow_hop_and_measures_the_fix(tmp_path: Path) -> N
     assert re.search(r"Slowest hop: document-service GET /documents: \d+% of p99 critical path",
                      text), text
     saving = re.search(r"user-service, document-service and retrieval-service are called one "
-                       r"after the other; concurrent would save ~(\d+) ms at p50", text)
+                       r"after the other; concurrent (?:would|may) save ~(\d+) ms at p50", text)
     assert saving and int(saving[1]) >= 50, text  # user + retrieval take ~75 ms at p50
 
     # Before/after as printed, and as recorded for scripts.
