@@ -53,6 +53,7 @@ async def test_names_the_slowest_hop_and_the_sequential_calls() -> None:
             "--jaeger", jaeger.url, "--service", "bff", "--operation", "GET /context/{user_id}"
         )
     assert code == 0, err
+    out = " ".join(out.split())  # findings wrap at the reader's width
     assert "document-service GET /documents/{id}: 77% of p99 critical path" in out
     assert ("user-service, document-service and retrieval-service are called one after the "
             "other; concurrent may save ~30 ms at p50 if none needs another's answer") in out
