@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from html import escape
 
-from sidecar.diagnose.results import Bar, Diagnosis, SequentialCalls, Waterfall
+from sidecar.diagnose.results import Bar, Diagnosis, Pattern, Waterfall
 
 CRITICAL = "#D55E00"  # vermillion, 4.0:1 on white
 OTHER = "#0072B2"  # blue, 5.1:1
@@ -21,6 +21,7 @@ GRID = "#D9D9D9"
 LABEL_W, CHART_W, NOTE_W = 300, 480, 240
 ROW_H, BAR_H, AXIS_H = 26, 16, 28
 SVG_W = LABEL_W + CHART_W + NOTE_W
+MAX_NOTES = 3  # brackets on one waterfall; every pattern is in the findings list
 
 CSS = f"""
 body {{ font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
@@ -68,6 +69,11 @@ def render(d: Diagnosis) -> str:
         parts.append(
             f'<p class="headline" id="slowest">Slowest hop: {escape(d.slowest.message)}</p>'
         )
+    chain = d.critical_chain
+    if chain is not None and len(chain.links) > 2:
+        parts.append(f'<p class="stats" id="critical-chain">Critical path: <b>'
+                     f"{escape(chain.text)}</b> ({_pct(chain.share_p99)} of the p99 requests' "
+                     "time)</p>")
     parts.append("<h2>Findings</h2>")
     parts.append(_findings(d))
     parts.append("<h2>Latency distribution</h2>")
@@ -85,9 +91,16 @@ def render(d: Diagnosis) -> str:
     for w in d.waterfalls:
         title = "Typical request (p50)" if w.label == "p50" else "Slow requests (p99 and above)"
         parts.append(f"<h3>{title} — {_ms(w.total_ms)}, {w.traces} traces</h3>")
-        parts.append(_waterfall(w, scale, list(d.sequential)))
+        parts.append(_waterfall(w, scale, list(d.patterns)))
     parts.append("<h2>Downstream hops</h2>")
     parts.append(_table(d))
+    if d.comparison is not None:
+        c = d.comparison
+        items = "".join(f"<li>{escape(ch.message)}</li>" for ch in c.changes)
+        parts.append(f'<h2>Compared with the baseline</h2><p class="stats">{c.baseline_traces} '
+                     f"baseline traces, p50 {_ms(c.baseline_p50_ms)} → {_ms(d.latency.p50_ms)}, "
+                     f"p99 {_ms(c.baseline_p99_ms)} → {_ms(d.latency.p99_ms)}</p>"
+                     f'<ul class="findings" id="changes">{items}</ul>')
     cov = d.coverage
     examples = " ".join(
         f"{w.label} example trace <code>{escape(w.example_trace_id)}</code>."
@@ -162,7 +175,7 @@ def _histogram(d: Diagnosis) -> str:
     return "".join(out)
 
 
-def _waterfall(w: Waterfall, scale_ms: float, sequential: list[SequentialCalls]) -> str:
+def _waterfall(w: Waterfall, scale_ms: float, sequential: list[Pattern]) -> str:
     rows = list(w.bars)
     h = AXIS_H + ROW_H * len(rows) + 12
     x0 = LABEL_W
@@ -183,21 +196,30 @@ def _waterfall(w: Waterfall, scale_ms: float, sequential: list[SequentialCalls])
         row_of[bar.name] = i
         out.append(_bar(bar, y, x(bar.offset_ms), max(2.0, x(bar.offset_ms + bar.duration_ms)
                                                        - x(bar.offset_ms))))
+    noted = 0
     for s in sequential:
-        members = [row_of[n] for stage in s.stages for n in stage if n in row_of]
-        if len(members) < 2:
+        members = sorted({row_of[n] for stage in s.stages for n in stage if n in row_of})
+        repeated = s.kind == "repeated_calls"
+        if len(members) < (1 if repeated else 2) or noted >= MAX_NOTES:
             continue
+        noted += 1
         first, last = min(members), max(members)
         y1, y2 = AXIS_H + first * ROW_H + 3, AXIS_H + last * ROW_H + ROW_H - 3
         ends = [x(rows[i].offset_ms + rows[i].duration_ms) for i in members]
-        bx = min(max(ends) + 56, SVG_W - 170)  # clear of the duration labels after the bars
+        bx = min(max(ends) + 56 + 6 * (noted - 1), SVG_W - 170)  # clear of the labels
         mid = (y1 + y2) / 2
+        head = (f"\u00d7{s.calls} one after the other;" if repeated
+                else "one after the other;")
+        fix = "batched or concurrent may" if repeated and not s.independent else (
+            "concurrent would" if s.independent else "concurrent may")
+        cls = "repeated-note" if repeated else "sequential-note"
         out.append(
-            f'<g class="sequential-note"><title>{escape(s.finding.message)}</title>'
+            f'<g class="pattern-note {cls}" data-path="{escape(" > ".join(s.path))}" '
+            f'data-saving-ms="{s.saving_ms}"><title>{escape(s.finding.message)}</title>'
             f'<path d="M{bx - 6:.1f} {y1} H{bx:.1f} V{y2} H{bx - 6:.1f}" fill="none" '
             f'stroke="{INK}" stroke-width="2"/>'
-            f'<text x="{bx + 8:.1f}" y="{mid - 12:.1f}">one after the other;</text>'
-            f'<text x="{bx + 8:.1f}" y="{mid + 4:.1f}" font-weight="600">concurrent would</text>'
+            f'<text x="{bx + 8:.1f}" y="{mid - 12:.1f}">{head}</text>'
+            f'<text x="{bx + 8:.1f}" y="{mid + 4:.1f}" font-weight="600">{fix}</text>'
             f'<text x="{bx + 8:.1f}" y="{mid + 20:.1f}" font-weight="600">'
             f"save ~{_saving(s.saving_ms)} at p50</text></g>"
         )
@@ -217,7 +239,8 @@ def _bar(bar: Bar, y: int, bx: float, bw: float) -> str:
     return (
         f'<g class="bar" data-name="{escape(bar.name)}" data-offset-ms="{bar.offset_ms}" '
         f'data-duration-ms="{bar.duration_ms}" data-critical="{str(bar.critical).lower()}" '
-        f'data-sequential="{str(bar.sequential).lower()}"><title>{escape(tip)}</title>'
+        f'data-sequential="{str(bar.sequential).lower()}" '
+        f'data-repeated="{str(bar.repeated).lower()}"><title>{escape(tip)}</title>'
         f'<text x="{8 + 14 * bar.depth}" y="{y + BAR_H - 2}">{escape(label)}</text>'
         f'<rect x="{bx:.1f}" y="{y + (ROW_H - BAR_H) / 2 - 3:.1f}" width="{bw:.1f}" '
         f'height="{BAR_H}" rx="2" fill="{colour}"{outline}/>'

@@ -80,15 +80,15 @@ class _Column:
 
 
 _COLUMNS = (
-    _Column("calls", lambda h: str(h.count), 4),
+    _Column("calls", lambda h: str(h.count), 3),
     _Column("p50", lambda h: _ms(h.p50_ms), 9),
     _Column("p99", lambda h: _ms(h.p99_ms), 6),
-    _Column("self p50", lambda h: _ms(h.self_p50_ms), 5),
-    _Column("gap p50", lambda h: _ms(h.gap_p50_ms) if h.gap_calls else "-", 2),
+    _Column("self p50", lambda h: _ms(h.self_p50_ms), 4),
+    _Column("gap p50", lambda h: _ms(h.gap_p50_ms) if h.gap_calls else "-", 5),
     _Column("crit p99", lambda h: _pct(h.critical_share_p99), 10),
     _Column("crit all", lambda h: _pct(h.critical_share), 7),
     _Column("errors", lambda h: _n(h.errors), 8),
-    _Column("retries", lambda h: _n(h.retries), 3),
+    _Column("retries", lambda h: _n(h.retries), 2),
     _Column("timeouts", lambda h: _n(h.timeouts), 1),
     _Column("breaker", lambda h: _n(h.breaker_rejections), 0),
 )
