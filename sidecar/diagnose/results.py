@@ -106,7 +106,7 @@ class CriticalChain:
 class Change:
     """One difference between the baseline window and now."""
 
-    kind: str  # latency | hop | pattern | new_pattern | gone_pattern
+    kind: str  # hop | pattern
     subject: str
     before_ms: float
     after_ms: float
