@@ -51,7 +51,7 @@ def _hop_changes(now: Diagnosis, base: Diagnosis) -> list[Change]:
             detail.append(f"{_calls(b_calls)} → {_calls(a_calls)} calls per request")
         b_p50 = before[name].p50_ms if name in before else 0.0
         a_p50 = after[name].p50_ms if name in after else 0.0
-        if b_p50 and a_p50:
+        if b_p50 and a_p50 and abs(a_p50 - b_p50) >= 0.1 * b_p50:
             detail.append(f"p50 per call {_ms(b_p50)} → {_ms(a_p50)}")
         state = "new hop: " if name not in before else "gone: " if name not in after else ""
         extra = f"; {', '.join(detail)}" if detail else ""
