@@ -33,6 +33,7 @@ SEQUENTIAL_MAJORITY = 0.8  # of the traces (or call pairs) where both calls happ
 MIN_SAVING_MS = 1.0
 MIN_REPEATS = 3  # two calls of one operation are often legitimate; three in a row rarely
 MIN_PRESENCE = 0.1  # of the traces where the caller occurs
+MAX_DEPTH = 64  # hops from the operation; patterns below are not looked for
 
 Path = tuple[str, ...]
 
@@ -77,6 +78,10 @@ def callers(tree: TraceTree, index: int, sub: dict[Node, int]) -> list[Caller]:
     for node in tree.hops:  # parents first, so an owner's path is known before its calls
         assert node.hop is not None
         owner_path = paths.get(node.owner) or _path(node.owner, paths, root_name)
+        # Deeper than any real call tree: stop there rather than build ever longer paths.
+        if len(owner_path) >= MAX_DEPTH:
+            paths[node] = owner_path
+            continue
         paths[node] = (*owner_path, node.hop.name)
         if not node.blocking:
             continue
