@@ -237,5 +237,6 @@ def test_html_brackets_nested_patterns_on_the_waterfall() -> None:
     assert 'class="pattern-note repeated-note"' in page
     assert f'data-path="{ROOT} &gt; {DOCS_HOP}"' in page
     assert 'data-name="cache GET /k"' in page and 'data-repeated="true"' in page
-    assert "\u00d712 one after the other;" in page
+    assert "cache GET /k \u00d712 one after the other;" in page
+    assert page.count('class="pattern-mark"') == 2  # the p50 and the p99 waterfall
     assert 'id="critical-chain"' in page
