@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sidecar.diagnose import findings
+from sidecar.diagnose import findings, patterns
 from sidecar.diagnose.critical import critical_time
 from sidecar.diagnose.model import Trace
 from sidecar.diagnose.results import (
@@ -69,10 +69,11 @@ def diagnose(traces: Sequence[Trace], service: str, operation: str | None) -> Di
     durations = sorted(t.duration for t in trees)
     p99 = percentile(durations, 0.99)
     slow = [t for t in trees if t.duration >= p99]
+    slow_ids = {id(t) for t in slow}
     crit = [critical_time(t) for t in trees]
     calls = [_calls(t) for t in trees]
 
-    hops = _hop_stats(trees, calls, crit, slow_ids={id(t) for t in slow})
+    hops = _hop_stats(trees, calls, crit, slow_ids=slow_ids)
     operations = sorted({t.root.span.operation for t in trees})
     result = Diagnosis(
         service=service,
@@ -110,21 +111,35 @@ def diagnose(traces: Sequence[Trace], service: str, operation: str | None) -> Di
         ),
         durations_ms=tuple(ms(d) for d in durations),
     )
-    sequential = findings.sequential_calls(trees, result)
+    subs = [patterns.subtree_critical(t, c) for t, c in zip(trees, crit, strict=True)]
+    callers = [c for i, (t, sub) in enumerate(zip(trees, subs, strict=True))
+               for c in patterns.callers(t, i, sub)]
+    sequential = patterns.sequential_calls(callers, [t.root.start for t in trees])
+    repeated = patterns.repeated_calls(callers, len(trees))
+    chain = patterns.critical_chain(
+        callers, [t.duration for t in trees], {i for i, t in enumerate(trees) if id(t) in slow_ids}
+    )
     slowest = findings.slowest_hop(result)
     notes: list[Finding] = [f for f in (slowest,) if f is not None]
-    notes += [s.finding for s in sequential]
+    notes += findings.critical_path(chain)
+    ranked = sorted([*sequential, *repeated], key=lambda p: (-p.saving_ms * p.traces, p.path))
+    notes += [p.finding for p in ranked]
+    notes += findings.hop_gaps(result)
     notes += findings.retry_storms(trees, [[c.node for c in cs] for cs in calls])
     notes += findings.deadline_overruns(trees)
     notes += findings.breaker_flapping(trees)
     notes += findings.error_rates(result)
     notes += findings.own_time(result)
     notes += findings.missing_links(result)
+    sequential.sort(key=lambda p: -p.saving_ms)
+    repeated.sort(key=lambda p: -p.saving_ms)
     return result.with_findings(
         slowest=slowest,
         sequential=tuple(sequential),
         findings=tuple(notes),
-        waterfalls=waterfalls(trees, crit, p99, sequential),
+        waterfalls=waterfalls(trees, crit, p99, ranked),
+        repeated=tuple(repeated),
+        critical_chain=chain,
     )
 
 
@@ -228,6 +243,7 @@ def _hop_stats(
         durations = sorted(c.duration for c in key_calls)
         selfs = sorted(c.self_time for c in key_calls)
         spans = [c.node.span for c in key_calls]
+        gaps = [g for g in (_gap(c.node) for c in key_calls) if g is not None]
         stats.append(
             HopStats(
                 service=key.service,
@@ -244,10 +260,24 @@ def _hop_stats(
                 timeouts=sum(1 for s in spans if is_timeout(s)),
                 breaker_rejections=sum(1 for s in spans if is_breaker_rejection(s)),
                 async_calls=sum(1 for c in key_calls if not c.node.blocking),
+                gap_before_p50_ms=ms(percentile(sorted(b for b, _ in gaps), 0.5)),
+                gap_after_p50_ms=ms(percentile(sorted(a for _, a in gaps), 0.5)),
+                gap_p50_ms=ms(percentile(sorted(b + a for b, a in gaps), 0.5)),
+                gap_calls=len(gaps),
             )
         )
     stats.sort(key=lambda h: (-h.critical_share_p99, -h.critical_share, h.service, h.operation))
     return tuple(stats)
+
+
+def _gap(node: Node) -> tuple[int, int] | None:
+    """µs between the client span's start and the callee's server span's start, and between
+    the server span's end and the client's end. Not for spans shifted for clock skew: their
+    offsets were made up to fit."""
+    callee = node.callee
+    if callee is None or callee.skewed or node.skewed:
+        return None
+    return max(0, callee.start - node.start), max(0, node.end - callee.end)
 
 
 def _share(parts: list[int], totals: list[int]) -> float:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import aiohttp
 from rich.console import Console
 
 from sidecar.config import parse_duration
-from sidecar.diagnose import html, report, sources
+from sidecar.diagnose import compare, html, report, sources
 from sidecar.diagnose.analysis import NoMatchingTraces, diagnose
 from sidecar.diagnose.model import Trace
 
@@ -34,6 +36,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--file", metavar="PATH", help="Jaeger JSON saved from the Jaeger UI")
     parser.add_argument("--lookback", default="15m", help="how far back to look (default 15m)")
     parser.add_argument("--limit", type=int, default=200, help="traces to fetch (default 200)")
+    parser.add_argument("--baseline", metavar="RANGE|PATH",
+                        help="compare with a baseline: a trace file, or a window in the past "
+                             "with --jaeger: '1d' (the --lookback window one day ago) or "
+                             "'2h..1h' (from 2 h ago to 1 h ago)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--html", metavar="PATH", help="also write a self-contained HTML report")
 
@@ -53,6 +59,13 @@ def main(args: argparse.Namespace) -> int:
         err.print(f"error: --limit must be between 1 and {MAX_LIMIT}")
         return 2
     query = sources.Query(args.service, args.operation, lookback, args.limit)
+    baseline: sources.Query | str | None = None
+    if args.baseline:
+        try:
+            baseline = _baseline(args, query)
+        except ValueError as exc:
+            err.print(f"error: --baseline: {exc}", markup=False)
+            return 2
     try:
         traces = asyncio.run(_collect(args, query))
         if not traces:
@@ -62,10 +75,22 @@ def main(args: argparse.Namespace) -> int:
     except (sources.SourceError, NoMatchingTraces) as exc:
         err.print(f"error: {exc}", markup=False)
         return 1
+    if baseline is not None:
+        try:
+            base_traces = asyncio.run(_collect(args, baseline))
+            if not base_traces:
+                raise sources.SourceError("no traces in the baseline window")
+            base = diagnose(base_traces, args.service, args.operation)
+        except (sources.SourceError, NoMatchingTraces) as exc:
+            err.print(f"error: baseline: {exc}", markup=False)
+            return 1
+        result = dataclasses.replace(result, comparison=compare.compare(result, base))
     if args.json:
         sys.stdout.write(report.render_json(result) + "\n")
     else:
-        out = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
+        # Piped (a CI log, `| less`): 150 columns unless COLUMNS says how wide the reader is.
+        wide = sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit()
+        out = Console(highlight=False, width=None if wide else 150)
         report.render_text(result, out)
     if args.html:
         try:
@@ -78,7 +103,39 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _collect(args: argparse.Namespace, query: sources.Query) -> list[Trace]:
+def _baseline(args: argparse.Namespace, query: sources.Query) -> sources.Query | str:
+    """A path (any trace file), or a window in the past: `1d` = the --lookback window ending
+    1 d ago, `2h..1h` = from 2 h ago to 1 h ago (Jaeger can be asked for any window; the
+    sidecars' buffers only hold the recent past)."""
+    spec = str(args.baseline).strip()
+    if Path(spec).exists():
+        return spec
+    if ".." in spec:
+        start_s, end_s = spec.split("..", 1)
+        start, end = _ago(start_s), _ago(end_s or "0s")
+    else:
+        end = _ago(spec)
+        start = end + query.lookback_s
+    if start <= end:
+        raise ValueError(f"{spec!r}: the window must start before it ends (e.g. 2h..1h)")
+    if not args.jaeger:
+        raise ValueError(f"{spec!r} is neither a file nor usable as a time window without "
+                         "--jaeger (give a trace file)")
+    return dataclasses.replace(query, lookback_s=start - end, ends_ago_s=end)
+
+
+def _ago(text: str) -> float:
+    """A duration as --lookback takes it, plus days (`1d`, `7d`): baselines are often
+    "the same time yesterday"."""
+    text = text.strip()
+    if text.endswith("d") and text[:-1].replace(".", "", 1).isdigit():
+        return float(text[:-1]) * 86400
+    return parse_duration(text)
+
+
+async def _collect(args: argparse.Namespace, query: sources.Query | str) -> list[Trace]:
+    if isinstance(query, str):
+        return sources.read_file(query)
     if args.file:
         return sources.read_file(args.file)
     async with aiohttp.ClientSession(timeout=sources.client_timeout()) as session:

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
-from sidecar.diagnose.results import Diagnosis, Finding, SequentialCalls
+from sidecar.diagnose.results import CriticalChain, Diagnosis, Finding
 from sidecar.diagnose.signals import (
     attempt,
     deadline_ms,
@@ -17,7 +16,6 @@ from sidecar.diagnose.signals import (
     is_timeout,
     timeout_ms,
 )
-from sidecar.diagnose.stats import median, ms, percentile
 from sidecar.diagnose.tree import HopKey, Node, TraceTree
 
 OVERLAP_TOLERANCE_US = 100  # rounding of µs timestamps across hosts
@@ -26,6 +24,7 @@ MIN_SAVING_MS = 1.0
 RETRY_STORM_RATIO = 0.25  # retries per first attempt; the default retry budget allows 0.2
 ERROR_RATE = 0.05
 FLAP_MIN_REJECTIONS, FLAP_MIN_SWITCHES = 3, 4
+GAP_MIN_MS, GAP_SHARE = 1.0, 0.2  # of the hop's p50
 
 Context = HopKey | None  # the hop the calls are made from; None = the operation itself
 
@@ -46,131 +45,46 @@ def slowest_hop(result: Diagnosis) -> Finding | None:
     )
 
 
-@dataclass(slots=True)
-class _Pair:
-    both: int = 0
-    sequential: int = 0
-
-
-@dataclass(slots=True)
-class _Context:
-    traces: int = 0
-    pairs: dict[tuple[HopKey, HopKey], _Pair] = field(default_factory=lambda: defaultdict(_Pair))
-    durations: dict[HopKey, list[int]] = field(default_factory=lambda: defaultdict(list))
-    offsets: dict[HopKey, list[int]] = field(default_factory=lambda: defaultdict(list))
-
-
-def sequential_calls(trees: Sequence[TraceTree], result: Diagnosis) -> list[SequentialCalls]:
-    """Calls from the same caller to different services where one starts only after the other
-    has ended, in most traces. Different services is the heuristic for "independent"; the
-    saving assumes each stage's calls would then overlap: sum of stage p50s - the largest."""
-    contexts: dict[Context, _Context] = defaultdict(_Context)
-    for tree in trees:
-        for ctx_key, spans in _collapsed_calls(tree).items():
-            ctx = contexts[ctx_key]
-            ctx.traces += 1
-            for key, (start, end) in spans.items():
-                ctx.durations[key].append(end - start)
-                ctx.offsets[key].append(start - tree.root.start)
-            keys = sorted(spans)
-            for i, a in enumerate(keys):
-                for b in keys[i + 1:]:
-                    if a.service == b.service:
-                        continue
-                    pair = ctx.pairs[(a, b)]
-                    pair.both += 1
-                    first, second = sorted((spans[a], spans[b]))
-                    pair.sequential += second[0] >= first[1] - OVERLAP_TOLERANCE_US
-    out = []
-    for ctx_key, ctx in contexts.items():
-        found = _sequential_in(ctx_key, ctx, result)
-        if found is not None:
-            out.append(found)
-    out.sort(key=lambda s: -s.saving_ms)
-    return out
-
-
-def _collapsed_calls(tree: TraceTree) -> dict[Context, dict[HopKey, tuple[int, int]]]:
-    """Per caller, each blocking hop as one interval: first attempt's start to last's end."""
-    out: dict[Context, dict[HopKey, tuple[int, int]]] = defaultdict(dict)
-    for node in tree.hops:
-        if node.hop is None or not node.blocking:
-            continue
-        ctx = node.owner.hop if node.owner is not None else None
-        prev = out[ctx].get(node.hop)
-        start, end = node.start, node.end
-        if prev is not None:
-            start, end = min(prev[0], start), max(prev[1], end)
-        out[ctx][node.hop] = (start, end)
-    return out
-
-
-def _sequential_in(ctx_key: Context, ctx: _Context, result: Diagnosis) -> SequentialCalls | None:
-    seq_edges, concurrent_edges = [], []
-    for (a, b), pair in ctx.pairs.items():
-        if pair.both < max(1, ctx.traces // 2):
-            continue
-        ratio = pair.sequential / pair.both
-        if ratio >= SEQUENTIAL_MAJORITY:
-            seq_edges.append((a, b, pair.both))
-        elif ratio <= 1 - SEQUENTIAL_MAJORITY:
-            concurrent_edges.append((a, b))
-    if not seq_edges:
-        return None
-    members = sorted({k for a, b, _ in seq_edges for k in (a, b)})
-    stage_of = {k: k for k in members}
-
-    def find(k: HopKey) -> HopKey:
-        while stage_of[k] != k:
-            k = stage_of[k]
-        return k
-
-    for a, b in concurrent_edges:
-        if a in stage_of and b in stage_of:
-            stage_of[find(a)] = find(b)
-    stages: dict[HopKey, list[HopKey]] = defaultdict(list)
-    for k in members:
-        stages[find(k)].append(k)
-    if len(stages) < 2:
-        return None
-    p50 = {k: percentile(sorted(ctx.durations[k]), 0.5) for k in members}
-    ordered = sorted(stages.values(), key=lambda ks: min(median(ctx.offsets[k]) for k in ks))
-    saving = sum(max(p50[k] for k in ks) for ks in ordered) - max(p50.values())
-    if ms(saving) < MIN_SAVING_MS:
-        return None
-    ordered = [sorted(ks, key=lambda k: median(ctx.offsets[k])) for ks in ordered]
-    label = _labeller(members)
-    caller = ctx_key.name if ctx_key is not None else result.name
-    if all(len(ks) == 1 for ks in ordered):
-        names = [label(ks[0]) for ks in ordered]
-        called = ", ".join(names[:-1]) + f" and {names[-1]}"
-        text = f"{called} are called one after the other"
-    else:
-        text = " then ".join(" + ".join(label(k) for k in ks) for ks in ordered)
-        text = f"{text} run one after the other (calls joined by + already overlap)"
-    message = f"{text}; concurrent would save ~{_round_ms(saving)} ms at p50"
-    return SequentialCalls(
-        caller=caller,
-        stages=tuple(tuple(k.name for k in ks) for ks in ordered),
-        saving_ms=ms(saving),
-        traces=max(n for _, _, n in seq_edges),
-        finding=Finding("sequential_calls", message, None),
-    )
-
-
-def _labeller(keys: Sequence[HopKey]) -> Callable[[HopKey], str]:
-    services = [k.service for k in keys]
-    unique = len(set(services)) == len(services)
-
-    def label(k: HopKey) -> str:
-        return k.service if unique else k.name
-
-    return label
-
-
 def _round_ms(us: int) -> str:
     value = us / 1000
     return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
+
+
+def critical_path(chain: CriticalChain | None) -> list[Finding]:
+    """Only when it goes deeper than the first hop: otherwise it is the slowest hop."""
+    if chain is None or len(chain.links) < 3:
+        return []
+    last = chain.links[-1]
+    return [Finding(
+        "critical_path",
+        f"critical path: {chain.text} — {pct(chain.share_p99)} of the p99 requests' time "
+        f"({pct(chain.share)} over all)",
+        last.hop,
+        path=tuple(link.hop for link in chain.links[:-1]),
+    )]
+
+
+def hop_gaps(result: Diagnosis) -> list[Finding]:
+    """Time a hop spends outside the callee's server span: network, the callee's accept
+    queue, its sidecar. Reported when it is a real part of a hop on the critical path."""
+    out = []
+    for hop in result.hops:
+        if not hop.gap_calls or hop.critical_share <= 0 or hop.p50_ms <= 0:
+            continue
+        share = hop.gap_p50_ms / hop.p50_ms
+        if hop.gap_p50_ms >= GAP_MIN_MS and share >= GAP_SHARE:
+            where = ("before its server span starts"
+                     if hop.gap_before_p50_ms >= hop.gap_after_p50_ms
+                     else "after its server span ends")
+            out.append(Finding(
+                "hop_gap",
+                f"{hop.name}: {pct(share)} of the hop is spent outside the callee's server "
+                f"span, mostly {where} (p50 {_round_ms(int(hop.gap_before_p50_ms * 1000))} ms "
+                f"before, {_round_ms(int(hop.gap_after_p50_ms * 1000))} ms after): network, "
+                "queueing in the callee or its sidecar",
+                hop.name,
+            ))
+    return out
 
 
 def retry_storms(trees: Sequence[TraceTree], hops: Sequence[Sequence[Node]]) -> list[Finding]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from html import escape
 
-from sidecar.diagnose.results import Bar, Diagnosis, SequentialCalls, Waterfall
+from sidecar.diagnose.results import Bar, Diagnosis, Pattern, Waterfall
 
 CRITICAL = "#D55E00"  # vermillion, 4.0:1 on white
 OTHER = "#0072B2"  # blue, 5.1:1
@@ -21,6 +21,9 @@ GRID = "#D9D9D9"
 LABEL_W, CHART_W, NOTE_W = 300, 480, 240
 ROW_H, BAR_H, AXIS_H = 26, 16, 28
 SVG_W = LABEL_W + CHART_W + NOTE_W
+MAX_NOTES = 3  # nested patterns noted under one waterfall; all are in the findings list
+NOTE_LINE_H = 20
+_MARKS = ("\u2460", "\u2461", "\u2462")  # circled 1, 2, 3
 
 CSS = f"""
 body {{ font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
@@ -68,6 +71,11 @@ def render(d: Diagnosis) -> str:
         parts.append(
             f'<p class="headline" id="slowest">Slowest hop: {escape(d.slowest.message)}</p>'
         )
+    chain = d.critical_chain
+    if chain is not None and len(chain.links) > 2:
+        parts.append(f'<p class="stats" id="critical-chain">Critical path: <b>'
+                     f"{escape(chain.text)}</b> ({_pct(chain.share_p99)} of the p99 requests' "
+                     "time)</p>")
     parts.append("<h2>Findings</h2>")
     parts.append(_findings(d))
     parts.append("<h2>Latency distribution</h2>")
@@ -85,9 +93,16 @@ def render(d: Diagnosis) -> str:
     for w in d.waterfalls:
         title = "Typical request (p50)" if w.label == "p50" else "Slow requests (p99 and above)"
         parts.append(f"<h3>{title} — {_ms(w.total_ms)}, {w.traces} traces</h3>")
-        parts.append(_waterfall(w, scale, list(d.sequential)))
+        parts.append(_waterfall(w, scale, list(d.patterns)))
     parts.append("<h2>Downstream hops</h2>")
     parts.append(_table(d))
+    if d.comparison is not None:
+        c = d.comparison
+        items = "".join(f"<li>{escape(ch.message)}</li>" for ch in c.changes)
+        parts.append(f'<h2>Compared with the baseline</h2><p class="stats">{c.baseline_traces} '
+                     f"baseline traces, p50 {_ms(c.baseline_p50_ms)} → {_ms(d.latency.p50_ms)}, "
+                     f"p99 {_ms(c.baseline_p99_ms)} → {_ms(d.latency.p99_ms)}</p>"
+                     f'<ul class="findings" id="changes">{items}</ul>')
     cov = d.coverage
     examples = " ".join(
         f"{w.label} example trace <code>{escape(w.example_trace_id)}</code>."
@@ -162,9 +177,26 @@ def _histogram(d: Diagnosis) -> str:
     return "".join(out)
 
 
-def _waterfall(w: Waterfall, scale_ms: float, sequential: list[SequentialCalls]) -> str:
+def _waterfall(w: Waterfall, scale_ms: float, patterns: list[Pattern]) -> str:
+    """Sequential calls of the operation itself get a bracket beside their bars, as in
+    version 1. Patterns deeper in the tree, and repeated calls, would collide with it and with
+    each other there: their bars get a numbered mark and the note a line under the chart."""
     rows = list(w.bars)
-    h = AXIS_H + ROW_H * len(rows) + 12
+    row_of = {bar.name: i for i, bar in enumerate(rows)}
+    brackets: list[tuple[Pattern, list[int]]] = []
+    notes: list[tuple[Pattern, list[int]]] = []
+    for p in patterns:
+        members = sorted({row_of[n] for stage in p.stages for n in stage if n in row_of})
+        if p.kind == "sequential_calls" and p.depth == 0:
+            if len(members) >= 2 and not brackets:
+                brackets.append((p, members))
+        elif members and len(notes) < MAX_NOTES:
+            notes.append((p, members))
+    marks: dict[int, list[str]] = {}
+    for k, (_, members) in enumerate(notes):
+        for i in members:
+            marks.setdefault(i, []).append(_MARKS[k])
+    h = AXIS_H + ROW_H * len(rows) + 12 + NOTE_LINE_H * len(notes)
     x0 = LABEL_W
 
     def x(ms_value: float) -> float:
@@ -173,39 +205,58 @@ def _waterfall(w: Waterfall, scale_ms: float, sequential: list[SequentialCalls])
     out = [f'<svg class="waterfall" id="waterfall-{w.label}" role="img" '
            f'aria-label="{w.label} waterfall" width="{SVG_W}" height="{h}" '
            f'viewBox="0 0 {SVG_W} {h}">']
+    grid_bottom = AXIS_H + ROW_H * len(rows) + 4
     for t in _ticks(scale_ms):
-        out.append(f'<line x1="{x(t):.1f}" y1="{AXIS_H - 6}" x2="{x(t):.1f}" y2="{h - 8}" '
+        out.append(f'<line x1="{x(t):.1f}" y1="{AXIS_H - 6}" x2="{x(t):.1f}" y2="{grid_bottom}" '
                    f'stroke="{GRID}"/><text class="small" x="{x(t):.1f}" y="{AXIS_H - 10}" '
                    f'text-anchor="middle">{_ms(t)}</text>')
-    row_of: dict[str, int] = {}
+    extent: dict[int, float] = {}  # right end of each row's bar, labels and marks
     for i, bar in enumerate(rows):
         y = AXIS_H + i * ROW_H
-        row_of[bar.name] = i
-        out.append(_bar(bar, y, x(bar.offset_ms), max(2.0, x(bar.offset_ms + bar.duration_ms)
-                                                       - x(bar.offset_ms))))
-    for s in sequential:
-        members = [row_of[n] for stage in s.stages for n in stage if n in row_of]
-        if len(members) < 2:
-            continue
+        bx = x(bar.offset_ms)
+        bw = max(2.0, x(bar.offset_ms + bar.duration_ms) - bx)
+        mark = " ".join(marks.get(i, ()))
+        out.append(_bar(bar, y, bx, bw, mark))
+        extent[i] = bx + bw + 50 + (8 + 16 * len(marks.get(i, ()))) * bool(mark)
+    for p, members in brackets:
         first, last = min(members), max(members)
         y1, y2 = AXIS_H + first * ROW_H + 3, AXIS_H + last * ROW_H + ROW_H - 3
-        ends = [x(rows[i].offset_ms + rows[i].duration_ms) for i in members]
-        bx = min(max(ends) + 56, SVG_W - 170)  # clear of the duration labels after the bars
+        bx = min(max(extent[i] for i in range(first, last + 1)) + 6, SVG_W - 170)
         mid = (y1 + y2) / 2
+        fix = "concurrent would" if p.independent else "concurrent may"
         out.append(
-            f'<g class="sequential-note"><title>{escape(s.finding.message)}</title>'
+            f'<g class="pattern-note sequential-note" data-path="{escape(" > ".join(p.path))}" '
+            f'data-saving-ms="{p.saving_ms}"><title>{escape(p.finding.message)}</title>'
             f'<path d="M{bx - 6:.1f} {y1} H{bx:.1f} V{y2} H{bx - 6:.1f}" fill="none" '
             f'stroke="{INK}" stroke-width="2"/>'
             f'<text x="{bx + 8:.1f}" y="{mid - 12:.1f}">one after the other;</text>'
-            f'<text x="{bx + 8:.1f}" y="{mid + 4:.1f}" font-weight="600">concurrent would</text>'
+            f'<text x="{bx + 8:.1f}" y="{mid + 4:.1f}" font-weight="600">{fix}</text>'
             f'<text x="{bx + 8:.1f}" y="{mid + 20:.1f}" font-weight="600">'
-            f"save ~{_saving(s.saving_ms)} at p50</text></g>"
+            f"save ~{_saving(p.saving_ms)} at p50</text></g>"
+        )
+    for k, (p, _) in enumerate(notes):
+        y = grid_bottom + 8 + NOTE_LINE_H * k + 12
+        where = " → ".join(part.split(" ", 1)[0] for part in p.path)
+        if p.kind == "repeated_calls":
+            what = f"{p.hop} \u00d7{p.calls} one after the other"
+            fix = "batched or concurrent " + ("would" if p.independent else "may")
+        else:
+            what = " then ".join(" + ".join(stage) for stage in p.stages)
+            fix = "concurrent " + ("would" if p.independent else "may")
+        cls = "repeated-note" if p.kind == "repeated_calls" else "sequential-note"
+        out.append(
+            f'<g class="pattern-note {cls}" data-path="{escape(" > ".join(p.path))}" '
+            f'data-saving-ms="{p.saving_ms}" data-mark="{_MARKS[k]}">'
+            f"<title>{escape(p.finding.message)}</title>"
+            f'<text x="8" y="{y}"><tspan font-weight="600">{_MARKS[k]}</tspan> in '
+            f"{escape(where)}: {escape(what)}; <tspan font-weight=\"600\">{fix} save "
+            f"~{_saving(p.saving_ms)} at p50</tspan></text></g>"
         )
     out.append("</svg>")
     return "".join(out)
 
 
-def _bar(bar: Bar, y: int, bx: float, bw: float) -> str:
+def _bar(bar: Bar, y: int, bx: float, bw: float, mark: str = "") -> str:
     colour = ROOT if bar.depth == 0 else CRITICAL if bar.critical else OTHER
     star = " ★" if bar.critical and bar.depth > 0 else ""
     retries = f" \u00d7{bar.calls}" if bar.calls > 1 else ""
@@ -214,30 +265,37 @@ def _bar(bar: Bar, y: int, bx: float, bw: float) -> str:
     tip = (f"{bar.name}: starts at {_ms(bar.offset_ms)}, takes {_ms(bar.duration_ms)}"
            f"{', on the critical path' if bar.critical else ''}"
            f"{f', {bar.calls} calls per request' if bar.calls > 1 else ''}")
+    duration = _ms(bar.duration_ms)
+    marked = (f'<text class="pattern-mark" font-weight="600" '
+              f'x="{bx + bw + 12 + 6.5 * len(duration):.1f}" y="{y + BAR_H - 2}">{mark}</text>'
+              if mark else "")
     return (
         f'<g class="bar" data-name="{escape(bar.name)}" data-offset-ms="{bar.offset_ms}" '
         f'data-duration-ms="{bar.duration_ms}" data-critical="{str(bar.critical).lower()}" '
-        f'data-sequential="{str(bar.sequential).lower()}"><title>{escape(tip)}</title>'
+        f'data-sequential="{str(bar.sequential).lower()}" '
+        f'data-repeated="{str(bar.repeated).lower()}"><title>{escape(tip)}</title>'
         f'<text x="{8 + 14 * bar.depth}" y="{y + BAR_H - 2}">{escape(label)}</text>'
         f'<rect x="{bx:.1f}" y="{y + (ROW_H - BAR_H) / 2 - 3:.1f}" width="{bw:.1f}" '
         f'height="{BAR_H}" rx="2" fill="{colour}"{outline}/>'
         f'<text class="small" x="{bx + bw + 5:.1f}" y="{y + BAR_H - 2}">'
-        f"{_ms(bar.duration_ms)}</text></g>"
+        f"{duration}</text>{marked}</g>"
     )
 
 
 def _table(d: Diagnosis) -> str:
-    head = ("hop", "calls", "p50", "p99", "self p50", "critical path (p99)",
+    head = ("hop", "calls", "p50", "p99", "self p50", "gap p50", "critical path (p99)",
             "critical path (all)", "errors", "retries", "timeouts", "breaker")
     rows = []
     slowest = d.slowest.hop if d.slowest is not None else None
     for h in d.hops:
         cls = ' class="slowest"' if h.name == slowest else ""
-        cells = (escape(h.name), h.count, _ms(h.p50_ms), _ms(h.p99_ms), _ms(h.self_p50_ms),
+        gap = _ms(h.gap_p50_ms) if h.gap_calls else "-"
+        cells = (escape(h.name), h.count, _ms(h.p50_ms), _ms(h.p99_ms), _ms(h.self_p50_ms), gap,
                  _pct(h.critical_share_p99), _pct(h.critical_share), h.errors, h.retries,
                  h.timeouts, h.breaker_rejections)
         rows.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     rows.append(f"<tr><td>{escape(d.service)} (own work)</td><td></td><td></td><td></td><td></td>"
+                "<td></td>"
                 f"<td>{_pct(d.root_self_share_p99)}</td><td>{_pct(d.root_self_share)}</td>"
                 "<td></td><td></td><td></td><td></td></tr>")
     header = "".join(f"<th>{c}</th>" for c in head)

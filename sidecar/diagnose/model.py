@@ -94,13 +94,13 @@ def _trace(raw: Mapping[str, Any]) -> Trace:
 
 
 def _span(raw: Mapping[str, Any], services: Mapping[str, str], trace_id: str) -> Span | None:
-    span_id = _norm_id(raw.get("spanID"))
+    span_id = norm_id(raw.get("spanID"))
     start, duration = raw.get("startTime"), raw.get("duration")
     if not span_id or not isinstance(start, int | float) or not isinstance(duration, int | float):
         return None
     parent_id, follows = _parent(raw.get("references"))
     if parent_id is None and raw.get("parentSpanID"):  # older Jaeger JSON
-        parent_id = _norm_id(raw.get("parentSpanID"))
+        parent_id = norm_id(raw.get("parentSpanID"))
     service = services.get(str(raw.get("processID", "")), "")
     if not service and isinstance(raw.get("process"), Mapping):
         service = str(raw["process"].get("serviceName", ""))
@@ -123,7 +123,7 @@ def _parent(refs: Any) -> tuple[str | None, bool]:
     for ref in refs or ():
         if not isinstance(ref, Mapping):
             continue
-        span_id = _norm_id(ref.get("spanID"))
+        span_id = norm_id(ref.get("spanID"))
         if not span_id:
             continue
         kind = str(ref.get("refType", "CHILD_OF")).upper()
@@ -146,7 +146,7 @@ def _tags(raw: Any) -> dict[str, TagValue]:
     return out
 
 
-def _norm_id(value: Any) -> str:
+def norm_id(value: Any) -> str:
     """Span ids are hex; some exporters drop leading zeros, so compare them without."""
     text = str(value or "").strip().lower()
     return text.lstrip("0") or ("0" if text else "")

@@ -1,6 +1,7 @@
 """Where traces come from: Jaeger's query API (v1 and v2 serve the same `/api/traces`), the
 sidecars' admin `/debug/traces` (same shape; each sidecar holds only its own spans, so several
-are merged by trace id), or a file saved from Jaeger UI ("Download JSON").
+are merged by trace id), or a file: saved from Jaeger UI ("Download JSON"), or OTLP JSON as
+collectors export it (one request per file, or one per line).
 
 Every failure becomes a `SourceError` with a one-line message for the user."""
 
@@ -17,6 +18,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 
 from sidecar.diagnose.model import Trace, TraceFormatError, merge_traces, parse_jaeger
+from sidecar.diagnose.otlp import is_otlp, parse_otlp
 from sidecar.diagnose.tree import operation_matcher
 
 REQUEST_TIMEOUT_S = 30.0
@@ -33,6 +35,8 @@ class Query:
     operation: str | None
     lookback_s: float
     limit: int
+    # Seconds before now at which the window ends (0 = now): a baseline window in the past.
+    ends_ago_s: float = 0.0
 
 
 def read_file(path: str | Path) -> list[Trace]:
@@ -41,9 +45,26 @@ def read_file(path: str | Path) -> list[Trace]:
     except OSError as exc:
         raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
-        return parse_jaeger(json.loads(text))
+        return parse_traces(_load_json(text))
     except (ValueError, TraceFormatError) as exc:
         raise SourceError(f"{path}: {_one_line(exc)}") from None
+
+
+def parse_traces(payload: Any) -> list[Trace]:
+    """Jaeger JSON or OTLP JSON, told apart by their top-level keys."""
+    return parse_otlp(payload) if is_otlp(payload) else parse_jaeger(payload)
+
+
+def _load_json(text: str) -> Any:
+    """One JSON document, or JSON lines (the collector's file exporter writes one export
+    request per line)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        lines = [line for line in text.splitlines() if line.strip()]
+        if len(lines) < 2:
+            raise
+        return [json.loads(line) for line in lines]
 
 
 async def from_jaeger(session: aiohttp.ClientSession, base: str, query: Query) -> list[Trace]:
@@ -53,7 +74,7 @@ async def from_jaeger(session: aiohttp.ClientSession, base: str, query: Query) -
     the exact name is looked up first; with no single match we ask for the whole service and
     filter locally."""
     base = _http_base(base)
-    end_us = int(time.time() * 1_000_000)
+    end_us = int((time.time() - query.ends_ago_s) * 1_000_000)
     params = {
         "service": query.service,
         "start": str(end_us - int(query.lookback_s * 1_000_000)),
@@ -137,7 +158,7 @@ async def _read_bounded(resp: aiohttp.ClientResponse) -> bytes:
 
 def _parse(payload: Any, where: str) -> list[Trace]:
     try:
-        return parse_jaeger(payload)
+        return parse_traces(payload)
     except TraceFormatError as exc:
         raise SourceError(f"{where}: {exc}") from None
 

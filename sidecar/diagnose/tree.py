@@ -43,6 +43,8 @@ class Node:
     hop: HopKey | None = None
     owner: Node | None = None  # nearest enclosing hop; None = the analysed operation itself
     raw_operation: str = ""  # client op, kept to name childless attempts like their siblings
+    callee: Node | None = None  # a client hop's server span in the callee, when it arrived
+    skewed: bool = False  # shifted for clock skew: its offsets to the parent are not measured
 
     @property
     def blocking(self) -> bool:
@@ -137,6 +139,7 @@ def build_tree(trace: Trace, root_span: Span) -> TraceTree:
             delta = _skew_correction(parent, span.start_us + shift, span.end_us + shift, span)
             skewed += delta != 0
             node = Node(span, parent, span.start_us + shift + delta, span.end_us + shift + delta)
+            node.skewed = delta != 0
             node.cp_start = max(node.start, parent.cp_start)
             node.cp_end = max(node.cp_start, min(node.end, parent.cp_end))
             parent.children.append(node)
@@ -179,6 +182,7 @@ def _mark_hops(nodes: list[Node]) -> None:
             own_app = _to_own_app(node, callee)
             if not own_app and (not local or _tag(node.span, "sidecar.upstream")):
                 node.hop = _client_hop(node, callee)
+                node.callee = callee
         elif node.span.service != parent.span.service and not _is_callee_of_client(node):
             node.hop = HopKey(node.span.service, node.span.operation)
         node.owner = parent if parent.hop is not None else parent.owner
@@ -210,7 +214,10 @@ def _client_hop(node: Node, callee: Node | None) -> HopKey:
         _tag(span, "sidecar.upstream")
         or _tag(span, "peer.service")
         or (callee.span.service if callee is not None else "")
+        # a span recorded on the callee's behalf (HotROD's redis and mysql spans)
+        or (span.service if node.parent and span.service != node.parent.span.service else "")
         or _host(_tag(span, "server.address") or _tag(span, "net.peer.name"))
+        or _tag(span, "db.system")
         or "unknown"
     )
     op = span.operation

@@ -20,16 +20,20 @@ def waterfalls(
     sequential: Sequence[SequentialCalls],
 ) -> tuple[Waterfall, ...]:
     in_sequence = {name for s in sequential for stage in s.stages for name in stage}
+    repeated = {s.hop for s in sequential if s.kind == "repeated_calls" and s.hop}
     pairs = list(zip(trees, crit, strict=True))
     slow = [(t, c) for t, c in pairs if t.duration >= p99]
     return (
-        _shape("p50", pairs, in_sequence),
-        _shape("p99", slow, in_sequence),
+        _shape("p50", pairs, in_sequence, repeated),
+        _shape("p99", slow, in_sequence, repeated),
     )
 
 
 def _shape(
-    label: str, pairs: Sequence[tuple[TraceTree, dict[Node, int]]], in_sequence: set[str]
+    label: str,
+    pairs: Sequence[tuple[TraceTree, dict[Node, int]]],
+    in_sequence: set[str],
+    repeated: set[str],
 ) -> Waterfall:
     offsets: dict[HopKey, list[int]] = defaultdict(list)
     durations: dict[HopKey, list[int]] = defaultdict(list)
@@ -73,6 +77,7 @@ def _shape(
             critical=on_path[key] * 2 >= len(offsets[key]),
             sequential=key.name in in_sequence,
             calls=median(calls[key]),
+            repeated=key.name in repeated,
         ))
     bars.sort(key=lambda b: (b.depth > 0, b.offset_ms, b.depth, b.name))
     return Waterfall(

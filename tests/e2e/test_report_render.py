@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sidecar.diagnose import html
+from sidecar.diagnose import html, sources
 from sidecar.diagnose.analysis import diagnose
 from tests.conftest import require_binary
 from tests.unit.diagnose.builder import DOCS, RETR, USER, TraceBuilder, bff
@@ -145,7 +145,7 @@ async def test_report_renders_offline_with_ordered_bars(chromium: Cdp, tmp_path:
     assert await cdp.evaluate("document.querySelectorAll('#waterfall-p99 g.bar').length") == 4
     note = await cdp.evaluate("document.querySelector('#waterfall-p50 .sequential-note')"
                               ".textContent")
-    assert "concurrent would" in note and "at p50" in note
+    assert "concurrent may" in note and "at p50" in note
     slowest = await cdp.evaluate("document.getElementById('slowest').innerText")
     assert slowest.startswith("Slowest hop: document-service GET /documents/{id}: ")
     assert await cdp.evaluate("document.querySelectorAll('#histogram rect.hist').length") > 3
@@ -169,3 +169,61 @@ async def test_report_renders_offline_with_ordered_bars(chromium: Cdp, tmp_path:
     (tmp_path / "report.png").write_bytes(png)
     if os.environ.get("SIDECAR_UPDATE_SCREENSHOTS") == "1":
         (ROOT / "docs" / "img" / "diagnose-report.png").write_bytes(png)
+
+
+async def test_nested_repeated_calls_are_marked_on_the_waterfall(
+    chromium: Cdp, tmp_path: Path
+) -> None:
+    """The ride-dispatch fixture: redis GetDriver x12 under frontend → driver is drawn nested
+    under driver, starred on the critical path, marked beside its bar, and the mark's note
+    under the chart says where it is and what it could save; the operation's own sequential
+    calls keep their bracket, clear of the mark."""
+    fixture = ROOT / "tests" / "fixtures" / "traces" / "dispatch.otlp.jsonl"
+    d = diagnose(sources.read_file(fixture), "frontend", None)
+    path = tmp_path / "dispatch.html"
+    path.write_text(html.render(d), encoding="utf-8")
+    cdp = chromium
+    await cdp.call("Page.enable")
+    await cdp.call("Emulation.setDeviceMetricsOverride", width=1100, height=900,
+                   deviceScaleFactor=1, mobile=False)
+    await cdp.call("Page.navigate", url=path.as_uri())
+    await cdp.wait_event("Page.loadEventFired")
+    info = await cdp.evaluate(
+        "(() => { const w = document.querySelector('#waterfall-p50');"
+        " const bars = [...w.querySelectorAll('g.bar')];"
+        " const bar = bars.find(g => g.dataset.name === 'redis GetDriver');"
+        " const driver = bars.find(g => g.dataset.name.startsWith('driver '));"
+        " const label = bar.querySelector('text');"
+        " const mark = bar.querySelector('.pattern-mark');"
+        " const note = w.querySelector('.repeated-note');"
+        " const bracket = w.querySelector('.sequential-note path').getBoundingClientRect();"
+        " const r = bar.querySelector('rect').getBoundingClientRect();"
+        " const m = mark.getBoundingClientRect();"
+        " const last = bars[bars.length - 1].getBoundingClientRect();"
+        " return {label: label.textContent,"
+        "   indent: label.getBoundingClientRect().x"
+        "     - driver.querySelector('text').getBoundingClientRect().x,"
+        "   repeated: bar.dataset.repeated, critical: bar.dataset.critical,"
+        "   barRight: r.right, barTop: r.top, barBottom: r.bottom,"
+        "   markLeft: m.left, markRight: m.right, markMid: m.top + m.height / 2,"
+        "   mark: mark.textContent, bracketLeft: bracket.left,"
+        "   noteTop: note.getBoundingClientRect().top, lastBottom: last.bottom,"
+        "   note: note.querySelector('text').textContent, noteMark: note.dataset.mark,"
+        "   path: note.dataset.path}; })()"
+    )
+    assert info["label"].startswith("redis GetDriver \u00d712") and info["label"].endswith("★")
+    assert info["indent"] > 0  # drawn one level below driver
+    assert (info["repeated"], info["critical"]) == ("true", "true")
+    assert info["barRight"] < info["markLeft"] < info["markRight"] < info["bracketLeft"]
+    assert info["barTop"] <= info["markMid"] <= info["barBottom"]
+    assert info["mark"] == info["noteMark"] == "\u2460"
+    assert info["noteTop"] >= info["lastBottom"]  # under the chart, over no bar
+    assert info["note"].startswith("\u2460 in frontend \u2192 driver: redis GetDriver \u00d712 "
+                                   "one after the other;")
+    assert "batched or concurrent may save ~132 ms at p50" in info["note"]
+    assert info["path"] == "frontend HTTP GET /dispatch > driver /driver.DriverService/FindNearest"
+    chain = await cdp.evaluate("document.getElementById('critical-chain').innerText")
+    assert "frontend \u2192 driver \u2192 redis GetDriver \u00d712" in chain
+    kinds = await cdp.evaluate(
+        "[...document.querySelectorAll('ul.findings li')].map(li => li.dataset.kind)")
+    assert kinds.index("repeated_calls") < kinds.index("sequential_calls")

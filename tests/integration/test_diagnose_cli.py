@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from tests.unit.diagnose.builder import (
     jaeger_response,
     meshed,
     rebase,
+    repeats,
     sequential_chain,
 )
 
@@ -33,9 +35,12 @@ ENTRY = (
 )
 
 
-async def run_cli(*args: str) -> tuple[int, str, str]:
+async def run_cli(*args: str, columns: int | None = None) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    if columns is not None:
+        env["COLUMNS"] = str(columns)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", ENTRY, *args, cwd=ROOT,
+        sys.executable, "-c", ENTRY, *args, cwd=ROOT, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
@@ -53,9 +58,10 @@ async def test_names_the_slowest_hop_and_the_sequential_calls() -> None:
             "--jaeger", jaeger.url, "--service", "bff", "--operation", "GET /context/{user_id}"
         )
     assert code == 0, err
+    out = " ".join(out.split())  # findings wrap at the reader's width
     assert "document-service GET /documents/{id}: 77% of p99 critical path" in out
     assert ("user-service, document-service and retrieval-service are called one after the "
-            "other; concurrent would save ~30 ms at p50") in out
+            "other; concurrent may save ~30 ms at p50 if none needs another's answer") in out
     assert any(path == "/api/traces" and q.get("operation") == "GET /context/{user_id}"
                for path, q in jaeger.requests)
 
@@ -108,7 +114,8 @@ async def test_traces_recorded_by_a_sidecar_mesh_text_and_json() -> None:
         code_json, out_json, err_json = await run_cli("--jaeger", jaeger.url, *args, "--json")
     assert "document-service GET /documents/{id}: " in out
     assert ("user-service, document-service and retrieval-service are called one after the "
-            "other; concurrent would save ~30 ms at p50") in " ".join(out.split())
+            "other; concurrent may save ~30 ms at p50 if none needs another's answer"
+            ) in " ".join(out.split())
     assert code_json == 0, err_json
     doc = json.loads(out_json)
     assert doc["slowest_hop"]["hop"] == "document-service GET /documents/{id}"
@@ -123,3 +130,75 @@ async def test_unreachable_jaeger_with_json_prints_no_half_document() -> None:
     code, out, err = await run_cli("--jaeger", url, "--service", "bff", "--json")
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and err.startswith(f"error: cannot reach {url}/api/traces")
+
+
+FIXTURES = ROOT / "tests" / "fixtures" / "traces"
+
+
+async def test_otlp_file_piped_at_80_columns_keeps_every_hop_name() -> None:
+    code, out, err = await run_cli("--file", str(FIXTURES / "dispatch.otlp.jsonl"),
+                                   "--service", "frontend", columns=80)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    for name in ("customer HTTP GET /customer", "mysql SQL SELECT",
+                 "driver /driver.DriverService/FindNearest", "redis FindDriverIDs",
+                 "redis GetDriver", "route HTTP GET /route"):
+        assert any(line.startswith(name) for line in lines), out
+    text = " ".join(out.split())
+    assert "critical path: frontend → driver → redis GetDriver \u00d712" in text
+    assert "in frontend → driver: redis GetDriver is called 12 times one after the other" in text
+
+
+async def test_baseline_file_names_the_nested_pattern_that_grew(tmp_path: Path) -> None:
+    base, now = tmp_path / "base.json", tmp_path / "now.json"
+    base.write_text(json.dumps(jaeger_response([repeats(3, base_ms=i * 1000)
+                                                for i in range(10)])))
+    now.write_text(json.dumps(jaeger_response([repeats(12, base_ms=i * 1000)
+                                               for i in range(10)])))
+    args = ("--file", str(now), "--service", "bff", "--baseline", str(base))
+    code, out, err = await run_cli(*args)
+    assert code == 0, err
+    text = " ".join(out.split())
+    assert "Compared with the baseline 10 traces p50 13 ms → 32 ms" in text
+    assert ("grew: in bff → document-service, cache GET /k called one after the other: "
+            "3 → 12 times") in text
+    code, out, err = await run_cli(*args, "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["baseline"]["traces"] == 10
+    assert "cache GET /k" in doc["baseline"]["changes"][0]["subject"]
+    assert doc["repeated_calls"][0]["calls"] == 12
+
+
+async def test_baseline_window_is_asked_from_jaeger() -> None:
+    now_us = int(time.time() * 1e6)
+    current = rebase(jaeger_response([repeats(12, base_ms=i * 1000) for i in range(10)]),
+                     now_us)["data"]
+    past = rebase(jaeger_response([repeats(3, base_ms=i * 1000) for i in range(10)]),
+                  now_us - 90 * 60 * 1_000_000)["data"]
+    async with JaegerDouble(current + past) as jaeger:
+        code, out, err = await run_cli("--jaeger", jaeger.url, "--service", "bff",
+                                       "--lookback", "30m", "--baseline", "2h..1h", "--json")
+        windows = [(int(q["start"]), int(q["end"])) for p, q in jaeger.requests
+                   if p == "/api/traces"]
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["latency_ms"]["count"] == 10 and doc["baseline"]["traces"] == 10
+    assert doc["repeated_calls"][0]["calls"] == 12
+    assert any(c["before_calls"] == 3 and c["after_calls"] == 12
+               for c in doc["baseline"]["changes"])
+    (now_start, now_end), (base_start, base_end) = windows
+    assert now_end - now_start == 30 * 60 * 1_000_000
+    assert base_end - base_start == 3600 * 1_000_000
+    assert abs(now_end - 3600 * 1_000_000 - base_end) < 60 * 1_000_000
+
+
+async def test_baseline_usage_errors(tmp_path: Path) -> None:
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(jaeger_response(sequential_chain(3))))
+    code, _, err = await run_cli("--file", str(path), "--service", "bff", "--baseline", "2h..1h")
+    assert code == 2 and "without --jaeger" in err
+    code, _, err = await run_cli("--jaeger", "http://127.0.0.1:1", "--service", "bff",
+                                 "--baseline", "1h..2h")
+    assert code == 2 and "must start before it ends" in err

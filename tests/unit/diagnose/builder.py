@@ -172,3 +172,23 @@ def meshed(
         b.span(service, op, start + 0.3, duration - 0.6, inbound, "client",
                {"sidecar.upstream": service, "sidecar.attempt": 1, "server.address": service})
     return b
+
+
+def repeats(calls: int, dur: float = 2.0, base_ms: float = 0.0, shift: float = 0.0,
+            upstream: str = "cache", op: str = "GET /k", drop_server: bool = False,
+            ) -> TraceBuilder:
+    """bff → document-service, which calls `upstream` `calls` times one after the other.
+    `shift`: document-service's clock is that many ms ahead (its whole subtree)."""
+    b = TraceBuilder(base_ms)
+    span = 3 + calls * (dur + 0.1)
+    root = b.span("bff", ROOT_OP, 0, span + 4)
+    _, server = b.call(root, "bff", *DOCS, 1, span + 2, callee_ms=span + 1.4,
+                       callee_shift_ms=shift)
+    assert server is not None
+    t = 2 + shift
+    for _ in range(calls):
+        b.call(server, "document-service", upstream, op, t, dur, callee_ms=0)
+        t += dur + 0.1
+    if drop_server:
+        b.spans = [s for s in b.spans if s["spanID"] != server]
+    return b
