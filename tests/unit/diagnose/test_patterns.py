@@ -149,8 +149,8 @@ def test_retries_are_not_repeated_calls() -> None:
 
 
 def test_serial_calls_with_an_invisible_dependency_say_may_and_either_order_says_would() -> None:
-    same_order = []
-    either_order = []
+    same_order: list[TraceBuilder] = []
+    either_order: list[TraceBuilder] = []
     for i in range(10):
         for out, swap in ((same_order, False), (either_order, i % 2 == 1)):
             b = TraceBuilder(i * 1000)

@@ -143,7 +143,7 @@ def otlp_request(spans: list[dict[str, Any]], service: str = "bff") -> dict[str,
 def test_otlp_json_as_the_spec_encodes_it() -> None:
     """Hex ids, int64 as decimal strings, enum integers, status codes."""
     trace_id = "5b8efff798038103d269b633813fc60c"
-    spans = [
+    spans: list[dict[str, Any]] = [
         {"traceId": trace_id, "spanId": "eee19b7ec3c1b174", "parentSpanId": "",
          "name": "GET /context/{user_id}", "kind": 2,
          "startTimeUnixNano": "1544712660000000000", "endTimeUnixNano": "1544712661000000000",
