@@ -41,6 +41,7 @@ from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.tracing import build_tracing
 from sidecar.transport.client import UpstreamClient
 from sidecar.transport.server import ServerConnection, ServerLimits, ServerState
+from sidecar.transport.tunnel import TunnelRegistry, refused_upgrade
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +96,16 @@ class Sidecar:
                 max_body_bytes=limits.max_body_bytes,
                 header_read_timeout=limits.header_read_timeout,
                 max_connections=limits.max_connections,
-            )
+            ),
+            TunnelRegistry(self.metrics),
         )
-        self.router = OutboundRouter(self.directory, self._stack_for, self._is_configured)
+        self.router = OutboundRouter(
+            self.directory, self._stack_for, self._is_configured, upgrades_for=self._upgrades_for
+        )
         self.outbound: Handler = compose([self._server_telemetry("outbound")], terminal=self.router)
         default = config.policy(config.service.name)
-        self._local = Forwarder(self.client, default.timeouts.connect, default.timeouts.idle)
+        t = default.timeouts
+        self._local = Forwarder(self.client, t.connect, t.idle, t.stream_idle)
         self._local_endpoint = Endpoint(config.service.address, config.service.port)
         self.inbound: Handler = compose(
             [
@@ -168,7 +173,9 @@ class Sidecar:
         self.breakers[name] = breaker
         outlier = OutlierDetector(p.outlier_detection, cluster, obs)
         self.outliers[name] = outlier
-        forwarder = Forwarder(self.client, p.timeouts.connect, p.timeouts.idle)
+        forwarder = Forwarder(
+            self.client, p.timeouts.connect, p.timeouts.idle, p.timeouts.stream_idle
+        )
         layers: list[Layer] = [
             ConcurrencyLimitLayer(name, p.max_concurrent_requests, obs),
             FallbackLayer(name, p.fallback, clock, obs),
@@ -187,8 +194,16 @@ class Sidecar:
         ]
         return compose(layers, terminal=forwarder.forward)
 
+    def _upgrades_for(self, name: str) -> list[str]:
+        return self.config.policy(name).upgrades
+
     async def _to_local_app(self, request: Request) -> Response:
         request.upstream = self.config.service.name
+        if request.upgrade:
+            name = request.upstream
+            refused = refused_upgrade(request.upgrade, self._upgrades_for(name), name)
+            if refused is not None:
+                raise refused
         request.endpoint = self._local_endpoint
         return await self._local.forward(request)
 
@@ -388,6 +403,9 @@ class Sidecar:
         await self._close_listeners()
         for conn in list(self.state.connections):
             conn.close_if_idle()
+        closed = self.state.tunnels.close_all()
+        if closed:
+            log.info("closed %d open tunnels", closed)
         await self.discovery.close()
         await self.admin.stop()
         self.client.close()

@@ -179,6 +179,9 @@ class TimeoutsConfig(StrictModel):
     per_try: Duration = 3.0
     total: Duration = 10.0
     idle: Duration = 60.0
+    # An Upgrade/CONNECT tunnel closes after this long without a byte either way; the
+    # request timeouts end at the 101.
+    stream_idle: Duration = 3600.0
 
 
 RETRY_CONDITIONS = ("connect_failure", "reset", "timeout", "5xx")
@@ -259,6 +262,22 @@ class UpstreamConfig(StrictModel):
     max_concurrent_requests: int = Field(default=1024, ge=1)
     fallback: FallbackConfig = FallbackConfig()
     listen: HostPort | None = None
+    upgrades: list[str] = ["websocket"]
+
+    @field_validator("upgrades")
+    @classmethod
+    def _upgrades(cls, v: list[str]) -> list[str]:
+        out = []
+        for token in v:
+            name = token.strip().lower()
+            if name == "h2c":
+                raise ValueError(
+                    "h2c cannot be tunnelled: HTTP/2 cleartext is spoken with prior knowledge"
+                )
+            if not re.match(r"^[a-z0-9!#$%&'*+.^_`|~-]+(/[a-z0-9!#$%&'*+.^_`|~-]+)?$", name):
+                raise ValueError(f"invalid upgrade token {token!r}")
+            out.append(name)
+        return out
 
 
 PROPAGATORS = ("tracecontext", "baggage", "b3", "b3multi", "jaeger")

@@ -18,10 +18,11 @@ import httptools
 from sidecar.discovery.endpoints import Endpoint
 from sidecar.errors import SidecarError, UpstreamConnectFailure, UpstreamReset
 from sidecar.http import EMPTY_BODY, Body, BytesBody, Headers, Response
-from sidecar.proxy.hygiene import HOP_BY_HOP, connection_tokens
+from sidecar.proxy.hygiene import HOP_BY_HOP, connection_tokens, end_to_end
 from sidecar.transport.body import StreamBody
 from sidecar.transport.flow import WriteFlow
 from sidecar.transport.inert import NoCallbacks
+from sidecar.transport.tunnel import Tunnel, protocol_label
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._in_head = False
         self._head_bytes = 0
         self._field_bytes = 0
+        # The Upgrade value of the request in flight ("" for an ordinary one), and the
+        # tunnel that took this connection over after its 101.
+        self._upgrade = ""
+        self._tunnel: Tunnel | None = None
 
     # ---------------------------------------------------------- protocol events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -87,6 +92,13 @@ class UpstreamConnection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(f"malformed response from upstream: {exc}")
+            return
+        except httptools.HttpParserUpgrade as exc:
+            # llhttp stops at a 101: what follows it is the new protocol's.
+            if self._tunnel is None:
+                self._fail("upstream switched protocols without being asked to")
+            else:
+                self._tunnel.hold(data[exc.args[0] :])
             return
         if self._in_head:
             # llhttp has no size limit and httptools buffers partial fields: an upstream that
@@ -125,6 +137,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._in_head = False
         status = self._parser.get_status_code()
         if 100 <= status < 200:
+            if status == 101 and self._upgrade:
+                self._switch()
             return  # interim response (100 Continue): the real one follows
         fut = self._response
         if fut is None or fut.done():
@@ -165,6 +179,25 @@ class UpstreamConnection(asyncio.Protocol):
             body = sb
         fut.set_result(Response(status=status, headers=headers, body=body))
 
+    def _switch(self) -> None:
+        """The upstream accepted the Upgrade: hand the connection to a tunnel (it leaves the
+        pool for good) and answer the exchange with a 101 whose body is that tunnel."""
+        fut, transport = self._response, self._transport
+        if fut is None or fut.done() or transport is None:
+            raise UpstreamReset("unsolicited 101 from upstream")
+        items = self._headers
+        header = next((v for k, v in items if k == "upgrade"), self._upgrade)
+        tunnel = Tunnel(
+            transport,
+            upstream=self._pool.upstream,
+            protocol=protocol_label(self._upgrade),
+            header=header,
+        )
+        self._tunnel = tunnel
+        self._pool.forget(self)
+        headers = Headers.from_lower(end_to_end(items))
+        fut.set_result(Response(status=101, headers=headers, body=tunnel))
+
     def on_body(self, data: bytes) -> None:
         if self._body is not None:
             self._body.feed(data)
@@ -181,7 +214,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     # ---------------------------------------------------------- exchange
     async def send(
-        self, method: str, target: str, headers: list[tuple[str, str]], body: Body
+        self,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: Body,
+        upgrade: str = "",
     ) -> Response:
         transport, loop = self._transport, self._loop
         if transport is None or loop is None or self.closed:
@@ -193,6 +231,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._message_done = False
         self._request_done = False
         self.received_any = False
+        self._upgrade = upgrade
         lines = [f"{method} {target} HTTP/1.1\r\n"]
         lines += [f"{k}: {v}\r\n" for k, v in headers]
         if isinstance(body, BytesBody):
@@ -274,6 +313,9 @@ class UpstreamConnection(asyncio.Protocol):
                 self._transport.resume_reading()
 
     def close(self) -> None:
+        if self._tunnel is not None:
+            self._tunnel.close()  # nobody took the switched connection: cut it
+            return
         if not self.closed:
             self.closed = True
             self._pool.forget(self)
