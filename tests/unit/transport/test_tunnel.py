@@ -109,3 +109,30 @@ async def test_tunnel_closed_before_the_client_attached_reports_once() -> None:
     await asyncio.wait_for(done.wait(), 5)
     assert seen == [0.0] and tunnel.state is TunnelState.CLOSED
     upstream.close()
+
+
+async def test_a_side_that_does_not_read_stops_the_other_side_being_read() -> None:
+    loop = asyncio.get_running_loop()
+    up_transport, upstream = await _pair()
+    down_transport, client = await _pair()
+    tunnel = Tunnel(up_transport, upstream="u", protocol="websocket")
+    run = asyncio.create_task(tunnel.run(down_transport, b"", b""))
+    total = 32 * 1024 * 1024
+    sender = asyncio.create_task(loop.sock_sendall(upstream, b"x" * total))
+    # The client reads nothing: the sender must stall with the sidecar's buffer bounded
+    # (the kernel buffers hold the rest), not with 32 MiB queued in the sidecar.
+    peak = 0
+    for _ in range(50):
+        await asyncio.sleep(0.01)
+        peak = max(peak, down_transport.get_write_buffer_size())
+    assert not sender.done()
+    assert peak <= 1024 * 1024
+    got = 0
+    async with asyncio.timeout(10):
+        while got < total:
+            got += len(await loop.sock_recv(client, 1 << 20))
+    assert got == total
+    await sender
+    upstream.close()
+    client.close()
+    await asyncio.wait_for(run, 5)
