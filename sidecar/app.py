@@ -41,6 +41,7 @@ from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.tracing import build_tracing
 from sidecar.transport.client import UpstreamClient
 from sidecar.transport.server import ServerConnection, ServerLimits, ServerState
+from sidecar.transport.tls import TlsOrigination, build_tls, default_tls
 from sidecar.transport.tunnel import TunnelRegistry, refused_upgrade
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class Sidecar:
         self.clusters: dict[str, Cluster] = {}
         self.directory.subscribe(self._on_snapshot)
         self._stacks: dict[str, Handler] = {}
+        self._tls: dict[str, TlsOrigination | None] = {}
         self.breakers: dict[str, CircuitBreaker] = {}
         self.outliers: dict[str, OutlierDetector] = {}
         limits = config.limits
@@ -174,7 +176,11 @@ class Sidecar:
         outlier = OutlierDetector(p.outlier_detection, cluster, obs)
         self.outliers[name] = outlier
         forwarder = Forwarder(
-            self.client, p.timeouts.connect, p.timeouts.idle, p.timeouts.stream_idle
+            self.client,
+            p.timeouts.connect,
+            p.timeouts.idle,
+            p.timeouts.stream_idle,
+            tls=self._tls_for(name),
         )
         layers: list[Layer] = [
             ConcurrencyLimitLayer(name, p.max_concurrent_requests, obs),
@@ -193,6 +199,18 @@ class Sidecar:
             self.client_telemetry,
         ]
         return compose(layers, terminal=forwarder.forward)
+
+    def _tls_for(self, name: str) -> TlsOrigination | None:
+        """The upstream's TLS origination, built once per policy (reload clears these)."""
+        if name not in self._tls:
+            self._tls[name] = build_tls(self.config.policy(name).tls)
+        return self._tls[name]
+
+    def _tls_state(self, name: str, endpoint: Endpoint) -> dict[str, object] | bool:
+        tls = self._tls_for(name)
+        if tls is None and endpoint.tls:
+            tls = default_tls()
+        return tls.describe() if tls is not None else False
 
     def _upgrades_for(self, name: str) -> list[str]:
         return self.config.policy(name).upgrades
@@ -233,6 +251,7 @@ class Sidecar:
                             "ejected": st.is_ejected(now),
                             "inflight": st.inflight,
                             "ewma_ms": round(st.ewma_rtt * 1000, 3),
+                            "tls": self._tls_state(name, st.endpoint),
                         }
                         for st in cluster.states
                     ]
@@ -428,4 +447,5 @@ class Sidecar:
         self._configured = frozenset(config.configured_upstreams())
         self.discovery.reload(config)
         self._stacks.clear()
+        self._tls.clear()
         log.info("configuration reloaded")

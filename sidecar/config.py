@@ -10,6 +10,7 @@ import copy
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,6 +25,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from sidecar.discovery.endpoints import parse_endpoint_address
 
 # ---------------------------------------------------------------- scalar parsing
 
@@ -86,9 +89,17 @@ def parse_host_port(value: Any) -> str:
     return value
 
 
+def _endpoint_address(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected host:port or https://host:port")
+    parse_endpoint_address(value)  # ValueError with the reason
+    return value
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 HostPort = Annotated[str, BeforeValidator(parse_host_port)]
+EndpointAddress = Annotated[str, BeforeValidator(_endpoint_address)]
 
 
 def split_host_port(value: str) -> tuple[str, int]:
@@ -161,7 +172,7 @@ class FileDiscoveryConfig(StrictModel):
 
 
 class DiscoveryConfig(StrictModel):
-    static: dict[str, list[HostPort]] = {}
+    static: dict[str, list[EndpointAddress]] = {}
     file: FileDiscoveryConfig | None = None
     consul: ConsulConfig | None = None
 
@@ -253,6 +264,52 @@ class FallbackConfig(StrictModel):
     last_good: LastGoodConfig = LastGoodConfig()
 
 
+ALPN_PROTOCOLS = ("http/1.1", "h2")
+
+
+class TlsConfig(StrictModel):
+    """TLS the sidecar originates to an upstream's endpoints."""
+
+    enabled: bool = True
+    sni: str | None = None  # default: the endpoint's host name, else the upstream name
+    ca_file: str | None = None  # default: the system's trust store
+    verify: bool = True
+    client_cert: str | None = None
+    client_key: str | None = None
+    alpn: list[str] = []
+
+    @field_validator("ca_file", "client_cert", "client_key")
+    @classmethod
+    def _file(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"file {v!r} not found")
+        return v
+
+    @field_validator("alpn")
+    @classmethod
+    def _alpn(cls, v: list[str]) -> list[str]:
+        for proto in v:
+            if proto not in ALPN_PROTOCOLS:
+                raise ValueError(f"unknown ALPN protocol {proto!r}: expected http/1.1 or h2")
+        return v
+
+    @model_validator(mode="after")
+    def _usable(self) -> TlsConfig:
+        if self.client_key is not None and self.client_cert is None:
+            raise ValueError("client_key needs client_cert")
+        # Load the files once here, so check-config reports a bad PEM, not the first request.
+        try:
+            context = ssl.create_default_context(cafile=self.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"ca_file {self.ca_file!r} is not a usable CA bundle: {exc}") from None
+        if self.client_cert is not None:
+            try:
+                context.load_cert_chain(self.client_cert, self.client_key)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"client_cert/client_key not usable: {exc}") from None
+        return self
+
+
 class UpstreamConfig(StrictModel):
     load_balancer: Literal["round_robin", "random", "least_request", "ewma"] = "ewma"
     timeouts: TimeoutsConfig = TimeoutsConfig()
@@ -263,6 +320,15 @@ class UpstreamConfig(StrictModel):
     fallback: FallbackConfig = FallbackConfig()
     listen: HostPort | None = None
     upgrades: list[str] = ["websocket"]
+    tls: TlsConfig | None = None
+
+    @field_validator("tls", mode="before")
+    @classmethod
+    def _tls_shorthand(cls, v: Any) -> Any:
+        # `tls: true` is the common case: system trust, verification, SNI.
+        if isinstance(v, bool):
+            return {"enabled": v}
+        return v
 
     @field_validator("upgrades")
     @classmethod

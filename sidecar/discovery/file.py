@@ -18,9 +18,8 @@ from typing import Any
 
 import yaml
 
-from sidecar.discovery.endpoints import Endpoint, EndpointSet
+from sidecar.discovery.endpoints import Endpoint, EndpointSet, parse_endpoint_address
 from sidecar.discovery.resolver import Publish
-from sidecar.discovery.static import parse_endpoint
 from sidecar.events import NullObserver, Observer
 
 log = logging.getLogger(__name__)
@@ -51,16 +50,12 @@ def parse_endpoint_file(text: str) -> dict[str, tuple[Endpoint, ...]]:
             raise EndpointFileError(f"{name}: expected a list of host:port")
         eps = []
         for addr in addrs:
-            host, sep, port = str(addr).rpartition(":")
-            if (
-                not isinstance(addr, str)
-                or not sep
-                or not host
-                or not port.isdigit()
-                or not 0 < int(port) < 65536
-            ):
+            if not isinstance(addr, str):
                 raise EndpointFileError(f"{name}: invalid address {addr!r}, expected host:port")
-            eps.append(parse_endpoint(addr))
+            try:
+                eps.append(parse_endpoint_address(addr))
+            except ValueError as exc:
+                raise EndpointFileError(f"{name}: {exc}") from None
         table[name] = tuple(eps)
     return table
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sidecar.errors import UpstreamReset
 from sidecar.http import Request, Response
 from sidecar.transport.client import EndpointPool, UpstreamClient
+from sidecar.transport.tls import TlsOrigination
 from sidecar.transport.tunnel import Tunnel
 
 
@@ -18,8 +19,10 @@ class Forwarder:
         connect_timeout: float,
         idle_timeout: float,
         stream_idle_timeout: float = 3600.0,
+        tls: TlsOrigination | None = None,
     ) -> None:
         self._client = client
+        self.tls = tls
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.stream_idle_timeout = stream_idle_timeout
@@ -28,7 +31,7 @@ class Forwarder:
         endpoint = request.endpoint
         assert endpoint is not None, "the balance layer sets request.endpoint"
         pool = self._client.pool(
-            request.upstream, endpoint, self.connect_timeout, self.idle_timeout
+            request.upstream, endpoint, self.connect_timeout, self.idle_timeout, self.tls
         )
         headers = request.headers.items()
         if request.authority:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections import deque
 from typing import cast
@@ -22,6 +23,7 @@ from sidecar.proxy.hygiene import HOP_BY_HOP, connection_tokens, end_to_end
 from sidecar.transport.body import StreamBody
 from sidecar.transport.flow import WriteFlow
 from sidecar.transport.inert import NoCallbacks
+from sidecar.transport.tls import TlsOrigination, default_tls
 from sidecar.transport.tunnel import Tunnel, protocol_label
 
 log = logging.getLogger(__name__)
@@ -333,8 +335,11 @@ class EndpointPool:
         connect_timeout: float,
         idle_timeout: float,
         max_idle: int = 128,
+        tls: TlsOrigination | None = None,
     ) -> None:
         self.endpoint = endpoint
+        # The upstream's TLS policy; an https:// endpoint without one gets the default.
+        self.tls = tls
         self.upstream = upstream
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
@@ -361,6 +366,9 @@ class EndpointPool:
 
     async def acquire_fresh(self) -> tuple[UpstreamConnection, bool]:
         loop = asyncio.get_running_loop()
+        tls = self.tls if self.tls is not None or not self.endpoint.tls else default_tls()
+        if tls is not None:
+            return await self._connect_tls(loop, tls), False
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, proto = await loop.create_connection(
@@ -376,6 +384,50 @@ class EndpointPool:
             ) from None
         self._open.add(proto)
         return proto, False
+
+    async def _connect_tls(
+        self, loop: asyncio.AbstractEventLoop, tls: TlsOrigination
+    ) -> UpstreamConnection:
+        endpoint = self.endpoint
+        name = tls.server_hostname(endpoint, self.upstream)
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                transport, proto = await loop.create_connection(
+                    lambda: UpstreamConnection(self),
+                    endpoint.host,
+                    endpoint.port,
+                    ssl=tls.context,
+                    server_hostname=name,
+                )
+        except TimeoutError:
+            raise UpstreamConnectFailure(
+                f"connect to {endpoint} (TLS) timed out", upstream=self.upstream
+            ) from None
+        except ssl.SSLCertVerificationError as exc:
+            raise UpstreamConnectFailure(
+                f"TLS to {endpoint}: certificate not accepted for {name!r}: "
+                f"{exc.verify_message or exc.reason}",
+                upstream=self.upstream,
+            ) from None
+        except ssl.SSLError as exc:
+            raise UpstreamConnectFailure(
+                f"TLS handshake with {endpoint} failed: {exc.reason or exc}",
+                upstream=self.upstream,
+            ) from None
+        except OSError as exc:
+            raise UpstreamConnectFailure(
+                f"connect to {endpoint} failed: {exc.strerror or exc}", upstream=self.upstream
+            ) from None
+        ssl_object = transport.get_extra_info("ssl_object")
+        chosen = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        if chosen not in (None, "http/1.1"):
+            transport.close()
+            raise UpstreamConnectFailure(
+                f"{endpoint} chose ALPN {chosen!r}, which this connection does not speak",
+                upstream=self.upstream,
+            )
+        self._open.add(proto)
+        return proto
 
     def release(self, conn: UpstreamConnection) -> None:
         if conn.closed:
@@ -405,16 +457,24 @@ class UpstreamClient:
         self._max_idle = max_idle_per_endpoint
 
     def pool(
-        self, upstream: str, endpoint: Endpoint, connect_timeout: float, idle_timeout: float
+        self,
+        upstream: str,
+        endpoint: Endpoint,
+        connect_timeout: float,
+        idle_timeout: float,
+        tls: TlsOrigination | None = None,
     ) -> EndpointPool:
         key = (upstream, endpoint)
         pool = self._pools.get(key)
         if pool is None:
-            pool = EndpointPool(endpoint, upstream, connect_timeout, idle_timeout, self._max_idle)
+            pool = EndpointPool(
+                endpoint, upstream, connect_timeout, idle_timeout, self._max_idle, tls
+            )
             self._pools[key] = pool
         else:
             pool.connect_timeout = connect_timeout
             pool.idle_timeout = idle_timeout
+            pool.tls = tls
         return pool
 
     def retain(self, upstream: str, endpoints: set[Endpoint]) -> None:
