@@ -22,6 +22,12 @@ from sidecar.clock import Clock, SystemClock
 from sidecar.config import Config, redacted, split_host_port
 from sidecar.discovery.build import build_discovery
 from sidecar.discovery.endpoints import Endpoint, EndpointSet
+from sidecar.egress.connect import ConnectHandler
+from sidecar.egress.dialer import EgressDialer
+from sidecar.egress.discovery import EgressResolver
+from sidecar.egress.dns import DnsCache, HostLookup
+from sidecar.egress.forward import EgressForwarder
+from sidecar.egress.policy import EgressPolicy
 from sidecar.http import BytesBody, Headers, Request, Response
 from sidecar.proxy.forward import Forwarder
 from sidecar.proxy.prepare import prepare_request
@@ -57,6 +63,14 @@ class ListenError(Exception):
     """A listener could not bind; message names the config field."""
 
 
+@dataclass(frozen=True)
+class Egress:
+    policy: EgressPolicy
+    dialer: EgressDialer
+    resolver: EgressResolver
+    connect: ConnectHandler
+
+
 @dataclass
 class _Listener:
     field_path: str
@@ -68,7 +82,11 @@ class _Listener:
 
 class Sidecar:
     def __init__(
-        self, config: Config, clock: Clock | None = None, config_dir: Path | None = None
+        self,
+        config: Config,
+        clock: Clock | None = None,
+        config_dir: Path | None = None,
+        host_lookup: HostLookup | None = None,
     ) -> None:
         self.config = config
         # Routable names from the config, computed once (and on reload), not per request.
@@ -81,14 +99,21 @@ class Sidecar:
         self.access_log = AccessLog() if config.logging.access_log else None
         self.client_telemetry = ClientTelemetryLayer(tracing=self.tracing, metrics=self.metrics)
         self.client = UpstreamClient()
-        self.discovery = build_discovery(config, self.metrics, self.clock, config_dir)
+        self._tls: dict[str, TlsOrigination | None] = {}
+        self.egress = self._build_egress(host_lookup)
+        self.discovery = build_discovery(
+            config,
+            self.metrics,
+            self.clock,
+            config_dir,
+            last=[self.egress.resolver] if self.egress is not None else [],
+        )
         self.directory = self.discovery.directory
         self.lifecycle = self.discovery.lifecycle
         self._lifecycle_task: asyncio.Task[None] | None = None
         self.clusters: dict[str, Cluster] = {}
         self.directory.subscribe(self._on_snapshot)
         self._stacks: dict[str, Handler] = {}
-        self._tls: dict[str, TlsOrigination | None] = {}
         self.breakers: dict[str, CircuitBreaker] = {}
         self.outliers: dict[str, OutlierDetector] = {}
         limits = config.limits
@@ -101,8 +126,13 @@ class Sidecar:
             ),
             TunnelRegistry(self.metrics),
         )
+        self.state.allow_connect = self.egress is not None
         self.router = OutboundRouter(
-            self.directory, self._stack_for, self._is_configured, upgrades_for=self._upgrades_for
+            self.directory,
+            self._stack_for,
+            self._is_configured,
+            upgrades_for=self._upgrades_for,
+            connect=self.egress.connect if self.egress is not None else None,
         )
         self.outbound: Handler = compose([self._server_telemetry("outbound")], terminal=self.router)
         default = config.policy(config.service.name)
@@ -175,13 +205,16 @@ class Sidecar:
         self.breakers[name] = breaker
         outlier = OutlierDetector(p.outlier_detection, cluster, obs)
         self.outliers[name] = outlier
+        egress = self._egress_dialer(name)
         forwarder = Forwarder(
             self.client,
             p.timeouts.connect,
             p.timeouts.idle,
             p.timeouts.stream_idle,
             tls=self._tls_for(name),
+            dialer=egress,
         )
+        terminal = forwarder.forward if egress is None else EgressForwarder(forwarder).forward
         layers: list[Layer] = [
             ConcurrencyLimitLayer(name, p.max_concurrent_requests, obs),
             FallbackLayer(name, p.fallback, clock, obs),
@@ -198,7 +231,32 @@ class Sidecar:
             BalanceLayer(cluster, make_balancer(p.load_balancer, clock), clock, outlier, obs),
             self.client_telemetry,
         ]
-        return compose(layers, terminal=forwarder.forward)
+        return compose(layers, terminal=terminal)
+
+    def _build_egress(self, host_lookup: HostLookup | None) -> Egress | None:
+        cfg = self.config.egress
+        if cfg is None:
+            return None
+        policy = EgressPolicy(cfg)
+        dialer = EgressDialer(policy, DnsCache(host_lookup, self.clock))
+
+        def timeouts_for(name: str) -> tuple[float, float]:
+            t = self.config.policy(name).timeouts
+            return t.connect, t.stream_idle
+
+        return Egress(
+            policy=policy,
+            dialer=dialer,
+            resolver=EgressResolver(policy, lambda n: 443 if self._tls_for(n) else 80),
+            connect=ConnectHandler(policy, dialer, timeouts_for, self.metrics),
+        )
+
+    def _egress_dialer(self, name: str) -> EgressDialer | None:
+        """The dialer for an upstream that is an egress name (resolved by no other source)."""
+        snap = self.directory.get(name)
+        if self.egress is None or snap is None or snap.source != EgressResolver.source:
+            return None
+        return self.egress.dialer
 
     def _tls_for(self, name: str) -> TlsOrigination | None:
         """The upstream's TLS origination, built once per policy (reload clears these)."""
@@ -439,6 +497,8 @@ class Sidecar:
         are bound at start and need a restart to change."""
         if config.listen_addresses() != self.config.listen_addresses():
             log.warning("listener addresses changed in the new config: restart to apply them")
+        if config.egress != self.config.egress:
+            log.warning("egress changed in the new config: restart to apply it")
         if config.discovery.file != self.config.discovery.file or (
             config.discovery.consul != self.config.discovery.consul
         ):

@@ -411,6 +411,52 @@ class LimitsConfig(StrictModel):
     retry_buffer_bytes: Size = 65536
 
 
+_LABEL = r"[a-z0-9]([a-z0-9-]*[a-z0-9])?"
+_EGRESS_NAME = re.compile(rf"^(\*\.)?{_LABEL}(\.{_LABEL})*$")
+
+
+class EgressConfig(StrictModel):
+    """External hosts reachable through the outbound listener (off when absent)."""
+
+    allow: list[str] = []  # exact names or *.suffix
+    allow_private: list[str] = []  # CIDRs a resolved address may be in
+    connect_ports: list[int] = [443]
+
+    @field_validator("allow")
+    @classmethod
+    def _allow(cls, v: list[str]) -> list[str]:
+        out = []
+        for entry in v:
+            name = entry.strip().lower().rstrip(".")
+            if is_literal_ip(name):
+                raise ValueError(f"{entry!r} is an address: egress.allow takes host names")
+            if not _EGRESS_NAME.match(name) or "." not in name.removeprefix("*."):
+                raise ValueError(
+                    f"invalid egress name {entry!r}: expected a host name like "
+                    "api.example.com or *.example.com"
+                )
+            out.append(name)
+        return out
+
+    @field_validator("allow_private")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        for cidr in v:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"invalid CIDR {cidr!r}, expected e.g. 10.0.0.0/8") from None
+        return v
+
+    @field_validator("connect_ports")
+    @classmethod
+    def _ports(cls, v: list[int]) -> list[int]:
+        for port in v:
+            if not 0 < port < 65536:
+                raise ValueError(f"invalid port {port}: expected 1-65535")
+        return v
+
+
 class Config(StrictModel):
     service: ServiceConfig
     listeners: ListenersConfig = ListenersConfig()
@@ -421,6 +467,7 @@ class Config(StrictModel):
     logging: LoggingConfig = LoggingConfig()
     admin: AdminConfig = AdminConfig()
     limits: LimitsConfig = LimitsConfig()
+    egress: EgressConfig | None = None
 
     @field_validator("upstreams")
     @classmethod

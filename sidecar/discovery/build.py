@@ -7,6 +7,7 @@ needs to be told about a reload" reads in one place."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -74,9 +75,14 @@ def consul_names(config: Config) -> set[str]:
 
 
 def build_discovery(
-    config: Config, observer: Observer, clock: Clock, base_dir: Path | None = None
+    config: Config,
+    observer: Observer,
+    clock: Clock,
+    base_dir: Path | None = None,
+    last: Sequence[Resolver] = (),
 ) -> Discovery:
-    """`base_dir`: where a relative `discovery.file.path` is found (the config file's folder)."""
+    """`base_dir`: where a relative `discovery.file.path` is found (the config file's folder).
+    `last`: resolvers consulted after the configured sources (egress names)."""
     static = StaticResolver(config.discovery.static)
     resolvers: list[Resolver] = [static]
     synced: list[FileResolver | ConsulResolver] = []
@@ -123,7 +129,7 @@ def build_discovery(
                     deregister_critical_after=consul_cfg.deregister_critical_after,
                 ),
             )
-    directory = Directory(resolvers)
+    directory = Directory([*resolvers, *last])
     if file_resolver is not None:
         file_resolver.use_withdraw(directory.withdraw)
     lifecycle = Lifecycle(resolver=AllSynced(synced) if synced else None, registration=registration)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sidecar.errors import UpstreamReset
 from sidecar.http import Request, Response
-from sidecar.transport.client import EndpointPool, UpstreamClient
+from sidecar.transport.client import Dialer, EndpointPool, UpstreamClient
 from sidecar.transport.tls import TlsOrigination
 from sidecar.transport.tunnel import Tunnel
 
@@ -20,9 +20,11 @@ class Forwarder:
         idle_timeout: float,
         stream_idle_timeout: float = 3600.0,
         tls: TlsOrigination | None = None,
+        dialer: Dialer | None = None,
     ) -> None:
         self._client = client
         self.tls = tls
+        self.dialer = dialer
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.stream_idle_timeout = stream_idle_timeout
@@ -31,7 +33,12 @@ class Forwarder:
         endpoint = request.endpoint
         assert endpoint is not None, "the balance layer sets request.endpoint"
         pool = self._client.pool(
-            request.upstream, endpoint, self.connect_timeout, self.idle_timeout, self.tls
+            request.upstream,
+            endpoint,
+            self.connect_timeout,
+            self.idle_timeout,
+            self.tls,
+            self.dialer,
         )
         headers = request.headers.items()
         if request.authority:

@@ -17,7 +17,7 @@ from sidecar.discovery.resolver import Directory
 from sidecar.errors import BadRequest, NoRoute
 from sidecar.http import Request, Response
 from sidecar.stack import Handler
-from sidecar.transport.tunnel import refused_upgrade
+from sidecar.transport.tunnel import CONNECT_UPGRADE, refused_upgrade
 
 _CONSUL_SUFFIXES = (".service.consul",)
 # What inet_aton(3) would read as an IPv4 address: 1-4 parts, each decimal, octal (leading 0)
@@ -124,6 +124,7 @@ class OutboundRouter:
         is_configured: Callable[[str], bool],
         resolve_timeout: float = 2.0,
         upgrades_for: Callable[[str], Iterable[str]] | None = None,
+        connect: Handler | None = None,
     ) -> None:
         self._directory = directory
         self._stack_for = stack_for
@@ -131,6 +132,8 @@ class OutboundRouter:
         self._resolve_timeout = resolve_timeout
         # The Upgrade tokens an upstream's policy lets through (`upstreams.<name>.upgrades`).
         self._upgrades_for = upgrades_for
+        # CONNECT to allow-listed external hosts (egress), when configured.
+        self._connect = connect
         # Host value → normalised name, for hosts that passed the address/localhost checks.
         # Those checks are pure functions of the text, so entries never go stale; what is
         # routable (config, discovery) is still asked on every request.
@@ -149,6 +152,8 @@ class OutboundRouter:
         return name
 
     async def __call__(self, request: Request) -> Response:
+        if request.upgrade == CONNECT_UPGRADE and self._connect is not None:
+            return await self._connect(request)
         if not request.upstream:
             request.upstream = self.upstream_name(request)
         name = request.upstream

@@ -143,7 +143,7 @@ class ServerTelemetryLayer:
                 if span_error:
                     span.set_attribute("error.type", span_error)
                     span.set_status(_ERROR)
-            if status == 101 and recording:
+            if request.upgrade and recording:
                 _end_after_tunnel(span, response.body)
             else:
                 span.end()

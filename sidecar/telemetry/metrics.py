@@ -261,6 +261,12 @@ class Metrics:
             buckets=TUNNEL_DURATION_BUCKETS,
             registry=r,
         )
+        self.tunnel_connect_errors = Counter(
+            "sidecar_tunnel_connect_errors_total",
+            "CONNECT tunnels that could not be opened (refused address, DNS, connect).",
+            ["service", "upstream"],
+            registry=r,
+        )
         self._tunnel_bytes_children: dict[tuple[str, str], Any] = {}
 
         self._server_children: dict[tuple[str, str, int, str], HistogramCell] = {}
@@ -390,6 +396,9 @@ class Metrics:
             child = self.tunnel_bytes_total.labels(self.service, self.upstream(upstream), direction)
             self._tunnel_bytes_children[key] = child
         child.inc(n)
+
+    def tunnel_connect_error(self, upstream: str) -> None:
+        self.tunnel_connect_errors.labels(self.service, self.upstream(upstream)).inc()
 
     def tunnel_closed(self, stats: TunnelStats) -> None:
         up = self.upstream(stats.upstream)

@@ -12,6 +12,7 @@ import logging
 import ssl
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import cast
 
 import httptools
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 # Cap on an upstream response's status line + headers (Envoy's default is 60 KiB).
 MAX_RESPONSE_HEAD_BYTES = 64 * 1024
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
+# host name → the address to connect to (egress: resolved and checked at every connect).
+Dialer = Callable[[str], Awaitable[str]]
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -336,10 +339,13 @@ class EndpointPool:
         idle_timeout: float,
         max_idle: int = 128,
         tls: TlsOrigination | None = None,
+        dialer: Dialer | None = None,
     ) -> None:
         self.endpoint = endpoint
         # The upstream's TLS policy; an https:// endpoint without one gets the default.
         self.tls = tls
+        # Turns the endpoint's host into the address to connect to, checked (egress).
+        self.dialer = dialer
         self.upstream = upstream
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
@@ -371,8 +377,11 @@ class EndpointPool:
             return await self._connect_tls(loop, tls), False
         try:
             async with asyncio.timeout(self.connect_timeout):
+                host = self.endpoint.host
+                if self.dialer is not None:
+                    host = await self.dialer(host)
                 _, proto = await loop.create_connection(
-                    lambda: UpstreamConnection(self), self.endpoint.host, self.endpoint.port
+                    lambda: UpstreamConnection(self), host, self.endpoint.port
                 )
         except TimeoutError:
             raise UpstreamConnectFailure(
@@ -392,9 +401,10 @@ class EndpointPool:
         name = tls.server_hostname(endpoint, self.upstream)
         try:
             async with asyncio.timeout(self.connect_timeout):
+                host = endpoint.host if self.dialer is None else await self.dialer(endpoint.host)
                 transport, proto = await loop.create_connection(
                     lambda: UpstreamConnection(self),
-                    endpoint.host,
+                    host,
                     endpoint.port,
                     ssl=tls.context,
                     server_hostname=name,
@@ -463,18 +473,20 @@ class UpstreamClient:
         connect_timeout: float,
         idle_timeout: float,
         tls: TlsOrigination | None = None,
+        dialer: Dialer | None = None,
     ) -> EndpointPool:
         key = (upstream, endpoint)
         pool = self._pools.get(key)
         if pool is None:
             pool = EndpointPool(
-                endpoint, upstream, connect_timeout, idle_timeout, self._max_idle, tls
+                endpoint, upstream, connect_timeout, idle_timeout, self._max_idle, tls, dialer
             )
             self._pools[key] = pool
         else:
             pool.connect_timeout = connect_timeout
             pool.idle_timeout = idle_timeout
             pool.tls = tls
+            pool.dialer = dialer
         return pool
 
     def retain(self, upstream: str, endpoints: set[Endpoint]) -> None:

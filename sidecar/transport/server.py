@@ -23,7 +23,7 @@ from sidecar.http import EMPTY_BODY, BytesBody, Headers, Request, Response
 from sidecar.transport.body import StreamBody
 from sidecar.transport.flow import WriteFlow
 from sidecar.transport.inert import NoCallbacks
-from sidecar.transport.tunnel import Tunnel, TunnelRegistry, wants_tunnel
+from sidecar.transport.tunnel import CONNECT_UPGRADE, Tunnel, TunnelRegistry, wants_tunnel
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ class ServerState:
         self.limits = limits
         # Upgrade/CONNECT tunnels of these connections (shutdown closes them).
         self.tunnels = tunnels if tunnels is not None else TunnelRegistry()
+        # CONNECT is served on outbound listeners only when egress is configured.
+        self.allow_connect = False
         self.connections: set[ServerConnection] = set()
         self.active_requests = 0
         self.started_requests = 0
@@ -275,7 +277,10 @@ class ServerConnection(asyncio.Protocol):
         HTTP/1.1, as RFC 9110 §7.8 lets a server do."""
         request = self._pending[-1][0] if self._pending else None
         value = request.headers.get("upgrade") if request is not None else None
-        if request is not None and value and request.body is EMPTY_BODY and wants_tunnel(value):
+        if request is not None and request.method == "CONNECT":
+            request.upgrade = CONNECT_UPGRADE
+            self._early = rest
+        elif request is not None and value and request.body is EMPTY_BODY and wants_tunnel(value):
             request.upgrade = value
             self._early = rest
         self._protocol_error(BadRequest("nothing is read after an Upgrade request"), report=False)
@@ -308,7 +313,9 @@ class ServerConnection(asyncio.Protocol):
         self._heads_seen += 1
         parser = self._parser
         method = parser.get_method().decode("ascii")
-        if method == "CONNECT":
+        if method == "CONNECT" and not (
+            self._state.allow_connect and self._direction == "outbound"
+        ):
             raise BadRequest("CONNECT is not supported: this is not an open proxy", status=405)
         version = parser.get_http_version()
         chunked = _check_framing(self._headers, version)
@@ -430,7 +437,7 @@ class ServerConnection(asyncio.Protocol):
         return await self._write(request, response, keep_alive)
 
     async def _write(self, request: Request, response: Response, keep_alive: bool) -> bool:
-        if request.upgrade and response.status == 101 and isinstance(response.body, Tunnel):
+        if request.upgrade and isinstance(response.body, Tunnel):
             return await self._switch(response, response.body)
         transport = self._transport
         if transport is None or self._closing:
@@ -503,11 +510,14 @@ class ServerConnection(asyncio.Protocol):
         if transport is None or self._closing:
             tunnel.close()
             return False
-        parts = ["HTTP/1.1 101 Switching Protocols\r\n"]
+        status = response.status
+        parts = [f"HTTP/1.1 {status} {response.reason or _REASONS.get(status, '')}\r\n"]
         for k, v in response.headers.items():
             if k not in ("connection", "upgrade", "content-length", "transfer-encoding"):
                 parts.append(f"{k}: {v}\r\n")
-        parts.append(f"connection: upgrade\r\nupgrade: {tunnel.header}\r\n\r\n")
+        if status == 101:
+            parts.append(f"connection: upgrade\r\nupgrade: {tunnel.header}\r\n")
+        parts.append("\r\n")
         head = "".join(parts).encode("latin-1")
         early, self._early = self._early, b""
         try:

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 # The request listed upgrade tokens the policy allows; these never are (HTTP/2 cleartext is
 # spoken with prior knowledge, not switched to).
 NEVER_TUNNELLED = frozenset({"h2c"})
+# Request.upgrade of a CONNECT request (its answer is a 200, not a 101).
+CONNECT_UPGRADE = "connect"
 
 
 class TunnelState(enum.Enum):
