@@ -15,7 +15,7 @@ import time
 import types
 from bisect import bisect_left
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import exposition as prom_text
@@ -26,9 +26,7 @@ from prometheus_client.utils import floatToGoString
 
 from sidecar import __version__
 from sidecar.telemetry.labels import BoundedValues, RouteMatcher, status_label
-
-if TYPE_CHECKING:
-    from sidecar.transport.tunnel import TunnelStats
+from sidecar.transport.tunnel import TunnelStats
 
 # OTel's advised boundaries for http.*.request.duration (DESIGN §7).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
