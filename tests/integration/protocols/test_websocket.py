@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import sys
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -17,6 +20,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from sidecar.app import Sidecar
+from tests.conftest import free_port
 
 MIB = 1024 * 1024
 
@@ -393,3 +397,43 @@ async def test_span_covers_the_handshake_and_carries_the_tunnel_numbers(
     assert attrs["sidecar.tunnel.duration_s"] >= 0.3
     assert span.end_time is not None and span.start_time is not None
     assert (span.end_time - span.start_time) / 1e9 < 0.3
+
+
+async def test_sigterm_on_a_real_process_drains_tunnels_then_exits(
+    ws_echo: WsEcho, tmp_path: Path
+) -> None:
+    outbound = free_port()
+    config = tmp_path / "sidecar.yaml"
+    config.write_text(
+        "service: {name: app}\n"
+        f"listeners: {{inbound: '127.0.0.1:{free_port()}', outbound: '127.0.0.1:{outbound}', "
+        f"admin: '127.0.0.1:{free_port()}'}}\n"
+        f"discovery: {{static: {{ws-echo: ['127.0.0.1:{ws_echo.port}']}}}}\n"
+        "tracing: {exporter: none}\nlimits: {drain_timeout: 1s}\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sidecar.cli", "run", "-c", str(config),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while True:
+            try:
+                ws = await connect("ws://ws-echo/", host="127.0.0.1", port=outbound)
+                break
+            except OSError:
+                assert loop.time() < deadline, "sidecar did not start"
+                await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        await ws.send("while draining")  # open tunnels keep working during the drain
+        assert await ws.recv() == "while draining"
+        async with asyncio.timeout(10):
+            await ws.wait_closed()  # then they are closed...
+            assert await proc.wait() == 0  # ...and the process exits cleanly
+        assert ws.close_code == 1006  # cut, not a close handshake: the sidecar is opaque
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
