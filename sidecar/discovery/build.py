@@ -18,6 +18,7 @@ from sidecar.discovery.file import FileResolver
 from sidecar.discovery.registration import Lifecycle
 from sidecar.discovery.resolver import Directory, Resolver
 from sidecar.discovery.static import StaticResolver
+from sidecar.egress.policy import EgressPolicy
 from sidecar.events import Observer
 
 if TYPE_CHECKING:
@@ -70,8 +71,14 @@ class Discovery:
 
 
 def consul_names(config: Config) -> set[str]:
-    """Names watched in Consul from the start: configured ones that static doesn't pin."""
-    return config.configured_upstreams() - set(config.discovery.static)
+    """Names watched in Consul from the start: configured ones that static doesn't pin, and
+    that are not external (an `upstreams.<name>` policy for an egress name is not a service:
+    Consul's empty answer for it would win over the egress resolver)."""
+    names = config.configured_upstreams() - set(config.discovery.static)
+    if config.egress is not None:
+        policy = EgressPolicy(config.egress)
+        names = {n for n in names if not policy.allows(n)}
+    return names
 
 
 def build_discovery(

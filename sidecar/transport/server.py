@@ -271,10 +271,11 @@ class ServerConnection(asyncio.Protocol):
             self._protocol_error(BadRequest(f"malformed request: {exc}"))
 
     def _upgrade_requested(self, rest: bytes) -> None:
-        """The request just queued asks to switch protocols. llhttp parses nothing after it,
-        so the connection ends with its answer, unless that is a 101: then it becomes a
-        tunnel (see tunnel.py), starting with `rest`. An h2c upgrade is answered over
-        HTTP/1.1, as RFC 9110 §7.8 lets a server do."""
+        """The request just queued asks to switch protocols (an Upgrade, or a CONNECT that
+        egress allows). llhttp parses nothing after it, so the connection ends with its
+        answer, unless that opens a tunnel (a 101, or a 200 to the CONNECT; see tunnel.py),
+        which starts with `rest`. An h2c upgrade is answered over HTTP/1.1, as RFC 9110 §7.8
+        lets a server do."""
         request = self._pending[-1][0] if self._pending else None
         value = request.headers.get("upgrade") if request is not None else None
         if request is not None and request.method == "CONNECT":

@@ -7,7 +7,8 @@ import socket
 
 import pytest
 
-from sidecar.config import EgressConfig
+from sidecar.config import EgressConfig, build_config
+from sidecar.discovery.build import consul_names
 from sidecar.egress.connect import ConnectHandler
 from sidecar.egress.dialer import EgressDialer
 from sidecar.egress.dns import DnsCache
@@ -154,3 +155,15 @@ def test_authority_port() -> None:
     assert authority_port("api.example.com") is None
     assert authority_port("[::1]") is None
     assert authority_port("[::1]:9") == 9
+
+
+def test_egress_names_with_a_policy_are_not_watched_in_consul() -> None:
+    config = build_config(
+        {
+            "service": {"name": "a"},
+            "egress": {"allow": ["api.example.com"]},
+            "upstreams": {"api.example.com": {"tls": True}, "users": {}},
+        },
+        env={},
+    )
+    assert consul_names(config) == {"users"}
