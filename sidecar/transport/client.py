@@ -429,6 +429,8 @@ class EndpointPool:
                 f"connect to {endpoint} failed: {exc.strerror or exc}", upstream=self.upstream
             ) from None
         ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            tls.context.remember(name, ssl_object)
         chosen = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
         if chosen not in (None, "http/1.1"):
             transport.close()

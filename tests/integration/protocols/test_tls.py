@@ -83,6 +83,12 @@ async def test_verified_tls_with_sni_and_pooled_connections(
         session.get(f"http://{admin}/admin/endpoints") as resp,
     ):
         endpoints = await resp.json()
+    # A connection opened later (the pool emptied) resumes the TLS session.
+    sc.client.close()
+    status, _, _ = await _get(sc, "/after")
+    assert status == 200
+    assert up.handshakes == 2
+    assert up.resumed == [False] * 10 + [True]
     assert endpoints["secure-api"][0]["tls"] == {
         "enabled": True,
         "sni": None,

@@ -19,6 +19,7 @@ class TlsUpstream:
     handshakes: int = 0
     server_names: list[str | None] = field(default_factory=list)
     client_subjects: list[str] = field(default_factory=list)
+    resumed: list[bool] = field(default_factory=list)  # per request: on a resumed session?
     port: int = 0
     runner: web.AppRunner | None = None
 
@@ -27,7 +28,10 @@ class TlsUpstream:
         self.server_names.append(name)
 
     async def handle(self, request: web.Request) -> web.Response:
-        peer = request.transport.get_extra_info("peercert") if request.transport else None
+        transport = request.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport else None
+        self.resumed.append(bool(ssl_object is not None and ssl_object.session_reused))
+        peer = transport.get_extra_info("peercert") if transport else None
         subject = ""
         if peer:
             subject = ",".join(v for _, v in peer.get("subjectAltName", ()))
