@@ -22,6 +22,12 @@ from sidecar.clock import Clock, SystemClock
 from sidecar.config import Config, redacted, split_host_port
 from sidecar.discovery.build import build_discovery
 from sidecar.discovery.endpoints import Endpoint, EndpointSet
+from sidecar.egress.connect import ConnectHandler
+from sidecar.egress.dialer import EgressDialer
+from sidecar.egress.discovery import EgressResolver
+from sidecar.egress.dns import DnsCache, HostLookup
+from sidecar.egress.forward import EgressForwarder
+from sidecar.egress.policy import EgressPolicy
 from sidecar.http import BytesBody, Headers, Request, Response
 from sidecar.proxy.forward import Forwarder
 from sidecar.proxy.prepare import prepare_request
@@ -41,6 +47,8 @@ from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.tracing import build_tracing
 from sidecar.transport.client import UpstreamClient
 from sidecar.transport.server import ServerConnection, ServerLimits, ServerState
+from sidecar.transport.tls import TlsOrigination, build_tls, default_tls
+from sidecar.transport.tunnel import TunnelRegistry, refused_upgrade
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +63,14 @@ class ListenError(Exception):
     """A listener could not bind; message names the config field."""
 
 
+@dataclass(frozen=True)
+class Egress:
+    policy: EgressPolicy
+    dialer: EgressDialer
+    resolver: EgressResolver
+    connect: ConnectHandler
+
+
 @dataclass
 class _Listener:
     field_path: str
@@ -66,7 +82,11 @@ class _Listener:
 
 class Sidecar:
     def __init__(
-        self, config: Config, clock: Clock | None = None, config_dir: Path | None = None
+        self,
+        config: Config,
+        clock: Clock | None = None,
+        config_dir: Path | None = None,
+        host_lookup: HostLookup | None = None,
     ) -> None:
         self.config = config
         # Routable names from the config, computed once (and on reload), not per request.
@@ -79,7 +99,15 @@ class Sidecar:
         self.access_log = AccessLog() if config.logging.access_log else None
         self.client_telemetry = ClientTelemetryLayer(tracing=self.tracing, metrics=self.metrics)
         self.client = UpstreamClient()
-        self.discovery = build_discovery(config, self.metrics, self.clock, config_dir)
+        self._tls: dict[str, TlsOrigination | None] = {}
+        self.egress = self._build_egress(host_lookup)
+        self.discovery = build_discovery(
+            config,
+            self.metrics,
+            self.clock,
+            config_dir,
+            last=[self.egress.resolver] if self.egress is not None else [],
+        )
         self.directory = self.discovery.directory
         self.lifecycle = self.discovery.lifecycle
         self._lifecycle_task: asyncio.Task[None] | None = None
@@ -95,12 +123,21 @@ class Sidecar:
                 max_body_bytes=limits.max_body_bytes,
                 header_read_timeout=limits.header_read_timeout,
                 max_connections=limits.max_connections,
-            )
+            ),
+            TunnelRegistry(self.metrics),
         )
-        self.router = OutboundRouter(self.directory, self._stack_for, self._is_configured)
+        self.state.allow_connect = self.egress is not None
+        self.router = OutboundRouter(
+            self.directory,
+            self._stack_for,
+            self._is_configured,
+            upgrades_for=self._upgrades_for,
+            connect=self.egress.connect if self.egress is not None else None,
+        )
         self.outbound: Handler = compose([self._server_telemetry("outbound")], terminal=self.router)
         default = config.policy(config.service.name)
-        self._local = Forwarder(self.client, default.timeouts.connect, default.timeouts.idle)
+        t = default.timeouts
+        self._local = Forwarder(self.client, t.connect, t.idle, t.stream_idle)
         self._local_endpoint = Endpoint(config.service.address, config.service.port)
         self.inbound: Handler = compose(
             [
@@ -168,7 +205,16 @@ class Sidecar:
         self.breakers[name] = breaker
         outlier = OutlierDetector(p.outlier_detection, cluster, obs)
         self.outliers[name] = outlier
-        forwarder = Forwarder(self.client, p.timeouts.connect, p.timeouts.idle)
+        egress = self._egress_dialer(name)
+        forwarder = Forwarder(
+            self.client,
+            p.timeouts.connect,
+            p.timeouts.idle,
+            p.timeouts.stream_idle,
+            tls=self._tls_for(name),
+            dialer=egress,
+        )
+        terminal = forwarder.forward if egress is None else EgressForwarder(forwarder).forward
         layers: list[Layer] = [
             ConcurrencyLimitLayer(name, p.max_concurrent_requests, obs),
             FallbackLayer(name, p.fallback, clock, obs),
@@ -185,10 +231,55 @@ class Sidecar:
             BalanceLayer(cluster, make_balancer(p.load_balancer, clock), clock, outlier, obs),
             self.client_telemetry,
         ]
-        return compose(layers, terminal=forwarder.forward)
+        return compose(layers, terminal=terminal)
+
+    def _build_egress(self, host_lookup: HostLookup | None) -> Egress | None:
+        cfg = self.config.egress
+        if cfg is None:
+            return None
+        policy = EgressPolicy(cfg)
+        dialer = EgressDialer(policy, DnsCache(host_lookup, self.clock))
+
+        def timeouts_for(name: str) -> tuple[float, float]:
+            t = self.config.policy(name).timeouts
+            return t.connect, t.stream_idle
+
+        return Egress(
+            policy=policy,
+            dialer=dialer,
+            resolver=EgressResolver(policy, lambda n: 443 if self._tls_for(n) else 80),
+            connect=ConnectHandler(policy, dialer, timeouts_for, self.metrics),
+        )
+
+    def _egress_dialer(self, name: str) -> EgressDialer | None:
+        """The dialer for an upstream that is an egress name (resolved by no other source)."""
+        snap = self.directory.get(name)
+        if self.egress is None or snap is None or snap.source != EgressResolver.source:
+            return None
+        return self.egress.dialer
+
+    def _tls_for(self, name: str) -> TlsOrigination | None:
+        """The upstream's TLS origination, built once per policy (reload clears these)."""
+        if name not in self._tls:
+            self._tls[name] = build_tls(self.config.policy(name).tls)
+        return self._tls[name]
+
+    def _tls_state(self, name: str, endpoint: Endpoint) -> dict[str, object] | bool:
+        tls = self._tls_for(name)
+        if tls is None and endpoint.tls:
+            tls = default_tls()
+        return tls.describe() if tls is not None else False
+
+    def _upgrades_for(self, name: str) -> list[str]:
+        return self.config.policy(name).upgrades
 
     async def _to_local_app(self, request: Request) -> Response:
         request.upstream = self.config.service.name
+        if request.upgrade:
+            name = request.upstream
+            refused = refused_upgrade(request.upgrade, self._upgrades_for(name), name)
+            if refused is not None:
+                raise refused
         request.endpoint = self._local_endpoint
         return await self._local.forward(request)
 
@@ -218,6 +309,7 @@ class Sidecar:
                             "ejected": st.is_ejected(now),
                             "inflight": st.inflight,
                             "ewma_ms": round(st.ewma_rtt * 1000, 3),
+                            "tls": self._tls_state(name, st.endpoint),
                         }
                         for st in cluster.states
                     ]
@@ -388,6 +480,9 @@ class Sidecar:
         await self._close_listeners()
         for conn in list(self.state.connections):
             conn.close_if_idle()
+        closed = self.state.tunnels.close_all()
+        if closed:
+            log.info("closed %d open tunnels", closed)
         await self.discovery.close()
         await self.admin.stop()
         self.client.close()
@@ -402,6 +497,8 @@ class Sidecar:
         are bound at start and need a restart to change."""
         if config.listen_addresses() != self.config.listen_addresses():
             log.warning("listener addresses changed in the new config: restart to apply them")
+        if config.egress != self.config.egress:
+            log.warning("egress changed in the new config: restart to apply it")
         if config.discovery.file != self.config.discovery.file or (
             config.discovery.consul != self.config.discovery.consul
         ):
@@ -410,4 +507,5 @@ class Sidecar:
         self._configured = frozenset(config.configured_upstreams())
         self.discovery.reload(config)
         self._stacks.clear()
+        self._tls.clear()
         log.info("configuration reloaded")

@@ -11,6 +11,7 @@ import copy
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,7 +24,10 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
+
+from sidecar.discovery.endpoints import parse_endpoint_address
 
 # ---------------------------------------------------------------- scalar parsing
 
@@ -107,14 +111,6 @@ def _check_host(host: str, value: str) -> None:
         raise ValueError(f"invalid address {value!r}: {host!r} is not a host name or IP address")
 
 
-def parse_endpoint_address(value: Any) -> str:
-    """An upstream endpoint: `host:port` with a port that can be dialled (1-65535)."""
-    address = parse_host_port(value)
-    if address.rpartition(":")[2].lstrip("0") == "":
-        raise ValueError(f"invalid address {address!r}: port 0 cannot be connected to")
-    return address
-
-
 def parse_host(value: Any) -> str:
     """A host name or IP address (no port, no scheme)."""
     if not isinstance(value, str):
@@ -141,10 +137,24 @@ def parse_otlp_endpoint(value: Any) -> str:
     return value
 
 
+def _endpoint_address(value: Any) -> str:
+    """An endpoint of static/file discovery: `host:port` that can be dialled, or
+    `https://host[:port]` (TLS to that endpoint); anything else names what to write."""
+    if not isinstance(value, str):
+        raise ValueError("expected host:port or https://host:port")
+    if "://" not in value:
+        address = parse_host_port(value)
+        if address.rpartition(":")[2].lstrip("0") == "":
+            raise ValueError(f"invalid address {address!r}: port 0 cannot be connected to")
+    endpoint = parse_endpoint_address(value)  # the scheme and URL shape, with the reason
+    _check_host(endpoint.host, value)
+    return value
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 HostPort = Annotated[str, BeforeValidator(parse_host_port)]
-EndpointAddress = Annotated[str, BeforeValidator(parse_endpoint_address)]
+EndpointAddress = Annotated[str, BeforeValidator(_endpoint_address)]
 Host = Annotated[str, BeforeValidator(parse_host)]
 OtlpEndpoint = Annotated[str, BeforeValidator(parse_otlp_endpoint)]
 
@@ -237,6 +247,9 @@ class TimeoutsConfig(StrictModel):
     per_try: Duration = 3.0
     total: Duration = 10.0
     idle: Duration = 60.0
+    # An Upgrade/CONNECT tunnel closes after this long without a byte either way; the
+    # request timeouts end at the 101.
+    stream_idle: Duration = 3600.0
 
 
 RETRY_CONDITIONS = ("connect_failure", "reset", "timeout", "5xx")
@@ -308,6 +321,52 @@ class FallbackConfig(StrictModel):
     last_good: LastGoodConfig = LastGoodConfig()
 
 
+ALPN_PROTOCOLS = ("http/1.1", "h2")
+
+
+class TlsConfig(StrictModel):
+    """TLS the sidecar originates to an upstream's endpoints."""
+
+    enabled: bool = True
+    sni: str | None = None  # default: the endpoint's host name, else the upstream name
+    ca_file: str | None = None  # default: the system's trust store
+    verify: bool = True
+    client_cert: str | None = None
+    client_key: str | None = None
+    alpn: list[str] = []
+
+    @field_validator("ca_file", "client_cert", "client_key")
+    @classmethod
+    def _file(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"file {v!r} not found")
+        return v
+
+    @field_validator("alpn")
+    @classmethod
+    def _alpn(cls, v: list[str]) -> list[str]:
+        for proto in v:
+            if proto not in ALPN_PROTOCOLS:
+                raise ValueError(f"unknown ALPN protocol {proto!r}: expected http/1.1 or h2")
+        return v
+
+    @model_validator(mode="after")
+    def _usable(self) -> TlsConfig:
+        if self.client_key is not None and self.client_cert is None:
+            raise ValueError("client_key needs client_cert")
+        # Load the files once here, so check-config reports a bad PEM, not the first request.
+        try:
+            context = ssl.create_default_context(cafile=self.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"ca_file {self.ca_file!r} is not a usable CA bundle: {exc}") from None
+        if self.client_cert is not None:
+            try:
+                context.load_cert_chain(self.client_cert, self.client_key)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"client_cert/client_key not usable: {exc}") from None
+        return self
+
+
 class UpstreamConfig(StrictModel):
     load_balancer: Literal["round_robin", "random", "least_request", "ewma"] = "ewma"
     timeouts: TimeoutsConfig = TimeoutsConfig()
@@ -317,6 +376,31 @@ class UpstreamConfig(StrictModel):
     max_concurrent_requests: int = Field(default=1024, ge=1)
     fallback: FallbackConfig = FallbackConfig()
     listen: HostPort | None = None
+    upgrades: list[str] = ["websocket"]
+    tls: TlsConfig | None = None
+
+    @field_validator("tls", mode="before")
+    @classmethod
+    def _tls_shorthand(cls, v: Any) -> Any:
+        # `tls: true` is the common case: system trust, verification, SNI.
+        if isinstance(v, bool):
+            return {"enabled": v}
+        return v
+
+    @field_validator("upgrades")
+    @classmethod
+    def _upgrades(cls, v: list[str]) -> list[str]:
+        out = []
+        for token in v:
+            name = token.strip().lower()
+            if name == "h2c":
+                raise ValueError(
+                    "h2c cannot be tunnelled: HTTP/2 cleartext is spoken with prior knowledge"
+                )
+            if not re.match(r"^[a-z0-9!#$%&'*+.^_`|~-]+(/[a-z0-9!#$%&'*+.^_`|~-]+)?$", name):
+                raise ValueError(f"invalid upgrade token {token!r}")
+            out.append(name)
+        return out
 
 
 PROPAGATORS = ("tracecontext", "baggage", "b3", "b3multi", "jaeger")
@@ -384,6 +468,52 @@ class LimitsConfig(StrictModel):
     retry_buffer_bytes: Size = 65536
 
 
+_LABEL = r"[a-z0-9]([a-z0-9-]*[a-z0-9])?"
+_EGRESS_NAME = re.compile(rf"^(\*\.)?{_LABEL}(\.{_LABEL})*$")
+
+
+class EgressConfig(StrictModel):
+    """External hosts reachable through the outbound listener (off when absent)."""
+
+    allow: list[str] = []  # exact names or *.suffix
+    allow_private: list[str] = []  # CIDRs a resolved address may be in
+    connect_ports: list[int] = [443]
+
+    @field_validator("allow")
+    @classmethod
+    def _allow(cls, v: list[str]) -> list[str]:
+        out = []
+        for entry in v:
+            name = entry.strip().lower().rstrip(".")
+            if is_literal_ip(name):
+                raise ValueError(f"{entry!r} is an address: egress.allow takes host names")
+            if not _EGRESS_NAME.match(name) or "." not in name.removeprefix("*."):
+                raise ValueError(
+                    f"invalid egress name {entry!r}: expected a host name like "
+                    "api.example.com or *.example.com"
+                )
+            out.append(name)
+        return out
+
+    @field_validator("allow_private")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        for cidr in v:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"invalid CIDR {cidr!r}, expected e.g. 10.0.0.0/8") from None
+        return v
+
+    @field_validator("connect_ports")
+    @classmethod
+    def _ports(cls, v: list[int]) -> list[int]:
+        for port in v:
+            if not 0 < port < 65536:
+                raise ValueError(f"invalid port {port}: expected 1-65535")
+        return v
+
+
 class Config(StrictModel):
     service: ServiceConfig
     listeners: ListenersConfig = ListenersConfig()
@@ -394,6 +524,7 @@ class Config(StrictModel):
     logging: LoggingConfig = LoggingConfig()
     admin: AdminConfig = AdminConfig()
     limits: LimitsConfig = LimitsConfig()
+    egress: EgressConfig | None = None
 
     @field_validator("upstreams")
     @classmethod

@@ -159,6 +159,9 @@ class Request:
     retry_reason: str = ""
     trace: Any = None  # telemetry's span context; opaque to other layers
     upstream_time: float = 0.0  # seconds spent waiting on upstream (for proxy overhead)
+    # The Upgrade field of a request asking to switch protocols ("websocket"): kept through
+    # header hygiene and tunnelled after a 101; "" for every ordinary request.
+    upgrade: str = ""
 
     @property
     def path(self) -> str:

@@ -7,6 +7,7 @@ needs to be told about a reload" reads in one place."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +18,7 @@ from sidecar.discovery.file import FileResolver
 from sidecar.discovery.registration import Lifecycle
 from sidecar.discovery.resolver import Directory, Resolver
 from sidecar.discovery.static import StaticResolver
+from sidecar.egress.policy import EgressPolicy
 from sidecar.events import Observer
 
 if TYPE_CHECKING:
@@ -69,14 +71,25 @@ class Discovery:
 
 
 def consul_names(config: Config) -> set[str]:
-    """Names watched in Consul from the start: configured ones that static doesn't pin."""
-    return config.configured_upstreams() - set(config.discovery.static)
+    """Names watched in Consul from the start: configured ones that static doesn't pin, and
+    that are not external (an `upstreams.<name>` policy for an egress name is not a service:
+    Consul's empty answer for it would win over the egress resolver)."""
+    names = config.configured_upstreams() - set(config.discovery.static)
+    if config.egress is not None:
+        policy = EgressPolicy(config.egress)
+        names = {n for n in names if not policy.allows(n)}
+    return names
 
 
 def build_discovery(
-    config: Config, observer: Observer, clock: Clock, base_dir: Path | None = None
+    config: Config,
+    observer: Observer,
+    clock: Clock,
+    base_dir: Path | None = None,
+    last: Sequence[Resolver] = (),
 ) -> Discovery:
-    """`base_dir`: where a relative `discovery.file.path` is found (the config file's folder)."""
+    """`base_dir`: where a relative `discovery.file.path` is found (the config file's folder).
+    `last`: resolvers consulted after the configured sources (egress names)."""
     static = StaticResolver(config.discovery.static)
     resolvers: list[Resolver] = [static]
     synced: list[FileResolver | ConsulResolver] = []
@@ -123,7 +136,7 @@ def build_discovery(
                     deregister_critical_after=consul_cfg.deregister_critical_after,
                 ),
             )
-    directory = Directory(resolvers)
+    directory = Directory([*resolvers, *last])
     if file_resolver is not None:
         file_resolver.use_withdraw(directory.withdraw)
     lifecycle = Lifecycle(resolver=AllSynced(synced) if synced else None, registration=registration)

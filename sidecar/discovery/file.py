@@ -18,10 +18,8 @@ from typing import Any
 
 import yaml
 
-from sidecar.config import parse_endpoint_address
-from sidecar.discovery.endpoints import Endpoint, EndpointSet
+from sidecar.discovery.endpoints import Endpoint, EndpointSet, parse_endpoint_address
 from sidecar.discovery.resolver import Publish
-from sidecar.discovery.static import parse_endpoint
 from sidecar.events import NullObserver, Observer
 
 log = logging.getLogger(__name__)
@@ -52,9 +50,11 @@ def parse_endpoint_file(text: str) -> dict[str, tuple[Endpoint, ...]]:
             raise EndpointFileError(f"{name}: expected a list of host:port")
         eps = []
         for addr in addrs:
+            if not isinstance(addr, str):
+                raise EndpointFileError(f"{name}: invalid address {addr!r}, expected host:port")
             try:
-                eps.append(parse_endpoint(parse_endpoint_address(addr)))
-            except ValueError as exc:  # the same shapes as discovery.static accepts
+                eps.append(parse_endpoint_address(addr))
+            except ValueError as exc:
                 raise EndpointFileError(f"{name}: {exc}") from None
         table[name] = tuple(eps)
     return table

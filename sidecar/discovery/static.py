@@ -6,13 +6,13 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 
-from sidecar.discovery.endpoints import Endpoint, EndpointSet
+from sidecar.discovery.endpoints import Endpoint, EndpointSet, parse_endpoint_address
 from sidecar.discovery.resolver import Publish
 
 
 def parse_endpoint(text: str) -> Endpoint:
-    host, _, port = text.rpartition(":")
-    return Endpoint(host=host.strip("[]"), port=int(port))
+    """`host:port` or `https://host:port` (validated by the config already)."""
+    return parse_endpoint_address(text)
 
 
 class StaticResolver:

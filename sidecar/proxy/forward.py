@@ -4,27 +4,47 @@ from __future__ import annotations
 
 from sidecar.errors import UpstreamReset
 from sidecar.http import Request, Response
-from sidecar.transport.client import UpstreamClient
+from sidecar.transport.client import Dialer, EndpointPool, UpstreamClient
+from sidecar.transport.tls import TlsOrigination
+from sidecar.transport.tunnel import Tunnel
 
 
 class Forwarder:
     """Forwards to the endpoint the balancer chose. Returns at response headers; the body
     streams. Raises UpstreamConnectFailure / UpstreamReset."""
 
-    def __init__(self, client: UpstreamClient, connect_timeout: float, idle_timeout: float) -> None:
+    def __init__(
+        self,
+        client: UpstreamClient,
+        connect_timeout: float,
+        idle_timeout: float,
+        stream_idle_timeout: float = 3600.0,
+        tls: TlsOrigination | None = None,
+        dialer: Dialer | None = None,
+    ) -> None:
         self._client = client
+        self.tls = tls
+        self.dialer = dialer
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
+        self.stream_idle_timeout = stream_idle_timeout
 
     async def forward(self, request: Request) -> Response:
         endpoint = request.endpoint
         assert endpoint is not None, "the balance layer sets request.endpoint"
         pool = self._client.pool(
-            request.upstream, endpoint, self.connect_timeout, self.idle_timeout
+            request.upstream,
+            endpoint,
+            self.connect_timeout,
+            self.idle_timeout,
+            self.tls,
+            self.dialer,
         )
         headers = request.headers.items()
         if request.authority:
             headers = [("host", request.authority), *[(k, v) for k, v in headers if k != "host"]]
+        if request.upgrade:
+            return await self._upgrade(request, pool, headers)
         conn, reused = await pool.acquire()
         try:
             return await conn.send(request.method, request.target, headers, request.body)
@@ -36,3 +56,16 @@ class Forwarder:
                 raise
             conn, _ = await pool.acquire_fresh()
             return await conn.send(request.method, request.target, headers, request.body)
+
+    async def _upgrade(
+        self, request: Request, pool: EndpointPool, headers: list[tuple[str, str]]
+    ) -> Response:
+        """An Upgrade request goes on a fresh connection: after a 101 it becomes the tunnel's,
+        and a pooled one may be closed by the upstream as we send (no safe resend here)."""
+        conn, _ = await pool.acquire_fresh()
+        response = await conn.send(
+            request.method, request.target, headers, request.body, upgrade=request.upgrade
+        )
+        if isinstance(response.body, Tunnel):
+            response.body.idle_timeout = self.stream_idle_timeout
+        return response

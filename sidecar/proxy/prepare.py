@@ -66,4 +66,8 @@ def prepare_request(request: Request) -> None:
     if host and not has_fwd_host:
         kept.append(("x-forwarded-host", host))
     kept.append(("via", f"{via}, {VIA}" if via else VIA))
+    if request.upgrade:
+        # Hop-by-hop, but the next hop must see them to switch protocols (RFC 9110 §7.8).
+        kept.append(("connection", "upgrade"))
+        kept.append(("upgrade", request.upgrade))
     request.headers = Headers.from_lower(kept)

@@ -7,7 +7,7 @@ localhost are refused outright, so the sidecar is never an open proxy or an SSRF
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import httptools
@@ -17,6 +17,7 @@ from sidecar.discovery.resolver import Directory
 from sidecar.errors import BadRequest, NoRoute
 from sidecar.http import Request, Response
 from sidecar.stack import Handler
+from sidecar.transport.tunnel import CONNECT_UPGRADE, refused_upgrade
 
 _CONSUL_SUFFIXES = (".service.consul",)
 # What inet_aton(3) would read as an IPv4 address: 1-4 parts, each decimal, octal (leading 0)
@@ -122,11 +123,17 @@ class OutboundRouter:
         stack_for: Callable[[str], Handler],
         is_configured: Callable[[str], bool],
         resolve_timeout: float = 2.0,
+        upgrades_for: Callable[[str], Iterable[str]] | None = None,
+        connect: Handler | None = None,
     ) -> None:
         self._directory = directory
         self._stack_for = stack_for
         self._is_configured = is_configured
         self._resolve_timeout = resolve_timeout
+        # The Upgrade tokens an upstream's policy lets through (`upstreams.<name>.upgrades`).
+        self._upgrades_for = upgrades_for
+        # CONNECT to allow-listed external hosts (egress), when configured.
+        self._connect = connect
         # Host value → normalised name, for hosts that passed the address/localhost checks.
         # Those checks are pure functions of the text, so entries never go stale; what is
         # routable (config, discovery) is still asked on every request.
@@ -145,9 +152,15 @@ class OutboundRouter:
         return name
 
     async def __call__(self, request: Request) -> Response:
+        if request.upgrade == CONNECT_UPGRADE and self._connect is not None:
+            return await self._connect(request)
         if not request.upstream:
             request.upstream = self.upstream_name(request)
         name = request.upstream
+        if request.upgrade and self._upgrades_for is not None:
+            refused = refused_upgrade(request.upgrade, self._upgrades_for(name), name)
+            if refused is not None:
+                raise refused
         if self._directory.get(name) is None:
             # First call of a name no source has published yet (e.g. a Consul service used
             # for the first time): start its watch and wait, bounded, for the first answer.

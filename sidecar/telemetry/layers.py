@@ -10,6 +10,7 @@ injected as the parent the upstream sees, and the per-attempt client duration wi
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 
 from opentelemetry.context import Context
@@ -142,7 +143,10 @@ class ServerTelemetryLayer:
                 if span_error:
                     span.set_attribute("error.type", span_error)
                     span.set_status(_ERROR)
-            span.end()
+            if request.upgrade and recording:
+                _end_after_tunnel(span, response.body)
+            else:
+                span.end()
             if self._access_log is not None:
                 self._access_log.log(request, status, elapsed, trace_hex, error_type, direction)
             return response
@@ -273,6 +277,29 @@ class ClientTelemetryLayer:
             return response
 
         return handle
+
+
+def _end_after_tunnel(span: Span, body: object) -> None:
+    """A protocol switch's span covers the handshake but is ended only when the tunnel
+    closes, so it can carry the tunnel's duration and bytes."""
+    on_close = getattr(body, "on_close", None)
+    if on_close is None:
+        span.end()
+        return
+    handshake_end = time.time_ns()
+
+    def closed(stats: Any) -> None:
+        span.set_attributes(
+            {
+                "sidecar.tunnel.protocol": stats.protocol,
+                "sidecar.tunnel.duration_s": stats.seconds,
+                "sidecar.tunnel.bytes_sent": stats.bytes_sent,
+                "sidecar.tunnel.bytes_received": stats.bytes_received,
+            }
+        )
+        span.end(end_time=handshake_end)
+
+    on_close(closed)
 
 
 def _deadline_attribute(attrs: dict[str, Any], request: Request) -> None:

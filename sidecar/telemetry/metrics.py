@@ -15,6 +15,7 @@ import time
 import types
 from bisect import bisect_left
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import exposition as prom_text
@@ -25,6 +26,7 @@ from prometheus_client.utils import floatToGoString
 
 from sidecar import __version__
 from sidecar.telemetry.labels import BoundedValues, RouteMatcher, status_label
+from sidecar.transport.tunnel import TunnelStats
 
 # OTel's advised boundaries for http.*.request.duration.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -42,6 +44,8 @@ OVERHEAD_BUCKETS = (
     0.025,
     0.05,
 )
+# Tunnels live from seconds to hours.
+TUNNEL_DURATION_BUCKETS = (0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 MAX_UPSTREAM_LABELS = 200
 
@@ -230,6 +234,38 @@ class Metrics:
             registry=r,
         )
         self.build_info.labels(version).set(1)
+        self.upgrades = Counter(
+            "sidecar_upgrades_total",
+            "Tunnels opened: protocol switches (101) and CONNECTs.",
+            ["service", "upstream", "protocol"],
+            registry=r,
+        )
+        self.upgrades_active = Gauge(
+            "sidecar_upgrades_active",
+            "Tunnels open now.",
+            ["service", "upstream", "protocol"],
+            registry=r,
+        )
+        self.tunnel_bytes_total = Counter(
+            "sidecar_tunnel_bytes_total",
+            "Bytes relayed through tunnels; direction sent is client to upstream.",
+            ["service", "upstream", "direction"],
+            registry=r,
+        )
+        self.tunnel_duration = Histogram(
+            "sidecar_tunnel_duration_seconds",
+            "How long tunnels stayed open.",
+            ["service", "upstream", "protocol"],
+            buckets=TUNNEL_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.tunnel_connect_errors = Counter(
+            "sidecar_tunnel_connect_errors_total",
+            "CONNECT tunnels that could not be opened (refused address, DNS, connect).",
+            ["service", "upstream"],
+            registry=r,
+        )
+        self._tunnel_bytes_children: dict[tuple[str, str], Any] = {}
 
         self._server_children: dict[tuple[str, str, int, str], HistogramCell] = {}
         self._client_children: dict[tuple[str, str, int, str], HistogramCell] = {}
@@ -343,6 +379,29 @@ class Metrics:
 
     def discovery_error(self, source: str) -> None:
         self.discovery_errors.labels(self.service, source).inc()
+
+    # ------------------------------------------------------------ TunnelObserver protocol
+
+    def tunnel_opened(self, upstream: str, protocol: str) -> None:
+        up = self.upstream(upstream)
+        self.upgrades.labels(self.service, up, protocol).inc()
+        self.upgrades_active.labels(self.service, up, protocol).inc()
+
+    def tunnel_bytes(self, upstream: str, direction: str, n: int) -> None:
+        key = (upstream, direction)
+        child = self._tunnel_bytes_children.get(key)
+        if child is None:
+            child = self.tunnel_bytes_total.labels(self.service, self.upstream(upstream), direction)
+            self._tunnel_bytes_children[key] = child
+        child.inc(n)
+
+    def tunnel_connect_error(self, upstream: str) -> None:
+        self.tunnel_connect_errors.labels(self.service, self.upstream(upstream)).inc()
+
+    def tunnel_closed(self, stats: TunnelStats) -> None:
+        up = self.upstream(stats.upstream)
+        self.upgrades_active.labels(self.service, up, stats.protocol).dec()
+        self.tunnel_duration.labels(self.service, up, stats.protocol).observe(stats.seconds)
 
     # ------------------------------------------------------------ exposition
 

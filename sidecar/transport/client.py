@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import cast
 
 import httptools
@@ -18,16 +20,20 @@ import httptools
 from sidecar.discovery.endpoints import Endpoint
 from sidecar.errors import SidecarError, UpstreamConnectFailure, UpstreamReset
 from sidecar.http import EMPTY_BODY, Body, BytesBody, Headers, Response
-from sidecar.proxy.hygiene import HOP_BY_HOP, connection_tokens
+from sidecar.proxy.hygiene import HOP_BY_HOP, connection_tokens, end_to_end
 from sidecar.transport.body import StreamBody
 from sidecar.transport.flow import WriteFlow
 from sidecar.transport.inert import NoCallbacks
+from sidecar.transport.tls import TlsOrigination, default_tls
+from sidecar.transport.tunnel import Tunnel, protocol_label
 
 log = logging.getLogger(__name__)
 
 # Cap on an upstream response's status line + headers (Envoy's default is 60 KiB).
 MAX_RESPONSE_HEAD_BYTES = 64 * 1024
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
+# host name → the address to connect to (egress: resolved and checked at every connect).
+Dialer = Callable[[str], Awaitable[str]]
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -51,6 +57,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._in_head = False
         self._head_bytes = 0
         self._field_bytes = 0
+        # The Upgrade value of the request in flight ("" for an ordinary one), and the
+        # tunnel that took this connection over after its 101.
+        self._upgrade = ""
+        self._tunnel: Tunnel | None = None
 
     # ---------------------------------------------------------- protocol events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -87,6 +97,13 @@ class UpstreamConnection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(f"malformed response from upstream: {exc}")
+            return
+        except httptools.HttpParserUpgrade as exc:
+            # llhttp stops at a 101: what follows it is the new protocol's.
+            if self._tunnel is None:
+                self._fail("upstream switched protocols without being asked to")
+            else:
+                self._tunnel.hold(data[exc.args[0] :])
             return
         if self._in_head:
             # llhttp has no size limit and httptools buffers partial fields: an upstream that
@@ -125,6 +142,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._in_head = False
         status = self._parser.get_status_code()
         if 100 <= status < 200:
+            if status == 101 and self._upgrade:
+                self._switch()
             return  # interim response (100 Continue): the real one follows
         fut = self._response
         if fut is None or fut.done():
@@ -165,6 +184,25 @@ class UpstreamConnection(asyncio.Protocol):
             body = sb
         fut.set_result(Response(status=status, headers=headers, body=body))
 
+    def _switch(self) -> None:
+        """The upstream accepted the Upgrade: hand the connection to a tunnel (it leaves the
+        pool for good) and answer the exchange with a 101 whose body is that tunnel."""
+        fut, transport = self._response, self._transport
+        if fut is None or fut.done() or transport is None:
+            raise UpstreamReset("unsolicited 101 from upstream")
+        items = self._headers
+        header = next((v for k, v in items if k == "upgrade"), self._upgrade)
+        tunnel = Tunnel(
+            transport,
+            upstream=self._pool.upstream,
+            protocol=protocol_label(self._upgrade),
+            header=header,
+        )
+        self._tunnel = tunnel
+        self._pool.forget(self)
+        headers = Headers.from_lower(end_to_end(items))
+        fut.set_result(Response(status=101, headers=headers, body=tunnel))
+
     def on_body(self, data: bytes) -> None:
         if self._body is not None:
             self._body.feed(data)
@@ -181,7 +219,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     # ---------------------------------------------------------- exchange
     async def send(
-        self, method: str, target: str, headers: list[tuple[str, str]], body: Body
+        self,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: Body,
+        upgrade: str = "",
     ) -> Response:
         transport, loop = self._transport, self._loop
         if transport is None or loop is None or self.closed:
@@ -193,6 +236,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._message_done = False
         self._request_done = False
         self.received_any = False
+        self._upgrade = upgrade
         lines = [f"{method} {target} HTTP/1.1\r\n"]
         lines += [f"{k}: {v}\r\n" for k, v in headers]
         if isinstance(body, BytesBody):
@@ -274,6 +318,9 @@ class UpstreamConnection(asyncio.Protocol):
                 self._transport.resume_reading()
 
     def close(self) -> None:
+        if self._tunnel is not None:
+            self._tunnel.close()  # nobody took the switched connection: cut it
+            return
         if not self.closed:
             self.closed = True
             self._pool.forget(self)
@@ -291,8 +338,14 @@ class EndpointPool:
         connect_timeout: float,
         idle_timeout: float,
         max_idle: int = 128,
+        tls: TlsOrigination | None = None,
+        dialer: Dialer | None = None,
     ) -> None:
         self.endpoint = endpoint
+        # The upstream's TLS policy; an https:// endpoint without one gets the default.
+        self.tls = tls
+        # Turns the endpoint's host into the address to connect to, checked (egress).
+        self.dialer = dialer
         self.upstream = upstream
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
@@ -319,10 +372,16 @@ class EndpointPool:
 
     async def acquire_fresh(self) -> tuple[UpstreamConnection, bool]:
         loop = asyncio.get_running_loop()
+        tls = self.tls if self.tls is not None or not self.endpoint.tls else default_tls()
+        if tls is not None:
+            return await self._connect_tls(loop, tls), False
         try:
             async with asyncio.timeout(self.connect_timeout):
+                host = self.endpoint.host
+                if self.dialer is not None:
+                    host = await self.dialer(host)
                 _, proto = await loop.create_connection(
-                    lambda: UpstreamConnection(self), self.endpoint.host, self.endpoint.port
+                    lambda: UpstreamConnection(self), host, self.endpoint.port
                 )
         except TimeoutError:
             raise UpstreamConnectFailure(
@@ -334,6 +393,53 @@ class EndpointPool:
             ) from None
         self._open.add(proto)
         return proto, False
+
+    async def _connect_tls(
+        self, loop: asyncio.AbstractEventLoop, tls: TlsOrigination
+    ) -> UpstreamConnection:
+        endpoint = self.endpoint
+        name = tls.server_hostname(endpoint, self.upstream)
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                host = endpoint.host if self.dialer is None else await self.dialer(endpoint.host)
+                transport, proto = await loop.create_connection(
+                    lambda: UpstreamConnection(self),
+                    host,
+                    endpoint.port,
+                    ssl=tls.context,
+                    server_hostname=name,
+                )
+        except TimeoutError:
+            raise UpstreamConnectFailure(
+                f"connect to {endpoint} (TLS) timed out", upstream=self.upstream
+            ) from None
+        except ssl.SSLCertVerificationError as exc:
+            raise UpstreamConnectFailure(
+                f"TLS to {endpoint}: certificate not accepted for {name!r}: "
+                f"{exc.verify_message or exc.reason}",
+                upstream=self.upstream,
+            ) from None
+        except ssl.SSLError as exc:
+            raise UpstreamConnectFailure(
+                f"TLS handshake with {endpoint} failed: {exc.reason or exc}",
+                upstream=self.upstream,
+            ) from None
+        except OSError as exc:
+            raise UpstreamConnectFailure(
+                f"connect to {endpoint} failed: {exc.strerror or exc}", upstream=self.upstream
+            ) from None
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            tls.context.remember(name, ssl_object)
+        chosen = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        if chosen not in (None, "http/1.1"):
+            transport.close()
+            raise UpstreamConnectFailure(
+                f"{endpoint} chose ALPN {chosen!r}, which this connection does not speak",
+                upstream=self.upstream,
+            )
+        self._open.add(proto)
+        return proto
 
     def release(self, conn: UpstreamConnection) -> None:
         if conn.closed:
@@ -363,16 +469,26 @@ class UpstreamClient:
         self._max_idle = max_idle_per_endpoint
 
     def pool(
-        self, upstream: str, endpoint: Endpoint, connect_timeout: float, idle_timeout: float
+        self,
+        upstream: str,
+        endpoint: Endpoint,
+        connect_timeout: float,
+        idle_timeout: float,
+        tls: TlsOrigination | None = None,
+        dialer: Dialer | None = None,
     ) -> EndpointPool:
         key = (upstream, endpoint)
         pool = self._pools.get(key)
         if pool is None:
-            pool = EndpointPool(endpoint, upstream, connect_timeout, idle_timeout, self._max_idle)
+            pool = EndpointPool(
+                endpoint, upstream, connect_timeout, idle_timeout, self._max_idle, tls, dialer
+            )
             self._pools[key] = pool
         else:
             pool.connect_timeout = connect_timeout
             pool.idle_timeout = idle_timeout
+            pool.tls = tls
+            pool.dialer = dialer
         return pool
 
     def retain(self, upstream: str, endpoints: set[Endpoint]) -> None:

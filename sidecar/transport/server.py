@@ -23,6 +23,7 @@ from sidecar.http import EMPTY_BODY, BytesBody, Headers, Request, Response
 from sidecar.transport.body import StreamBody
 from sidecar.transport.flow import WriteFlow
 from sidecar.transport.inert import NoCallbacks
+from sidecar.transport.tunnel import CONNECT_UPGRADE, Tunnel, TunnelRegistry, wants_tunnel
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,12 @@ class HeadTooLarge(Exception):
 class ServerState:
     """Shared by all connections of the process's listeners: counts, drain flag."""
 
-    def __init__(self, limits: ServerLimits) -> None:
+    def __init__(self, limits: ServerLimits, tunnels: TunnelRegistry | None = None) -> None:
         self.limits = limits
+        # Upgrade/CONNECT tunnels of these connections (shutdown closes them).
+        self.tunnels = tunnels if tunnels is not None else TunnelRegistry()
+        # CONNECT is served on outbound listeners only when egress is configured.
+        self.allow_connect = False
         self.connections: set[ServerConnection] = set()
         self.active_requests = 0
         self.started_requests = 0
@@ -135,6 +140,7 @@ class ServerConnection(asyncio.Protocol):
         "_closing",
         "_current",
         "_direction",
+        "_early",
         "_flow",
         "_handler",
         "_head_bytes",
@@ -199,6 +205,8 @@ class ServerConnection(asyncio.Protocol):
         self._head_raw = 0
         self._heads_seen = 0
         self._messages_seen = 0
+        # Bytes the client sent after an Upgrade request's head: the tunnel's first ones.
+        self._early = b""
 
     # ------------------------------------------------------------ connection events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -247,11 +255,8 @@ class ServerConnection(asyncio.Protocol):
                 # A message boundary fell inside this chunk: its head bytes are undercounted
                 # by at most one read, which keeps the bound.
                 self._head_raw = 0
-        except httptools.HttpParserUpgrade:
-            # The upgrade request itself is complete and queued: it is served as plain
-            # HTTP/1.1 (Upgrade is hop-by-hop, so stripped); we don't tunnel, and llhttp
-            # parses nothing after it, so the connection closes after the answer.
-            self._protocol_error(BadRequest("protocol upgrades are not supported"), report=False)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade_requested(data[exc.args[0] :])
         except HeadTooLarge:
             self._protocol_error(BadRequest("request head too large", status=431))
         except httptools.HttpParserCallbackError as exc:
@@ -264,6 +269,22 @@ class ServerConnection(asyncio.Protocol):
                 self._protocol_error(BadRequest("malformed request"))
         except httptools.HttpParserError as exc:
             self._protocol_error(BadRequest(f"malformed request: {exc}"))
+
+    def _upgrade_requested(self, rest: bytes) -> None:
+        """The request just queued asks to switch protocols (an Upgrade, or a CONNECT that
+        egress allows). llhttp parses nothing after it, so the connection ends with its
+        answer, unless that opens a tunnel (a 101, or a 200 to the CONNECT; see tunnel.py),
+        which starts with `rest`. An h2c upgrade is answered over HTTP/1.1, as RFC 9110 §7.8
+        lets a server do."""
+        request = self._pending[-1][0] if self._pending else None
+        value = request.headers.get("upgrade") if request is not None else None
+        if request is not None and request.method == "CONNECT":
+            request.upgrade = CONNECT_UPGRADE
+            self._early = rest
+        elif request is not None and value and request.body is EMPTY_BODY and wants_tunnel(value):
+            request.upgrade = value
+            self._early = rest
+        self._protocol_error(BadRequest("nothing is read after an Upgrade request"), report=False)
 
     # ------------------------------------------------------------ parser callbacks
     def on_message_begin(self) -> None:
@@ -293,7 +314,9 @@ class ServerConnection(asyncio.Protocol):
         self._heads_seen += 1
         parser = self._parser
         method = parser.get_method().decode("ascii")
-        if method == "CONNECT":
+        if method == "CONNECT" and not (
+            self._state.allow_connect and self._direction == "outbound"
+        ):
             raise BadRequest("CONNECT is not supported: this is not an open proxy", status=405)
         version = parser.get_http_version()
         chunked = _check_framing(self._headers, version)
@@ -415,6 +438,8 @@ class ServerConnection(asyncio.Protocol):
         return await self._write(request, response, keep_alive)
 
     async def _write(self, request: Request, response: Response, keep_alive: bool) -> bool:
+        if request.upgrade and isinstance(response.body, Tunnel):
+            return await self._switch(response, response.body)
         transport = self._transport
         if transport is None or self._closing:
             _abort_body(response)
@@ -479,6 +504,30 @@ class ServerConnection(asyncio.Protocol):
             _abort_body(response)
             return False
         return keep_alive
+
+    async def _switch(self, response: Response, tunnel: Tunnel) -> bool:
+        """Answer 101 and relay until the tunnel closes; the connection is the tunnel's."""
+        transport = self._transport
+        if transport is None or self._closing:
+            tunnel.close()
+            return False
+        status = response.status
+        parts = [f"HTTP/1.1 {status} {response.reason or _REASONS.get(status, '')}\r\n"]
+        for k, v in response.headers.items():
+            if k not in ("connection", "upgrade", "content-length", "transfer-encoding"):
+                parts.append(f"{k}: {v}\r\n")
+        if status == 101:
+            parts.append(f"connection: upgrade\r\nupgrade: {tunnel.header}\r\n")
+        parts.append("\r\n")
+        head = "".join(parts).encode("latin-1")
+        early, self._early = self._early, b""
+        try:
+            await tunnel.run(transport, head, early, self._state.tunnels)
+        finally:
+            # The tunnel took the transport over (this protocol sees no connection_lost).
+            self._closing = True
+            self._state.connections.discard(self)
+        return False
 
     # ------------------------------------------------------------ errors and closing
     def _protocol_error(self, err: SidecarError, report: bool = True) -> None:

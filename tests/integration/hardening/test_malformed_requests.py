@@ -367,13 +367,13 @@ async def test_well_formed_pipeline_is_answered_in_order(guarded):
     assert up.violations == []
 
 
-async def test_upgrade_request_is_served_as_plain_http_then_closed(guarded):
-    # llhttp stops parsing after an Upgrade; the sidecar does not tunnel, so it strips the
-    # hop-by-hop Upgrade, answers in HTTP/1.1 and closes: bytes after it are never parsed.
+async def test_refused_upgrade_is_answered_then_closed(guarded):
+    # llhttp stops parsing after an Upgrade; the upstream is asked to switch, declines (200),
+    # and the sidecar answers in HTTP/1.1 and closes: bytes after it are never parsed.
     up, sc, port = await guarded()
     data = b"GET /ws HTTP/1.1\r\n" + H + b"Connection: upgrade\r\nUpgrade: websocket\r\n\r\n"
     ex = await exchange(port, data + SMUGGLED)
     assert [r.status for r in ex.responses] == [200]
     assert ex.eof
     assert [s.target for s in up.seen] == ["/ws"]
-    assert up.seen[0].header("upgrade") is None
+    assert up.seen[0].header("upgrade") == "websocket"

@@ -20,11 +20,21 @@ def problems(data: dict[str, Any]) -> list[str]:
 
 
 def test_an_endpoint_written_as_a_url_says_how_to_write_it() -> None:
-    (found,) = problems({"discovery": {"static": {"user": ["https://127.0.0.1:8001"]}}})
+    (found,) = problems({"discovery": {"static": {"user": ["http://127.0.0.1:8001/v1"]}}})
     assert found == (
-        "discovery.static.user.0: invalid address 'https://127.0.0.1:8001': expected "
-        "host:port without a scheme, e.g. '127.0.0.1:8001'"
+        "discovery.static.user.0: invalid address 'http://127.0.0.1:8001/v1': an endpoint is "
+        "host:port or https://host:port, without a path, query or user"
     )
+    (found,) = problems({"discovery": {"static": {"user": ["ftp://127.0.0.1:8001"]}}})
+    assert "scheme ftp:// is not supported, write host:port or https://host:port" in found
+
+
+def test_an_https_endpoint_is_accepted() -> None:
+    config = build_config(
+        {"service": {"name": "bff"}, "discovery": {"static": {"user": ["https://user.internal"]}}},
+        env={},
+    )
+    assert config.discovery.static["user"] == ["https://user.internal"]
 
 
 @pytest.mark.parametrize(
@@ -147,10 +157,10 @@ def test_unreadable_discovery_file(tmp_path: Path) -> None:
 
 
 def test_discovery_file_that_would_be_rejected_at_run_time(tmp_path: Path) -> None:
-    (tmp_path / "endpoints.yaml").write_text("user: ['https://10.0.0.1:8001']\n")
+    (tmp_path / "endpoints.yaml").write_text("user: ['http://10.0.0.1:8001/v1']\n")
     (found,) = file_problems({"discovery": {"file": {"path": "endpoints.yaml"}}}, tmp_path)
     assert found.startswith("discovery.file.path: ")
-    assert "invalid address 'https://10.0.0.1:8001'" in found
+    assert "invalid address 'http://10.0.0.1:8001/v1'" in found
 
 
 def test_tls_files_are_checked_wherever_they_appear(tmp_path: Path) -> None:

@@ -1,0 +1,60 @@
+"""An HTTPS upstream double (aiohttp over TLS with `trustme` certificates) that counts
+handshakes and records the SNI and client certificate of each."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+
+import trustme
+from aiohttp import web
+
+
+@dataclass
+class TlsUpstream:
+    cert: trustme.LeafCert
+    client_ca: trustme.CA | None = None  # ask for (and verify) client certificates
+    handshakes: int = 0
+    server_names: list[str | None] = field(default_factory=list)
+    client_subjects: list[str] = field(default_factory=list)
+    resumed: list[bool] = field(default_factory=list)  # per request: on a resumed session?
+    port: int = 0
+    runner: web.AppRunner | None = None
+
+    def _on_hello(self, sslobj: Any, name: str | None, ctx: ssl.SSLContext) -> None:
+        self.handshakes += 1
+        self.server_names.append(name)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        transport = request.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport else None
+        self.resumed.append(bool(ssl_object is not None and ssl_object.session_reused))
+        peer = transport.get_extra_info("peercert") if transport else None
+        subject = ""
+        if peer:
+            subject = ",".join(v for _, v in peer.get("subjectAltName", ()))
+            self.client_subjects.append(subject)
+        body = {"path": request.path_qs, "host": request.headers.get("Host"), "client": subject}
+        return web.Response(text=json.dumps(body), content_type="application/json")
+
+    async def start(self) -> TlsUpstream:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.cert.configure_cert(ctx)
+        if self.client_ca is not None:
+            self.client_ca.configure_trust(ctx)
+            ctx.verify_mode = ssl.CERT_OPTIONAL
+        ctx.sni_callback = self._on_hello
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=ctx)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
