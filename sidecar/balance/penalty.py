@@ -6,9 +6,12 @@ traffic until outlier detection ejects it. So every failed attempt adds one to a
 `failure_score` (time constant `PENALTY_DECAY`), a success halves it, and the balancers turn
 the score into cost: peak-EWMA adds `FAILURE_COST` seconds per unit, least-request counts
 `FAILURE_LOAD` requests in flight per unit (Finagle and linkerd's balancers make failing
-endpoints look busy the same way). One failure keeps an endpoint behind an idle 100 ms one for
-about `PENALTY_DECAY * ln(FAILURE_COST / 0.1)` ≈ 11 s; repeated failures add up, and
-ejection takes over for endpoints that keep failing.
+endpoints look busy the same way). The penalty is large on purpose: under load a healthy
+endpoint's cost grows with its queue (100 ms x 20 in flight = 2 s), and a failed endpoint must
+still lose that comparison, or P2C keeps feeding it a request now and then. One failure keeps
+an endpoint behind an idle 100 ms one for about `PENALTY_DECAY * ln(FAILURE_COST / 0.1)` ≈ 23 s
+(a success halves the score, so a recovered endpoint is back after a few requests); repeated
+failures add up, and ejection takes over for endpoints that keep failing.
 
 Pure: time is passed in. Free when nothing failed: one attribute test per attempt."""
 
@@ -18,8 +21,8 @@ import math
 
 from sidecar.balance.cluster import EndpointState
 
-FAILURE_COST = 1.0  # seconds of EWMA cost per unit of failure score
-FAILURE_LOAD = 10.0  # requests in flight per unit of failure score (least_request)
+FAILURE_COST = 10.0  # seconds of EWMA cost per unit of failure score
+FAILURE_LOAD = 100.0  # requests in flight per unit of failure score (least_request)
 PENALTY_DECAY = 5.0  # seconds: time constant of the score's exponential decay
 _NEGLIGIBLE = 0.01  # a score below this is dropped, so healthy endpoints cost no exp()
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
 
 from sidecar.balance.cluster import Cluster, EndpointState, PassiveState
 from sidecar.config import OutlierDetectionConfig
@@ -171,18 +170,3 @@ class OutlierDetector:
                 )
         self._next_change = nxt
         self._observer.endpoints(self._cluster.name, len(states) - ejected, ejected)
-
-    def snapshot(self, now: float) -> list[dict[str, Any]]:
-        """Per endpoint, for /admin/endpoints."""
-        return [
-            {
-                "address": s.endpoint.address,
-                "ejected": s.is_ejected(now),
-                "ejected_for_s": round(max(0.0, s.ejected_until - now), 3),
-                "times_ejected": s.times_ejected,
-                "consecutive_failures": s.consecutive_failures,
-                "inflight": s.inflight,
-                "ewma_rtt_ms": round(s.ewma_rtt * 1000, 3),
-            }
-            for s in self._cluster.states
-        ]

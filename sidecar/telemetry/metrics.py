@@ -218,6 +218,13 @@ class Metrics:
             buckets=OVERHEAD_BUCKETS,
             registry=r,
         )
+        self.health_checks = Counter(
+            "sidecar_health_checks_total",
+            "Active health check probes, by result: success, status (non-2xx answer), "
+            "timeout, connect_failure, reset.",
+            ["service", "upstream", "result"],
+            registry=r,
+        )
         self.spans_dropped = Counter(
             "sidecar_spans_dropped_total",
             "Finished spans not exported: export queue full or the collector failed.",
@@ -343,6 +350,9 @@ class Metrics:
 
     def discovery_error(self, source: str) -> None:
         self.discovery_errors.labels(self.service, source).inc()
+
+    def health_check(self, upstream: str, result: str) -> None:
+        self.health_checks.labels(self.service, self.upstream(upstream), result).inc()
 
     # ------------------------------------------------------------ exposition
 
