@@ -313,6 +313,14 @@ async def test_readme_example_with_one_replica_down_serves_every_request(
         results = await drive(ports["out"], "user-service", 200, concurrency=16)
         assert not failed(results), failed(results)[:5]
         assert up.requests == 201
+        # And the admin view says what happened to the missing replica.
+        view = json.loads(await admin_get(ports["admin"], "/admin/endpoints"))
+        rows = {r["address"]: r for r in view["user-service"]}
+        assert rows[down.address]["last_failure"]["kind"] == "connect_failure"
+        assert rows[down.address]["passive"] in ("ejected", "healthy")
+        assert rows[down.address]["failure_penalty"] > 0
+        assert rows[up.address]["last_failure"] is None
+        assert rows[up.address]["cost"] < rows[down.address]["cost"]
     finally:
         await sc.drain(timeout=1)
         await sc.stop()
