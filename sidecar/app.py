@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sidecar.admin.server import AdminRoute, AdminServer, json_response
+from sidecar.balance.base import Balancer
 from sidecar.balance.cluster import Cluster
 from sidecar.balance.factory import make_balancer
+from sidecar.balance.view import endpoints_snapshot
 from sidecar.clock import Clock, SystemClock
 from sidecar.config import Config, redacted, split_host_port
 from sidecar.discovery.build import build_discovery
@@ -37,6 +39,7 @@ from sidecar.resilience.breaker import CircuitBreaker, CircuitBreakerLayer, brea
 from sidecar.resilience.concurrency import ConcurrencyLimitLayer
 from sidecar.resilience.deadline import DeadlineLayer
 from sidecar.resilience.fallback import FallbackLayer
+from sidecar.resilience.health_check import HealthChecks
 from sidecar.resilience.outlier import OutlierDetector
 from sidecar.resilience.retry import RetryLayer
 from sidecar.stack import Handler, Layer, compose
@@ -112,10 +115,12 @@ class Sidecar:
         self.lifecycle = self.discovery.lifecycle
         self._lifecycle_task: asyncio.Task[None] | None = None
         self.clusters: dict[str, Cluster] = {}
+        self.health_checks = HealthChecks(self.clock, self.metrics)
         self.directory.subscribe(self._on_snapshot)
         self._stacks: dict[str, Handler] = {}
         self.breakers: dict[str, CircuitBreaker] = {}
         self.outliers: dict[str, OutlierDetector] = {}
+        self.balancers: dict[str, Balancer] = {}
         limits = config.limits
         self.state = ServerState(
             ServerLimits(
@@ -184,6 +189,7 @@ class Sidecar:
     def _on_snapshot(self, snapshot: EndpointSet) -> None:
         cluster = self._cluster(snapshot.upstream)
         cluster.update(snapshot)
+        self.health_checks.update(cluster, self.config.policy(snapshot.upstream).health_check)
         self.client.retain(snapshot.upstream, set(snapshot.endpoints))
         now = self.clock.monotonic()
         ejected = sum(1 for s in cluster.states if s.is_ejected(now))
@@ -215,6 +221,8 @@ class Sidecar:
             dialer=egress,
         )
         terminal = forwarder.forward if egress is None else EgressForwarder(forwarder).forward
+        balancer = make_balancer(p.load_balancer, clock)
+        self.balancers[name] = balancer
         layers: list[Layer] = [
             ConcurrencyLimitLayer(name, p.max_concurrent_requests, obs),
             FallbackLayer(name, p.fallback, clock, obs),
@@ -228,7 +236,7 @@ class Sidecar:
                 clock,
                 obs,
             ),
-            BalanceLayer(cluster, make_balancer(p.load_balancer, clock), clock, outlier, obs),
+            BalanceLayer(cluster, balancer, clock, outlier, obs, p.timeouts.per_try),
             self.client_telemetry,
         ]
         return compose(layers, terminal=terminal)
@@ -304,14 +312,12 @@ class Sidecar:
             return json_response(
                 {
                     name: [
-                        {
-                            "address": st.endpoint.address,
-                            "ejected": st.is_ejected(now),
-                            "inflight": st.inflight,
-                            "ewma_ms": round(st.ewma_rtt * 1000, 3),
-                            "tls": self._tls_state(name, st.endpoint),
-                        }
-                        for st in cluster.states
+                        {**row, "tls": self._tls_state(name, st.endpoint)}
+                        for row, st in zip(
+                            endpoints_snapshot(cluster, self.balancers.get(name), now),
+                            cluster.states,
+                            strict=True,
+                        )
                     ]
                     for name, cluster in sorted(self.clusters.items())
                 }
@@ -399,6 +405,7 @@ class Sidecar:
         if self.access_log is not None:
             self.access_log.start()
         self.directory.start()
+        self.health_checks.start()
         self._started = True
         # In the background: waiting for Consul must not delay serving static/file endpoints
         # nor the signal handlers; /readyz tells where it stands.
@@ -483,6 +490,7 @@ class Sidecar:
         closed = self.state.tunnels.close_all()
         if closed:
             log.info("closed %d open tunnels", closed)
+        await self.health_checks.stop()
         await self.discovery.close()
         await self.admin.stop()
         self.client.close()
@@ -506,6 +514,8 @@ class Sidecar:
         self.config = config
         self._configured = frozenset(config.configured_upstreams())
         self.discovery.reload(config)
+        for name, cluster in self.clusters.items():
+            self.health_checks.update(cluster, config.policy(name).health_check)
         self._stacks.clear()
         self._tls.clear()
         log.info("configuration reloaded")

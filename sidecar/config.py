@@ -295,8 +295,27 @@ class CircuitBreakerConfig(StrictModel):
 class OutlierDetectionConfig(StrictModel):
     enabled: bool = True
     consecutive_5xx: int = Field(default=5, ge=1)
+    # Envoy's names. Local origin: no HTTP answer (connect failure, reset, timeout); gateway:
+    # local origin or 502/503/504. 0 turns a counter off.
+    consecutive_local_origin_failure: int = Field(default=3, ge=0)
+    consecutive_gateway_failure: int = Field(default=0, ge=0)
     base_ejection: Duration = 30.0
     max_ejection_percent: int = Field(default=50, ge=0, le=100)
+
+
+class HealthCheckConfig(StrictModel):
+    path: str = Field(default="/healthz", pattern=r"^/[!-~]*$")
+    interval: Duration = 5.0
+    timeout: Duration = 1.0
+    unhealthy_threshold: int = Field(default=3, ge=1)
+    healthy_threshold: int = Field(default=2, ge=1)
+
+    @field_validator("interval", "timeout")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be greater than 0")
+        return v
 
 
 class StaticFallbackConfig(StrictModel):
@@ -401,6 +420,7 @@ class UpstreamConfig(StrictModel):
                 raise ValueError(f"invalid upgrade token {token!r}")
             out.append(name)
         return out
+    health_check: HealthCheckConfig | None = None
 
 
 PROPAGATORS = ("tracecontext", "baggage", "b3", "b3multi", "jaeger")

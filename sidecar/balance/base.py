@@ -13,8 +13,9 @@ class Balancer(Protocol):
     def pick(
         self, candidates: Sequence[EndpointState], avoid: Collection[Endpoint] = ()
     ) -> EndpointState:
-        """Choose one of `candidates` (non-empty), preferring endpoints not in `avoid`
-        (those already tried by this request). Must cost O(1) in len(candidates)."""
+        """Choose one of `candidates` (non-empty). Never an endpoint in `avoid` (those
+        already tried by this request) while a candidate not in it exists. Must cost O(1) in
+        len(candidates)."""
         ...
 
     def observe(self, state: EndpointState, rtt: float, now: float, ok: bool) -> None:

@@ -6,7 +6,9 @@ with weight `1 - exp(-elapsed / decay)` (elapsed since the last update). While a
 not used its estimate decays towards zero when read, so a once-slow endpoint is probed again
 after a few decay periods instead of being starved forever. Endpoints without a sample cost
 `default_rtt`. Failed attempts never make an endpoint look faster than it was estimated (the
-sample is max(rtt, estimate)): a fast-failing endpoint must not attract traffic."""
+sample is max(rtt, estimate)), and recent failures add a decaying penalty to the cost
+(`sidecar.balance.penalty`): a fast-failing endpoint, or one that is unknown again after a
+failure, must not look cheaper than a known-good one."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import random
 from collections.abc import Collection, Sequence
 
 from sidecar.balance.cluster import EndpointState
+from sidecar.balance.penalty import FAILURE_COST, failure_score
 from sidecar.balance.sampling import pick_two
 from sidecar.clock import Clock, SystemClock
 from sidecar.discovery.endpoints import Endpoint
@@ -47,7 +50,10 @@ class PeakEwmaBalancer:
         return state.ewma_rtt * math.exp(-idle / self._decay)
 
     def cost(self, state: EndpointState, now: float) -> float:
-        return self.estimate(state, now) * (state.inflight + 1)
+        cost = self.estimate(state, now) * (state.inflight + 1)
+        if state.failure_score != 0.0:
+            cost += FAILURE_COST * failure_score(state, now)
+        return cost
 
     def pick(
         self, candidates: Sequence[EndpointState], avoid: Collection[Endpoint] = ()

@@ -23,7 +23,7 @@ def make_balancer(
     if name == "random":
         return RandomBalancer(rng)
     if name == "least_request":
-        return LeastRequestBalancer(rng)
+        return LeastRequestBalancer(rng, clock)
     if name == "ewma":
         return PeakEwmaBalancer(clock, rng)
     raise ValueError(f"unknown load balancer {name!r}: expected one of {', '.join(BALANCERS)}")

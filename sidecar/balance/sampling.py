@@ -47,9 +47,15 @@ def pick_index(
 def pick_two(
     candidates: Sequence[EndpointState], avoid: Collection[Endpoint], rng: random.Random
 ) -> tuple[EndpointState, EndpointState]:
-    """Two distinct candidates (the same one twice only if there is one) for P2C."""
+    """Two distinct candidates for P2C, or the same one twice when it is the only choice:
+    the only candidate at all, or the only one not in `avoid`. A tried endpoint must never be
+    the second candidate next to an untried one: P2C would compare them and may prefer the one
+    that just failed (a fast failure, or no sample yet, can look cheap)."""
     i = pick_index(candidates, avoid, rng)
     if len(candidates) == 1:
         return candidates[0], candidates[0]
     j = pick_index(candidates, avoid, rng, exclude=i)
-    return candidates[i], candidates[j]
+    a, b = candidates[i], candidates[j]
+    if avoid and b.endpoint in avoid and a.endpoint not in avoid:
+        return a, a
+    return a, b

@@ -1,13 +1,19 @@
 """The balance layer: choose this attempt's endpoint and feed back what happened.
 
-Per attempt (it sits inside the retry layer): pick among the cluster's non-ejected endpoints,
-preferring ones this request has not tried; count it in flight until response headers; then
-give the balancer the RTT (for EWMA) and the outlier detector the classified outcome."""
+Per attempt (it sits inside the retry layer): pick among the cluster's available endpoints
+(not ejected, not failing an active health check), preferring ones this request has not tried;
+count it in flight until response headers; then give the balancer the RTT (for EWMA), the
+endpoint its failure penalty (`sidecar.balance.penalty`) and the outlier detector the
+classified outcome. An endpoint on probation after an ejection gets one request at a time."""
 
 from __future__ import annotations
 
+import asyncio
+import math
+
 from sidecar.balance.base import Balancer
-from sidecar.balance.cluster import Cluster
+from sidecar.balance.cluster import Cluster, EndpointState, PassiveState
+from sidecar.balance.penalty import record_failure, record_success
 from sidecar.clock import Clock
 from sidecar.errors import NoHealthyEndpoints, SidecarError
 from sidecar.events import NullObserver, Observer
@@ -16,9 +22,12 @@ from sidecar.resilience.classify import Outcome, classify_error, classify_respon
 from sidecar.resilience.outlier import OutlierDetector
 from sidecar.stack import Handler
 
+# A cancellation this close to the attempt's time limit is the per-try timeout firing.
+_TIMEOUT_SLACK = 0.002
+
 
 class BalanceLayer:
-    __slots__ = ("_balancer", "_clock", "_cluster", "_observer", "_outlier")
+    __slots__ = ("_balancer", "_clock", "_cluster", "_observer", "_outlier", "_per_try")
 
     def __init__(
         self,
@@ -27,21 +36,38 @@ class BalanceLayer:
         clock: Clock,
         outlier: OutlierDetector | None = None,
         observer: Observer | None = None,
+        per_try_timeout: float = math.inf,
     ) -> None:
         self._cluster = cluster
         self._balancer = balancer
         self._clock = clock
         self._outlier = outlier
         self._observer: Observer = observer or NullObserver()
+        self._per_try = per_try_timeout
 
     def wrap(self, inner: Handler) -> Handler:
         cluster, balancer, clock = self._cluster, self._balancer, self._clock
-        outlier, observer = self._outlier, self._observer
+        outlier, observer, per_try = self._outlier, self._observer, self._per_try
+
+        def repick(
+            candidates: list[EndpointState], request: Request, state: EndpointState
+        ) -> EndpointState:
+            """`state` is on probation and its one probe is already out: pick another (rare;
+            allocates). Bounded; if every try lands on a busy probationer, it gets the request
+            anyway rather than failing it."""
+            avoid = [*request.tried]
+            for _ in range(3):
+                avoid.append(state.endpoint)
+                state = balancer.pick(candidates, avoid)
+                if state.passive is not PassiveState.PROBATION or not state.inflight:
+                    break
+            return state
 
         async def balance(request: Request) -> Response:
             start = clock.monotonic()
-            # Common case: nothing ejected, so the cluster's own list serves as is (no copy).
-            if outlier is not None and outlier.any_ejected(start):
+            # Common case: nothing ejected or held out, so the cluster's own list serves as
+            # is (no copy).
+            if cluster.active_down or (outlier is not None and outlier.any_ejected(start)):
                 candidates = cluster.available(start)
             else:
                 candidates = cluster.states
@@ -51,26 +77,45 @@ class BalanceLayer:
                     f"no healthy endpoint for {cluster.name!r}", upstream=cluster.name
                 )
             state = balancer.pick(candidates, request.tried)
+            if state.passive is PassiveState.PROBATION and state.inflight:
+                state = repick(candidates, request, state)
             request.endpoint = state.endpoint
             request.tried.append(state.endpoint)
             state.inflight += 1
             outcome = Outcome.CANCELLED
+            status = 0
             try:
                 response = await inner(request)
-                outcome = classify_response(response.status)
+                status = response.status
+                outcome = classify_response(status)
                 return response
             except SidecarError as exc:
                 outcome = classify_error(exc)
+                raise
+            except asyncio.CancelledError:
+                # The retry layer's per-try timer cancels the attempt: that is a timeout
+                # (the endpoint did not answer in time), unlike a caller going away.
+                limit = per_try
+                if request.deadline is not None:
+                    limit = min(limit, request.deadline - start)
+                if clock.monotonic() - start >= limit - _TIMEOUT_SLACK:
+                    outcome = Outcome.TIMEOUT
                 raise
             finally:
                 state.inflight -= 1
                 now = clock.monotonic()
                 rtt = now - start
-                if outcome is not Outcome.LOCAL and outcome is not Outcome.INTERNAL:
-                    # A cancelled try (per-try timeout or caller gone) still tells us the
-                    # endpoint took at least `rtt`; feed it as a failed sample.
-                    balancer.observe(state, rtt, now, outcome is Outcome.SUCCESS)
+                if outcome is Outcome.SUCCESS:
+                    balancer.observe(state, rtt, now, True)
+                    if state.failure_score != 0.0:
+                        record_success(state, now)
+                elif outcome is not Outcome.LOCAL and outcome is not Outcome.INTERNAL:
+                    # A cancelled try (caller gone) still tells us the endpoint took at
+                    # least `rtt`; feed it as a failed sample.
+                    balancer.observe(state, rtt, now, False)
+                    if outcome.is_failure:
+                        record_failure(state, outcome.value, now)
                 if outlier is not None:
-                    outlier.record(state, outcome, now)
+                    outlier.record(state, outcome, now, status)
 
         return balance

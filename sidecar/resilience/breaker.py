@@ -16,6 +16,7 @@ it was admitted in): a slow call from before the trip can't close a fresh OPEN b
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -25,11 +26,14 @@ from sidecar.errors import CircuitOpen, SidecarError
 from sidecar.events import NullObserver, Observer
 from sidecar.http import Request, Response
 from sidecar.resilience.classify import Outcome, classify_error, classify_response
+from sidecar.resilience.log_limit import LogLimiter
 from sidecar.resilience.window import BucketedCounter
 from sidecar.stack import Handler
 
 _CALLS = 0
 _FAILURES = 1
+
+log = logging.getLogger(__name__)
 
 
 class BreakerState(enum.Enum):
@@ -234,10 +238,23 @@ class CircuitBreakerLayer:
         return circuit_breaker
 
 
+_TRANSITION_LOG = {
+    BreakerState.OPEN: "circuit breaker for upstream %s opened: refusing calls for %s",
+    BreakerState.HALF_OPEN: "circuit breaker for upstream %s is half-open: probing%s",
+    BreakerState.CLOSED: "circuit breaker for upstream %s closed: calls flow again%s",
+}
+
+
 def breaker_for(
     upstream: str, config: CircuitBreakerConfig, clock: Clock, observer: Observer
 ) -> CircuitBreaker:
-    """A breaker that reports its transitions to telemetry."""
-    return CircuitBreaker(
-        config, clock, on_transition=lambda to: observer.breaker_state(upstream, to.value)
-    )
+    """A breaker that reports its transitions to telemetry and to the log (once each, at
+    info, rate-limited)."""
+    limiter = LogLimiter()
+
+    def on_transition(to: BreakerState) -> None:
+        observer.breaker_state(upstream, to.value)
+        detail = f"{config.reset_timeout:g}s" if to is BreakerState.OPEN else ""
+        limiter.info(log, clock.monotonic(), _TRANSITION_LOG[to], upstream, detail)
+
+    return CircuitBreaker(config, clock, on_transition=on_transition)

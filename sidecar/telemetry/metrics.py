@@ -222,6 +222,13 @@ class Metrics:
             buckets=OVERHEAD_BUCKETS,
             registry=r,
         )
+        self.health_checks = Counter(
+            "sidecar_health_checks_total",
+            "Active health check probes, by result: success, status (non-2xx answer), "
+            "timeout, connect_failure, reset.",
+            ["service", "upstream", "result"],
+            registry=r,
+        )
         self.spans_dropped = Counter(
             "sidecar_spans_dropped_total",
             "Finished spans not exported: export queue full or the collector failed.",
@@ -402,6 +409,9 @@ class Metrics:
         up = self.upstream(stats.upstream)
         self.upgrades_active.labels(self.service, up, stats.protocol).dec()
         self.tunnel_duration.labels(self.service, up, stats.protocol).observe(stats.seconds)
+
+    def health_check(self, upstream: str, result: str) -> None:
+        self.health_checks.labels(self.service, self.upstream(upstream), result).inc()
 
     # ------------------------------------------------------------ exposition
 

@@ -1,3 +1,4 @@
+import logging
 import time
 
 import pytest
@@ -257,3 +258,25 @@ async def test_disabled_breaker_is_not_in_the_path() -> None:
     breaker = CircuitBreaker(cfg(enabled=False, minimum_requests=1), FakeClock())
     handler = CircuitBreakerLayer("svc", breaker).wrap(up)
     assert handler is up
+
+
+def test_transitions_are_logged_once_each_at_info(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="sidecar.resilience.breaker")
+    clock = FakeClock()
+    cfg = CircuitBreakerConfig(consecutive_failures=2, reset_timeout=30.0)
+    b = breaker_for("users", cfg, clock, RecordingObserver())
+    for _ in range(2):
+        ticket = b.acquire()
+        assert ticket is not None
+        b.record(ticket, Outcome.CONNECT_FAILURE)
+    assert b.acquire() is None  # refused while open: nothing more in the log
+    clock.advance(30.0)
+    ticket = b.acquire()
+    assert ticket is not None
+    b.record(ticket, Outcome.SUCCESS)
+    msgs = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert msgs == [
+        "circuit breaker for upstream users opened: refusing calls for 30s",
+        "circuit breaker for upstream users is half-open: probing",
+        "circuit breaker for upstream users closed: calls flow again",
+    ]
