@@ -40,6 +40,8 @@ from sidecar.telemetry.layers import ClientTelemetryLayer, ServerTelemetryLayer
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.tracing import build_tracing
 from sidecar.transport.client import UpstreamClient
+from sidecar.transport.h2_client import H2Client
+from sidecar.transport.h2_server import H2Connections, H2Handover, H2Limits, h2_handover
 from sidecar.transport.server import ServerConnection, ServerLimits, ServerState
 
 log = logging.getLogger(__name__)
@@ -97,10 +99,25 @@ class Sidecar:
                 max_connections=limits.max_connections,
             )
         )
+        self.h2_connections = H2Connections(
+            H2Limits(
+                max_concurrent_streams=limits.h2_max_concurrent_streams,
+                max_header_bytes=limits.max_header_bytes,
+                max_body_bytes=limits.max_body_bytes,
+            ),
+            self.state,
+        )
+        self.h2_client = H2Client()
         self.router = OutboundRouter(self.directory, self._stack_for, self._is_configured)
         self.outbound: Handler = compose([self._server_telemetry("outbound")], terminal=self.router)
         default = config.policy(config.service.name)
-        self._local = Forwarder(self.client, default.timeouts.connect, default.timeouts.idle)
+        self._local = Forwarder(
+            self.client,
+            default.timeouts.connect,
+            default.timeouts.idle,
+            h2=self.h2_client,
+            protocol=default.protocol,
+        )
         self._local_endpoint = Endpoint(config.service.address, config.service.port)
         self.inbound: Handler = compose(
             [
@@ -168,7 +185,9 @@ class Sidecar:
         self.breakers[name] = breaker
         outlier = OutlierDetector(p.outlier_detection, cluster, obs)
         self.outliers[name] = outlier
-        forwarder = Forwarder(self.client, p.timeouts.connect, p.timeouts.idle)
+        forwarder = Forwarder(
+            self.client, p.timeouts.connect, p.timeouts.idle, h2=self.h2_client, protocol=p.protocol
+        )
         layers: list[Layer] = [
             ConcurrencyLimitLayer(name, p.max_concurrent_requests, obs),
             FallbackLayer(name, p.fallback, clock, obs),
@@ -288,9 +307,12 @@ class Sidecar:
             for lst in self._listeners:
                 host, port = split_host_port(lst.address)
                 handler, direction = lst.handler, lst.direction
+                h2 = h2_handover(handler, self.h2_connections, direction, prepare_request)
 
-                def factory(h: Handler = handler, d: str = direction) -> ServerConnection:
-                    return ServerConnection(h, self.state, d, prepare_request)
+                def factory(
+                    h: Handler = handler, d: str = direction, h2: H2Handover = h2
+                ) -> ServerConnection:
+                    return ServerConnection(h, self.state, d, prepare_request, h2)
 
                 lst.server = await self._bind(loop, factory, host, port, lst)
             host, port = split_host_port(self.config.listeners.admin)
@@ -379,6 +401,7 @@ class Sidecar:
             if lst.server is not None:
                 lst.server.close()
         self.state.start_drain()
+        self.h2_connections.start_drain()
         ok = await self.state.wait_idle(max(0.0, deadline - loop.time()))
         if not ok:
             log.warning("drain timeout: %d requests still in flight", self.state.active_requests)
@@ -391,6 +414,8 @@ class Sidecar:
         await self.discovery.close()
         await self.admin.stop()
         self.client.close()
+        self.h2_connections.close()
+        self.h2_client.close()
         # Flushing spans and the access log blocks on I/O: keep it off the event loop.
         await asyncio.to_thread(self.tracing.shutdown)
         if self.access_log is not None:

@@ -2,23 +2,50 @@
 
 from __future__ import annotations
 
-from sidecar.errors import UpstreamReset
+from sidecar.errors import UpstreamConnectFailure, UpstreamReset
+from sidecar.grpc import is_grpc
 from sidecar.http import Request, Response
 from sidecar.transport.client import UpstreamClient
+from sidecar.transport.h2_client import H2Client, NotHttp2
 
 
 class Forwarder:
     """Forwards to the endpoint the balancer chose. Returns at response headers; the body
     streams. Raises UpstreamConnectFailure / UpstreamReset (DESIGN §6)."""
 
-    def __init__(self, client: UpstreamClient, connect_timeout: float, idle_timeout: float) -> None:
+    def __init__(
+        self,
+        client: UpstreamClient,
+        connect_timeout: float,
+        idle_timeout: float,
+        h2: H2Client | None = None,
+        protocol: str = "http1",
+    ) -> None:
         self._client = client
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
+        # upstreams.<name>.protocol: h2c always, auto for callers that came over HTTP/2.
+        self._h2 = h2 if protocol != "http1" else None
+        self._h2_always = protocol == "h2c"
 
     async def forward(self, request: Request) -> Response:
         endpoint = request.endpoint
         assert endpoint is not None, "the balance layer sets request.endpoint"
+        h2 = self._h2
+        if h2 is not None and (self._h2_always or request.http_version == "2"):
+            if self._h2_always or h2.speaks_h2(endpoint):
+                try:
+                    return await h2.send(
+                        request, self.connect_timeout, fallback=not self._h2_always
+                    )
+                except NotHttp2:
+                    if self._h2_always or is_grpc(request.headers) or not request.body.replayable:
+                        raise
+            elif is_grpc(request.headers):
+                raise UpstreamConnectFailure(
+                    f"{endpoint} speaks only HTTP/1.x; gRPC needs HTTP/2",
+                    upstream=request.upstream,
+                )
         pool = self._client.pool(
             request.upstream, endpoint, self.connect_timeout, self.idle_timeout
         )
