@@ -51,6 +51,7 @@ H2Handover = Callable[[asyncio.Transport, bytes], None]
 _NO_BODY_STATUS = frozenset({204, 304})
 MAX_HEADERS = 100
 RESET_WINDOW = 10.0
+LINGER = 1.0
 
 
 @dataclass(slots=True)
@@ -191,8 +192,7 @@ class H2ServerConnection(asyncio.Protocol):
             # h2 has queued a GOAWAY with the right code (PROTOCOL_ERROR, FRAME_SIZE_ERROR,
             # ENHANCE_YOUR_CALM for too many CONTINUATION frames...).
             log.debug("HTTP/2 protocol error from %s: %s", self._peer, exc)
-            self._flush()
-            self.close()
+            self._linger_close()
             return
         for event in events:
             self._on_event(event)
@@ -338,8 +338,7 @@ class H2ServerConnection(asyncio.Protocol):
         if event.remote_reset and self._resets.record():
             log.warning("HTTP/2 rapid reset from %s: closing the connection", self._peer)
             self._conn.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
-            self._flush()
-            self.close()
+            self._linger_close()
             return
         self._cancel_stream(stream, ConnectionResetError("stream reset by the client"))
 
@@ -477,6 +476,23 @@ class H2ServerConnection(asyncio.Protocol):
         self._transport.write(frame.serialize())
         if not self._streams:
             self.close()
+
+    def _linger_close(self) -> None:
+        """Close after a fatal error with the GOAWAY saying why. Closing a socket with unread
+        input sends a TCP reset that can destroy that GOAWAY, so the rest of what the peer
+        sends is read and dropped for a moment (a lingering close)."""
+        self._flush()
+        self._closing = True
+        self._cancel_idle()
+        err = ConnectionResetError("HTTP/2 connection closed after a protocol error")
+        for stream in list(self._streams.values()):
+            self._cancel_stream(stream, err)
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._loop.call_later(LINGER, transport.close)
 
     def close(self) -> None:
         self._closing = True
