@@ -11,7 +11,7 @@ import enum
 import math
 from urllib.parse import quote
 
-from sidecar.http import BytesBody, Headers, Response
+from sidecar.http import Headers, Response
 
 
 class GrpcStatus(enum.IntEnum):
@@ -123,22 +123,13 @@ def status_of(headers: Headers) -> int | None:
 def trailers_only_status(response: Response) -> int | None:
     """The status of a Trailers-Only reply (grpc-status in the headers, nothing else coming):
     the only gRPC failure a retry may act on, since no message has reached the caller."""
-    if response.body.length != 0 and not (
-        isinstance(response.body, BytesBody) and not response.body.data
-    ):
+    if response.body.length != 0:
         return None
     return status_of(response.headers)
 
 
 def http_equivalent(code: int) -> int:
     return _HTTP_EQUIVALENT.get(code, 500)
-
-
-def classify_status(response: Response) -> int:
-    """The HTTP status the resilience layers should judge this reply by: a gRPC
-    Trailers-Only failure counts as its HTTP equivalent, anything else as itself."""
-    code = trailers_only_status(response) if response.status == 200 else None
-    return response.status if code is None else http_equivalent(code)
 
 
 def status_for_error(code: str) -> GrpcStatus:

@@ -12,7 +12,7 @@ from sidecar.clock import Clock
 from sidecar.errors import NoHealthyEndpoints, SidecarError
 from sidecar.events import NullObserver, Observer
 from sidecar.http import Request, Response
-from sidecar.resilience.classify import Outcome, classify_error, classify_response
+from sidecar.resilience.classify import Outcome, classify_error, classify_reply
 from sidecar.resilience.outlier import OutlierDetector
 from sidecar.stack import Handler
 
@@ -57,7 +57,7 @@ class BalanceLayer:
             outcome = Outcome.CANCELLED
             try:
                 response = await inner(request)
-                outcome = classify_response(response.status)
+                outcome = classify_reply(response)
                 return response
             except SidecarError as exc:
                 outcome = classify_error(exc)

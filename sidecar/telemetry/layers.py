@@ -22,6 +22,7 @@ from opentelemetry.trace import (
 
 from sidecar.clock import Clock, SystemClock
 from sidecar.errors import SidecarError, error_response
+from sidecar.grpc import is_grpc
 from sidecar.http import Request, Response
 from sidecar.resilience.classify import error_type_of_exception, error_type_of_status
 from sidecar.stack import Handler
@@ -120,7 +121,12 @@ class ServerTelemetryLayer:
                     error_type = err.code
                     if err.code in REJECTIONS:
                         metrics.rejected(request.upstream or err.upstream, err.code)
-                    response = error_response(err, trace_id=trace_id_hex(span), request_id=rid)
+                    response = error_response(
+                        err,
+                        trace_id=trace_id_hex(span),
+                        request_id=rid,
+                        grpc=request.http_version == "2" and is_grpc(request.headers),
+                    )
             except BaseException as exc:
                 self._failed(span, exc, method, route, start)
                 raise

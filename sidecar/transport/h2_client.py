@@ -254,6 +254,10 @@ class H2ClientConnection(asyncio.Protocol):
     def active_streams(self) -> int:
         return len(self._exchanges)
 
+    def buffered_bytes(self) -> int:
+        """Response bytes received and not yet read by the caller."""
+        return sum(e.body.buffered for e in self._exchanges.values() if e.body is not None)
+
     async def send(self, request: Request, fields: list[tuple[str, str]]) -> Response:
         if self.closed or self._transport is None:
             raise UpstreamReset("connection closed", upstream=self._pool.upstream)
@@ -391,6 +395,9 @@ class H2Pool:
     def open_connections(self) -> int:
         return len(self._conns)
 
+    def buffered_bytes(self) -> int:
+        return sum(c.buffered_bytes() for c in self._conns)
+
     def close(self) -> None:
         for conn in list(self._conns):
             conn.close()
@@ -437,6 +444,9 @@ class H2Client:
 
     def open_connections(self) -> int:
         return sum(p.open_connections for p in self._pools.values())
+
+    def buffered_bytes(self) -> int:
+        return sum(p.buffered_bytes() for p in self._pools.values())
 
     def close(self) -> None:
         for pool in self._pools.values():

@@ -458,6 +458,12 @@ class H2ServerConnection(asyncio.Protocol):
             else:
                 self._arm_idle()
 
+    def buffered_bytes(self) -> int:
+        """Request bytes held unread plus response bytes waiting in the socket buffer."""
+        held = sum(s.body.buffered for s in self._streams.values() if s.body is not None)
+        transport = self._transport
+        return held + (transport.get_write_buffer_size() if transport is not None else 0)
+
     # ------------------------------------------------------------ closing
     @property
     def closing(self) -> bool:

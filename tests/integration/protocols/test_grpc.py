@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
 import pytest
 
 from sidecar.app import Sidecar
+from tests.conftest import free_port
 from tests.doubles.grpc_upstream import channel, method
+from tests.integration.hardening.conftest import eventually
 
 
 def outbound_port(sc: Sidecar) -> int:
@@ -59,3 +62,111 @@ async def test_streaming_kinds(grpc_upstreams, sidecar_factory, direction):
         await call.done_writing()
         assert await call.read() == grpc.aio.EOF
         assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_deadline_propagates_as_remaining_grpc_timeout(grpc_upstreams, sidecar_factory):
+    up = await grpc_upstreams()
+    sc = await greeter_sidecar(sidecar_factory, up.port)
+    async with channel(outbound_port(sc), "greeter") as ch:
+        assert await method(ch, "unary_unary", "Say")(b"x", timeout=2.0) == b"hello x"
+        seen = up.timeouts[-1]
+        assert seen is not None and 0.5 < seen < 2.0
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await method(ch, "unary_unary", "Say")(b"slow", timeout=0.3)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # (gRPC rounds deadlines to its timer granularity: allow a few ms)
+        assert up.timeouts[-1] is not None and up.timeouts[-1] < 0.31
+
+
+async def test_sidecar_errors_are_grpc_statuses(grpc_upstreams, sidecar_factory):
+    up = await grpc_upstreams()
+    sc = await greeter_sidecar(sidecar_factory, up.port)
+    async with channel(outbound_port(sc), "nowhere") as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await method(ch, "unary_unary", "Say")(b"x", timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        md = dict(info.value.trailing_metadata() or ())
+        assert md.get("x-sidecar-error") == "no_route"
+    await up.stop()  # the only endpoint is gone: connect failures
+    async with channel(outbound_port(sc), "greeter") as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await method(ch, "unary_unary", "Say")(b"x", timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        md = dict(info.value.trailing_metadata() or ())
+        assert md.get("x-sidecar-error") == "upstream_connect_failure"
+
+
+async def test_cancelled_call_is_cancelled_upstream(grpc_upstreams, sidecar_factory):
+    up = await grpc_upstreams()
+    sc = await greeter_sidecar(sidecar_factory, up.port)
+    async with channel(outbound_port(sc), "greeter") as ch:
+        call = method(ch, "unary_unary", "Say")(b"slow", timeout=10)
+        await asyncio.wait_for(up.started_slow.wait(), 5)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    await eventually(lambda: up.cancelled == 1)
+
+
+async def test_unavailable_is_retried_then_breaker_opens_fast(grpc_upstreams, sidecar_factory):
+    up = await grpc_upstreams()
+    sc = await greeter_sidecar(
+        sidecar_factory,
+        up.port,
+        upstreams={
+            "greeter": {
+                "retries": {"attempts": 2, "on": ["unavailable"], "backoff_base": "1ms"},
+                "circuit_breaker": {"consecutive_failures": 2, "minimum_requests": 100},
+                "outlier_detection": {"enabled": False},
+            }
+        },
+    )
+    async with channel(outbound_port(sc), "greeter") as ch:
+        say = method(ch, "unary_unary", "Say")
+        up.fail_next = 2
+        assert await say(b"again", timeout=5) == b"hello again"  # two retries hid it
+        assert up.calls == 3
+        # an upstream that stays UNAVAILABLE: retries run out, the caller gets UNAVAILABLE
+        for _ in range(2):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await say(b"unavailable", timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert up.calls == 3 + 2 * 3
+        assert sc.breakers["greeter"].snapshot()["state"] == "open"
+        calls = up.calls
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await say(b"x", timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert dict(info.value.trailing_metadata() or ()).get("x-sidecar-error") == "circuit_open"
+        assert loop.time() - start < 0.5 and up.calls == calls  # answered by the sidecar
+
+
+async def test_two_replicas_one_dead_no_failed_calls(grpc_upstreams, sidecar_factory):
+    up = await grpc_upstreams()
+    dead = free_port()
+    sc = await greeter_sidecar(
+        sidecar_factory, up.port, dead, upstreams={"default": {"load_balancer": "round_robin"}}
+    )
+    async with channel(outbound_port(sc), "greeter") as ch:
+        say = method(ch, "unary_unary", "Say")
+        for i in range(20):
+            assert await say(str(i).encode(), timeout=5) == b"hello " + str(i).encode()
+    assert up.calls == 20
+
+
+async def test_large_streamed_message_with_bounded_memory(grpc_upstreams, sidecar_factory):
+    up = await grpc_upstreams()
+    sc = await greeter_sidecar(sidecar_factory, up.port)
+    peak = 0
+    async with channel(outbound_port(sc), "greeter") as ch:
+        total = 0
+        # 50 MiB as 50 streamed messages of 1 MiB
+        async for msg in method(ch, "unary_stream", "Blob")(b"50:1048576", timeout=60):
+            total += len(msg)
+            held = sum(c.buffered_bytes() for c in sc.h2_connections.connections)
+            peak = max(peak, held + sc.h2_client.buffered_bytes())
+    assert total == 50 * 1024 * 1024
+    # at most about one stream window (1 MiB) is held inside the sidecar, not the 50 MiB
+    assert 0 < peak <= 2 * 1024 * 1024
