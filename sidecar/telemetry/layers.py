@@ -10,6 +10,7 @@ injected as the parent the upstream sees, and the per-attempt client duration wi
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry.context import Context
@@ -26,10 +27,11 @@ from sidecar.grpc import is_grpc
 from sidecar.http import Request, Response
 from sidecar.resilience.classify import error_type_of_exception, error_type_of_status
 from sidecar.stack import Handler
-from sidecar.telemetry import otelfast
+from sidecar.telemetry import otelfast, rpc
 from sidecar.telemetry.access_log import AccessLog
 from sidecar.telemetry.labels import OTHER, RouteMatcher, method_label
 from sidecar.telemetry.metrics import Metrics
+from sidecar.telemetry.rpc import rpc_call
 from sidecar.telemetry.tracing import SpanStarter, Tracing
 
 _MAX_REQUEST_ID = 200
@@ -109,6 +111,9 @@ class ServerTelemetryLayer:
             recording = span.is_recording()
             if recording:
                 self._start_attributes(span, request, route, rid)
+            call = rpc_call(request) if request.http_version == "2" else None
+            if call is not None and recording:
+                rpc.start_attributes(span, call)
             if self._inject:
                 propagator.inject(request.headers, ctx)
 
@@ -148,12 +153,29 @@ class ServerTelemetryLayer:
                 if span_error:
                     span.set_attribute("error.type", span_error)
                     span.set_status(_ERROR)
-            span.end()
+            if call is None:
+                span.end()
+            else:
+                response = rpc.on_completion(
+                    response, self._rpc_done(span, call, start if server_metrics else None)
+                )
             if self._access_log is not None:
                 self._access_log.log(request, status, elapsed, trace_hex, error_type, direction)
             return response
 
         return handle
+
+    def _rpc_done(
+        self, span: Span, call: tuple[str, str], start: float | None
+    ) -> Callable[[int], None]:
+        clock, metrics = self._clock, self._metrics
+
+        def done(code: int) -> None:
+            rpc.finish_span(span, code, server=True)
+            if start is not None:
+                metrics.rpc.observe_server(call, code, clock.monotonic() - start)
+
+        return done
 
     def _start_attributes(self, span: Span, request: Request, route: str, rid: str) -> None:
         attrs: dict[str, Any] = {
@@ -230,6 +252,9 @@ class ClientTelemetryLayer:
             recording = span.is_recording()
             if recording:
                 _client_attributes(span, request, upstream, method, route)
+            call = rpc_call(request) if request.http_version == "2" else None
+            if call is not None and recording:
+                rpc.start_attributes(span, call)
 
             inflight = metrics.inflight_gauge(direction, upstream)
             inflight.inc()
@@ -275,10 +300,24 @@ class ClientTelemetryLayer:
                 if error_type:
                     span.set_attribute("error.type", error_type)
                     span.set_status(_ERROR)
-            span.end()
-            return response
+            if call is None:
+                span.end()
+                return response
+            return rpc.on_completion(
+                response, _rpc_client_done(span, call, upstream, start, metrics, clock)
+            )
 
         return handle
+
+
+def _rpc_client_done(
+    span: Span, call: tuple[str, str], upstream: str, start: float, metrics: Metrics, clock: Clock
+) -> Callable[[int], None]:
+    def done(code: int) -> None:
+        rpc.finish_span(span, code, server=False)
+        metrics.rpc.observe_client(upstream, call, code, clock.monotonic() - start)
+
+    return done
 
 
 def _deadline_attribute(attrs: dict[str, Any], request: Request) -> None:

@@ -25,6 +25,7 @@ from prometheus_client.utils import floatToGoString
 
 from sidecar import __version__
 from sidecar.telemetry.labels import BoundedValues, RouteMatcher, status_label
+from sidecar.telemetry.rpc import RpcMetrics
 
 # OTel's advised boundaries for http.*.request.duration (DESIGN §7).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -230,6 +231,7 @@ class Metrics:
             registry=r,
         )
         self.build_info.labels(version).set(1)
+        self.rpc = RpcMetrics(r, service)
 
         self._server_children: dict[tuple[str, str, int, str], HistogramCell] = {}
         self._client_children: dict[tuple[str, str, int, str], HistogramCell] = {}
