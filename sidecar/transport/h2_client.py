@@ -37,6 +37,7 @@ from sidecar.transport.h2_common import (
     DEFAULT_WINDOW,
     STREAM_WINDOW,
     WindowWaiters,
+    new_connection,
     send_data,
 )
 
@@ -50,12 +51,23 @@ class NotHttp2(UpstreamReset):
     part of a streamed body may be gone, so only a replayable one may be sent again)."""
 
 
-class _Exchange:
-    __slots__ = ("body", "replayable", "response", "writer")
+class StreamRefused(UpstreamConnectFailure):
+    """The upstream did not process the stream (REFUSED_STREAM, or above a GOAWAY's last
+    stream id) and its body can be sent again."""
 
-    def __init__(self, response: asyncio.Future[Response], replayable: bool) -> None:
+
+# Refused streams re-sent on another connection before the failure reaches the layers: an
+# upstream's routine GOAWAY (nginx: every 1000 requests) must not look like an outage to the
+# retry budget and outlier detection.
+MAX_REFUSED_RESENDS = 2
+
+
+class _Exchange:
+    __slots__ = ("body", "request_body", "response", "writer")
+
+    def __init__(self, response: asyncio.Future[Response], request_body: Body) -> None:
         self.response = response
-        self.replayable = replayable
+        self.request_body = request_body
         self.body: H2Body | None = None
         self.writer: asyncio.Task[None] | None = None
 
@@ -72,10 +84,7 @@ class H2ClientConnection(asyncio.Protocol):
         self.going_away = False
         self.speaks_h2 = False
         self.idle_since = time.monotonic()
-        config = h2.config.H2Configuration(
-            client_side=True, header_encoding=None, validate_inbound_headers=True
-        )
-        self._conn = h2.connection.H2Connection(config=config)
+        self._conn = new_connection(client_side=True)
 
     # ---------------------------------------------------------- protocol events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -184,8 +193,8 @@ class H2ClientConnection(asyncio.Protocol):
         """RFC 9113 §8.7: the upstream did not process the stream. Like a connect failure it
         is safe to send elsewhere, if what the body writer already took can be sent again."""
         ex = self._exchanges.get(sid)
-        if ex is not None and ex.replayable:
-            return UpstreamConnectFailure(reason, upstream=self._pool.upstream)
+        if ex is not None and ex.request_body.replayable:
+            return StreamRefused(reason, upstream=self._pool.upstream)
         return UpstreamReset(reason, upstream=self._pool.upstream)
 
     def _on_response(self, event: h2.events.ResponseReceived) -> None:
@@ -273,7 +282,7 @@ class H2ClientConnection(asyncio.Protocol):
             ) from None
         self._flush()
         fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        ex = _Exchange(fut, body.replayable)
+        ex = _Exchange(fut, body)
         self._exchanges[sid] = ex
         if not empty:
             ex.writer = asyncio.get_running_loop().create_task(self._write_body(sid, body))
@@ -430,13 +439,19 @@ class H2Client:
         assert endpoint is not None, "the balance layer sets request.endpoint"
         pool = self.pool(request.upstream, endpoint, connect_timeout)
         fields = request_fields(request)
-        conn = await pool.connection()
-        try:
-            return await conn.send(request, fields)
-        except NotHttp2:
-            if fallback:
-                self._http1_only.add(endpoint)
-            raise
+        resends = 0
+        while True:
+            conn = await pool.connection()
+            try:
+                return await conn.send(request, fields)
+            except NotHttp2:
+                if fallback:
+                    self._http1_only.add(endpoint)
+                raise
+            except StreamRefused:
+                resends += 1
+                if resends > MAX_REFUSED_RESENDS:
+                    raise
 
     def retain(self, upstream: str, endpoints: set[Endpoint]) -> None:
         for key in [k for k in self._pools if k[0] == upstream and k[1] not in endpoints]:

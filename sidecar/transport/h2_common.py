@@ -7,7 +7,9 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 
+import h2.config
 import h2.connection
+import h2.events
 
 from sidecar.transport.flow import WriteFlow
 
@@ -111,3 +113,32 @@ class ResetRate:
         while times and times[0] <= now - self._window:
             times.popleft()
         return len(times) > self._limit
+
+
+_OPEN = frozenset(
+    {h2.connection.ConnectionState.CLIENT_OPEN, h2.connection.ConnectionState.SERVER_OPEN}
+)
+
+
+class _GoawayTolerant(h2.connection.H2ConnectionStateMachine):
+    """h2 closes its connection state machine on a received GOAWAY and then refuses the frames
+    of the streams the peer still finishes (RFC 9113 §6.8: streams up to last_stream_id
+    complete; nginx, for one, sends GOAWAY after 1000 requests with others in flight). Stay
+    open instead; we stop opening streams on such a connection ourselves. The one reach into
+    h2's internals; tests/unit/transport/test_h2_common.py pins it."""
+
+    def process_input(self, input_: h2.connection.ConnectionInputs) -> list[h2.events.Event]:
+        if input_ is h2.connection.ConnectionInputs.RECV_GOAWAY and self.state in _OPEN:
+            return []
+        return super().process_input(input_)
+
+
+def new_connection(client_side: bool) -> h2.connection.H2Connection:
+    """An h2 connection as both our sides use it: bytes headers, inbound validation, and
+    in-flight streams surviving the peer's GOAWAY."""
+    config = h2.config.H2Configuration(
+        client_side=client_side, header_encoding=None, validate_inbound_headers=True
+    )
+    conn = h2.connection.H2Connection(config=config)
+    conn.state_machine = _GoawayTolerant()
+    return conn

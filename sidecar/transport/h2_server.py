@@ -41,6 +41,7 @@ from sidecar.transport.h2_common import (
     STREAM_WINDOW,
     ResetRate,
     WindowWaiters,
+    new_connection,
     send_data,
 )
 
@@ -99,10 +100,11 @@ class H2Connections:
 
 
 class _Stream:
-    __slots__ = ("body", "id", "reset", "task")
+    __slots__ = ("body", "id", "received", "reset", "task")
 
     def __init__(self, stream_id: int) -> None:
         self.id = stream_id
+        self.received = 0
         self.body: H2Body | None = None
         self.task: asyncio.Task[None] | None = None
         self.reset = False
@@ -132,10 +134,7 @@ class H2ServerConnection(asyncio.Protocol):
         self._goaway_sent = False
         self._last_stream = 0
         self._idle: asyncio.TimerHandle | None = None
-        config = h2.config.H2Configuration(
-            client_side=False, header_encoding=None, validate_inbound_headers=True
-        )
-        self._conn = h2.connection.H2Connection(config=config)
+        self._conn = new_connection(client_side=False)
 
     # ------------------------------------------------------------ connection events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -326,7 +325,9 @@ class H2ServerConnection(asyncio.Protocol):
                     self._conn.acknowledge_received_data(flow_len, sid)
             return
         max_body = self._limits.max_body_bytes
-        if max_body is not None and body.buffered + len(data) > max_body:
+        assert stream is not None
+        stream.received += len(data)
+        if max_body is not None and stream.received > max_body:
             body.set_error(PayloadTooLarge(f"request body larger than {max_body} bytes"))
         body.feed(data, flow_len)
 
@@ -366,6 +367,11 @@ class H2ServerConnection(asyncio.Protocol):
             await self._write(stream, request, response)
         except (asyncio.CancelledError, ConnectionResetError):
             pass
+        except Exception:
+            # e.g. h2 refusing a header an HTTP/1.1 upstream sent: this stream fails, the
+            # connection and its other streams carry on.
+            log.exception("HTTP/2 stream %d failed", stream.id)
+            self._reset(stream.id, h2.errors.ErrorCodes.INTERNAL_ERROR)
         finally:
             self._registry.requests.request_finished()
             self._stream_done(stream)

@@ -77,3 +77,31 @@ async def test_body_read_waits_for_data_and_raises_errors() -> None:
     body.set_error(ConnectionResetError("gone"))
     with pytest.raises(ConnectionResetError):
         await body.read()
+
+
+def test_streams_in_flight_survive_the_peers_goaway() -> None:
+    """Contract test for the one reach into h2's internals (h2_common._GoawayTolerant)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+    from hyperframe.frame import GoAwayFrame
+
+    from sidecar.transport.h2_common import new_connection
+
+    client = new_connection(client_side=True)
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    client.initiate_connection()
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    client.send_headers(
+        1, [(":method", "GET"), (":scheme", "http"), (":authority", "a"), (":path", "/")], True
+    )
+    server.receive_data(client.data_to_send())
+    # GOAWAY (stream 1 will still be answered), then the answer, in one read
+    goaway = GoAwayFrame(stream_id=0, last_stream_id=1, error_code=0).serialize()
+    server.send_headers(1, [(":status", "200")], end_stream=True)
+    events = client.receive_data(goaway + server.data_to_send())
+    kinds = [type(e) for e in events]
+    assert h2.events.ConnectionTerminated in kinds
+    assert h2.events.ResponseReceived in kinds and h2.events.StreamEnded in kinds
