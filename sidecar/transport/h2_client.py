@@ -80,6 +80,7 @@ class H2ClientConnection(asyncio.Protocol):
         self._waiters = WindowWaiters()
         self._exchanges: dict[int, _Exchange] = {}
         self._first = b""
+        self._flush_pending = False
         self.closed = False
         self.going_away = False
         self.speaks_h2 = False
@@ -129,7 +130,7 @@ class H2ClientConnection(asyncio.Protocol):
             events = self._conn.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
             log.debug("HTTP/2 protocol error from %s: %s", self._pool.endpoint, exc)
-            self._flush()
+            self._flush_now()
             self.close()
             return
         for event in events:
@@ -333,12 +334,21 @@ class H2ClientConnection(asyncio.Protocol):
 
     def close(self) -> None:
         if not self.closed:
+            self._flush_now()
             self.closed = True
             self._pool.forget(self)
             if self._transport is not None:
                 self._transport.close()
 
     def _flush(self) -> None:
+        """Write what h2 has queued, once per event-loop turn: frames of many streams (and
+        the HEADERS, DATA and END_STREAM of one) share one write syscall."""
+        if not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_pending = False
         data = self._conn.data_to_send()
         if data and self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)

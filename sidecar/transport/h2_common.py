@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import h2.config
 import h2.connection
 import h2.events
+import hpack
 
 from sidecar.transport.flow import WriteFlow
 
@@ -133,12 +135,22 @@ class _GoawayTolerant(h2.connection.H2ConnectionStateMachine):
         return super().process_input(input_)
 
 
+class _PlainEncoder(hpack.Encoder):
+    """HPACK without Huffman coding: in pure Python, Huffman-coding a header block costs
+    three times the rest of the encoding (63 vs 19 µs for a typical response head) to save
+    about a quarter of its bytes, which a sidecar's loopback hop does not need."""
+
+    def encode(self, headers: Any, huffman: bool = False) -> bytes:
+        return super().encode(headers, huffman=False)
+
+
 def new_connection(client_side: bool) -> h2.connection.H2Connection:
-    """An h2 connection as both our sides use it: bytes headers, inbound validation, and
-    in-flight streams surviving the peer's GOAWAY."""
+    """An h2 connection as both our sides use it: bytes headers, inbound validation, HPACK
+    without Huffman, and in-flight streams surviving the peer's GOAWAY."""
     config = h2.config.H2Configuration(
         client_side=client_side, header_encoding=None, validate_inbound_headers=True
     )
     conn = h2.connection.H2Connection(config=config)
     conn.state_machine = _GoawayTolerant()
+    conn.encoder = _PlainEncoder()
     return conn

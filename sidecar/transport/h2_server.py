@@ -131,6 +131,7 @@ class H2ServerConnection(asyncio.Protocol):
         self._streams: dict[int, _Stream] = {}
         self._resets = ResetRate(self._limits.reset_limit(), RESET_WINDOW, time.monotonic)
         self._closing = False
+        self._flush_pending = False
         self._goaway_sent = False
         self._last_stream = 0
         self._idle: asyncio.TimerHandle | None = None
@@ -483,7 +484,7 @@ class H2ServerConnection(asyncio.Protocol):
         if self._goaway_sent or self._closing or self._transport is None:
             return
         self._goaway_sent = True
-        self._flush()
+        self._flush_now()
         frame = GoAwayFrame(stream_id=0, last_stream_id=self._last_stream, error_code=0)
         self._transport.write(frame.serialize())
         if not self._streams:
@@ -493,7 +494,7 @@ class H2ServerConnection(asyncio.Protocol):
         """Close after a fatal error with the GOAWAY saying why. Closing a socket with unread
         input sends a TCP reset that can destroy that GOAWAY, so the rest of what the peer
         sends is read and dropped for a moment (a lingering close)."""
-        self._flush()
+        self._flush_now()
         self._closing = True
         self._cancel_idle()
         err = ConnectionResetError("HTTP/2 connection closed after a protocol error")
@@ -507,12 +508,21 @@ class H2ServerConnection(asyncio.Protocol):
         self._loop.call_later(LINGER, transport.close)
 
     def close(self) -> None:
+        self._flush_now()
         self._closing = True
         self._cancel_idle()
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
 
     def _flush(self) -> None:
+        """Write what h2 has queued, once per event-loop turn: frames of many streams (and
+        the HEADERS, DATA and END_STREAM of one) share one write syscall."""
+        if not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_pending = False
         data = self._conn.data_to_send()
         if data and self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
