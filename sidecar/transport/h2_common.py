@@ -154,3 +154,14 @@ def new_connection(client_side: bool) -> h2.connection.H2Connection:
     conn.state_machine = _GoawayTolerant()
     conn.encoder = _PlainEncoder()
     return conn
+
+
+def oversized_frame_pending(conn: h2.connection.H2Connection) -> bool:
+    """Whether the peer has announced a frame larger than we allow. h2 checks a frame's
+    length only once the whole frame has arrived, so a peer announcing 16 MiB would make us
+    buffer 16 MiB first; looking at the pending frame header bounds it at our frame size.
+    (h2 internals again: the frame buffer; pinned by tests/unit/transport/test_h2_common.py.)"""
+    pending = conn.incoming_buffer._data
+    if len(pending) < 9:
+        return False
+    return int.from_bytes(pending[:3], "big") > conn.max_inbound_frame_size

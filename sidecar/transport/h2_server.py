@@ -42,6 +42,7 @@ from sidecar.transport.h2_common import (
     ResetRate,
     WindowWaiters,
     new_connection,
+    oversized_frame_pending,
     send_data,
 )
 
@@ -192,6 +193,10 @@ class H2ServerConnection(asyncio.Protocol):
             # h2 has queued a GOAWAY with the right code (PROTOCOL_ERROR, FRAME_SIZE_ERROR,
             # ENHANCE_YOUR_CALM for too many CONTINUATION frames...).
             log.debug("HTTP/2 protocol error from %s: %s", self._peer, exc)
+            self._linger_close()
+            return
+        if oversized_frame_pending(self._conn):
+            self._conn.close_connection(h2.errors.ErrorCodes.FRAME_SIZE_ERROR)
             self._linger_close()
             return
         for event in events:

@@ -183,3 +183,21 @@ def frames(buf: bytes) -> list[Frame]:
         out.append(frame)
         buf = buf[9 + length :]
     return out
+
+
+async def test_preface_then_garbage_is_a_protocol_error_never_forwarded(upstreams, sidecar_factory):
+    sc, port = await start(upstreams, sidecar_factory)
+    up = sc  # nothing may reach the upstream: no request may even start
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nGET / HTTP/1.1\r\nHost: user-service\r\n\r\n")
+    await w.drain()
+    buf = b""
+    async with asyncio.timeout(5):
+        while data := await r.read(65536):
+            buf += data
+    goaways = [f for f in frames(buf) if isinstance(f, GoAwayFrame)]
+    # "GET" read as a frame length is 4.6 MB: refused from the 9-byte header, not buffered
+    assert goaways and goaways[0].error_code == h2.errors.ErrorCodes.FRAME_SIZE_ERROR
+    assert up.state.started_requests == 0
+    w.close()
+    await still_serving(port)

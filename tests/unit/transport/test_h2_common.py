@@ -105,3 +105,17 @@ def test_streams_in_flight_survive_the_peers_goaway() -> None:
     kinds = [type(e) for e in events]
     assert h2.events.ConnectionTerminated in kinds
     assert h2.events.ResponseReceived in kinds and h2.events.StreamEnded in kinds
+
+
+def test_an_oversized_frame_is_seen_from_its_header() -> None:
+    """Contract test for h2_common.oversized_frame_pending (h2's frame buffer)."""
+    from sidecar.transport.detect import H2_PREFACE
+    from sidecar.transport.h2_common import new_connection, oversized_frame_pending
+
+    conn = new_connection(client_side=False)
+    conn.initiate_connection()
+    conn.receive_data(H2_PREFACE + b"GET")
+    assert not oversized_frame_pending(conn)
+    # a 4.6 MB "frame" (an HTTP/1.1 request after the preface): refused after 9 bytes
+    assert conn.receive_data(b" / HTTP/1.1\r\n") == []
+    assert oversized_frame_pending(conn)
