@@ -49,6 +49,8 @@ from sidecar.telemetry.layers import ClientTelemetryLayer, ServerTelemetryLayer
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.tracing import build_tracing
 from sidecar.transport.client import UpstreamClient
+from sidecar.transport.h2_client import H2Client
+from sidecar.transport.h2_server import H2Connections, H2Handover, H2Limits, h2_handover
 from sidecar.transport.server import ServerConnection, ServerLimits, ServerState
 from sidecar.transport.tls import TlsOrigination, build_tls, default_tls
 from sidecar.transport.tunnel import TunnelRegistry, refused_upgrade
@@ -139,10 +141,26 @@ class Sidecar:
             upgrades_for=self._upgrades_for,
             connect=self.egress.connect if self.egress is not None else None,
         )
+        self.h2_connections = H2Connections(
+            H2Limits(
+                max_concurrent_streams=limits.h2_max_concurrent_streams,
+                max_header_bytes=limits.max_header_bytes,
+                max_body_bytes=limits.max_body_bytes,
+            ),
+            self.state,
+        )
+        self.h2_client = H2Client()
         self.outbound: Handler = compose([self._server_telemetry("outbound")], terminal=self.router)
         default = config.policy(config.service.name)
         t = default.timeouts
-        self._local = Forwarder(self.client, t.connect, t.idle, t.stream_idle)
+        self._local = Forwarder(
+            self.client,
+            t.connect,
+            t.idle,
+            t.stream_idle,
+            h2=self.h2_client,
+            protocol=default.protocol,
+        )
         self._local_endpoint = Endpoint(config.service.address, config.service.port)
         self.inbound: Handler = compose(
             [
@@ -219,6 +237,8 @@ class Sidecar:
             p.timeouts.stream_idle,
             tls=self._tls_for(name),
             dialer=egress,
+            h2=self.h2_client,
+            protocol=p.protocol,
         )
         terminal = forwarder.forward if egress is None else EgressForwarder(forwarder).forward
         balancer = make_balancer(p.load_balancer, clock)
@@ -386,9 +406,12 @@ class Sidecar:
             for lst in self._listeners:
                 host, port = split_host_port(lst.address)
                 handler, direction = lst.handler, lst.direction
+                h2 = h2_handover(handler, self.h2_connections, direction, prepare_request)
 
-                def factory(h: Handler = handler, d: str = direction) -> ServerConnection:
-                    return ServerConnection(h, self.state, d, prepare_request)
+                def factory(
+                    h: Handler = handler, d: str = direction, h2: H2Handover = h2
+                ) -> ServerConnection:
+                    return ServerConnection(h, self.state, d, prepare_request, h2)
 
                 lst.server = await self._bind(loop, factory, host, port, lst)
             host, port = split_host_port(self.config.listeners.admin)
@@ -478,6 +501,7 @@ class Sidecar:
             if lst.server is not None:
                 lst.server.close()
         self.state.start_drain()
+        self.h2_connections.start_drain()
         ok = await self.state.wait_idle(max(0.0, deadline - loop.time()))
         if not ok:
             log.warning("drain timeout: %d requests still in flight", self.state.active_requests)
@@ -494,6 +518,8 @@ class Sidecar:
         await self.discovery.close()
         await self.admin.stop()
         self.client.close()
+        self.h2_connections.close()
+        self.h2_client.close()
         # Flushing spans and the access log blocks on I/O: keep it off the event loop.
         await asyncio.to_thread(self.tracing.shutdown)
         if self.access_log is not None:

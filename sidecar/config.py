@@ -253,6 +253,14 @@ class TimeoutsConfig(StrictModel):
 
 
 RETRY_CONDITIONS = ("connect_failure", "reset", "timeout", "5xx")
+# gRPC status names `retries.on` accepts (retried only from a Trailers-Only reply).
+GRPC_RETRY_CONDITIONS = (
+    "cancelled",
+    "deadline_exceeded",
+    "internal",
+    "resource_exhausted",
+    "unavailable",
+)
 
 
 class RetriesConfig(StrictModel):
@@ -273,10 +281,10 @@ class RetriesConfig(StrictModel):
             if isinstance(c, int):
                 if not 500 <= c <= 599:
                     raise ValueError(f"retry status {c} must be a 5xx (4xx are never retried)")
-            elif c not in RETRY_CONDITIONS:
+            elif c not in RETRY_CONDITIONS and c not in GRPC_RETRY_CONDITIONS:
                 raise ValueError(
                     f"unknown retry condition {c!r}: expected one of "
-                    f"{', '.join(RETRY_CONDITIONS)} or a 5xx status"
+                    f"{', '.join(RETRY_CONDITIONS + GRPC_RETRY_CONDITIONS)} or a 5xx status"
                 )
             out.append(c)
         return out
@@ -421,6 +429,8 @@ class UpstreamConfig(StrictModel):
             out.append(name)
         return out
     health_check: HealthCheckConfig | None = None
+    # http1 | h2c | auto: auto speaks h2c to the upstream for gRPC requests and HTTP/2 callers.
+    protocol: Literal["http1", "h2c", "auto"] = "auto"
 
 
 PROPAGATORS = ("tracecontext", "baggage", "b3", "b3multi", "jaeger")
@@ -486,6 +496,7 @@ class LimitsConfig(StrictModel):
     header_read_timeout: Duration = 10.0
     drain_timeout: Duration = 15.0
     retry_buffer_bytes: Size = 65536
+    h2_max_concurrent_streams: int = Field(default=100, ge=1, le=2**31 - 1)
 
 
 _LABEL = r"[a-z0-9]([a-z0-9-]*[a-z0-9])?"

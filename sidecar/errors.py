@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 
+from sidecar.grpc import encode_message, status_for_error
 from sidecar.http import BytesBody, Headers, Response
 
 
@@ -82,7 +83,11 @@ class DeadlineExceeded(SidecarError):
     status = 504
 
 
-def error_response(err: SidecarError, *, trace_id: str = "", request_id: str = "") -> Response:
+def error_response(
+    err: SidecarError, *, trace_id: str = "", request_id: str = "", grpc: bool = False
+) -> Response:
+    if grpc:
+        return grpc_error_response(err, request_id=request_id)
     body = json.dumps(
         {
             "error": err.code,
@@ -104,3 +109,21 @@ def error_response(err: SidecarError, *, trace_id: str = "", request_id: str = "
     if err.retry_after is not None:
         headers.add("retry-after", str(max(1, math.ceil(err.retry_after))))
     return Response(status=err.status, headers=headers, body=BytesBody(body), error_code=err.code)
+
+
+def grpc_error_response(err: SidecarError, *, request_id: str = "") -> Response:
+    """DESIGN §6 on a gRPC request: HTTP 200, Trailers-Only with `grpc-status` and
+    `grpc-message`, so a gRPC client sees a status rather than a protocol error."""
+    headers = Headers.from_lower(
+        [
+            ("content-type", "application/grpc"),
+            ("grpc-status", str(int(status_for_error(err.code)))),
+            ("grpc-message", encode_message(err.message)),
+            ("x-sidecar-error", err.code),
+        ]
+    )
+    if request_id:
+        headers.add("x-request-id", request_id)
+    if err.retry_after is not None:
+        headers.add("retry-after", str(max(1, math.ceil(err.retry_after))))
+    return Response(status=200, headers=headers, body=BytesBody(b""), error_code=err.code)

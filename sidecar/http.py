@@ -176,3 +176,10 @@ class Response:
     body: Body = EMPTY_BODY
     reason: str = ""
     error_code: str = ""  # the error code when the sidecar produced this reply itself
+
+
+def body_trailers(body: Body) -> Headers | None:
+    """The trailer fields that ended `body`, once it was read to the end (HTTP/2 bodies carry
+    them, e.g. gRPC's `grpc-status`); None for bodies without trailers."""
+    trailers = getattr(body, "trailers", None)
+    return trailers if isinstance(trailers, Headers) else None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from sidecar.errors import UpstreamReset
+from sidecar.errors import UpstreamConnectFailure, UpstreamReset
+from sidecar.grpc import is_grpc
 from sidecar.http import Request, Response
 from sidecar.transport.client import Dialer, EndpointPool, UpstreamClient
+from sidecar.transport.h2_client import H2Client, NotHttp2
 from sidecar.transport.tls import TlsOrigination
 from sidecar.transport.tunnel import Tunnel
 
@@ -21,6 +23,8 @@ class Forwarder:
         stream_idle_timeout: float = 3600.0,
         tls: TlsOrigination | None = None,
         dialer: Dialer | None = None,
+        h2: H2Client | None = None,
+        protocol: str = "http1",
     ) -> None:
         self._client = client
         self.tls = tls
@@ -28,10 +32,28 @@ class Forwarder:
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.stream_idle_timeout = stream_idle_timeout
+        # upstreams.<name>.protocol: h2c always, auto for callers that came over HTTP/2.
+        self._h2 = h2 if protocol != "http1" else None
+        self._h2_always = protocol == "h2c"
 
     async def forward(self, request: Request) -> Response:
         endpoint = request.endpoint
         assert endpoint is not None, "the balance layer sets request.endpoint"
+        h2 = self._h2
+        if h2 is not None and (self._h2_always or request.http_version == "2"):
+            if self._h2_always or h2.speaks_h2(endpoint):
+                try:
+                    return await h2.send(
+                        request, self.connect_timeout, fallback=not self._h2_always
+                    )
+                except NotHttp2:
+                    if self._h2_always or is_grpc(request.headers) or not request.body.replayable:
+                        raise
+            elif is_grpc(request.headers):
+                raise UpstreamConnectFailure(
+                    f"{endpoint} speaks only HTTP/1.x; gRPC needs HTTP/2",
+                    upstream=request.upstream,
+                )
         pool = self._client.pool(
             request.upstream,
             endpoint,

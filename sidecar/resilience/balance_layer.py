@@ -18,7 +18,7 @@ from sidecar.clock import Clock
 from sidecar.errors import NoHealthyEndpoints, SidecarError
 from sidecar.events import NullObserver, Observer
 from sidecar.http import Request, Response
-from sidecar.resilience.classify import Outcome, classify_error, classify_response
+from sidecar.resilience.classify import Outcome, classify_error, classify_reply
 from sidecar.resilience.outlier import OutlierDetector
 from sidecar.stack import Handler
 
@@ -87,7 +87,7 @@ class BalanceLayer:
             try:
                 response = await inner(request)
                 status = response.status
-                outcome = classify_response(status)
+                outcome = classify_reply(response)
                 return response
             except SidecarError as exc:
                 outcome = classify_error(exc)

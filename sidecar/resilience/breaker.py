@@ -25,7 +25,7 @@ from sidecar.config import CircuitBreakerConfig
 from sidecar.errors import CircuitOpen, SidecarError
 from sidecar.events import NullObserver, Observer
 from sidecar.http import Request, Response
-from sidecar.resilience.classify import Outcome, classify_error, classify_response
+from sidecar.resilience.classify import Outcome, classify_error, classify_reply
 from sidecar.resilience.log_limit import LogLimiter
 from sidecar.resilience.window import BucketedCounter
 from sidecar.stack import Handler
@@ -232,7 +232,7 @@ class CircuitBreakerLayer:
             except BaseException:
                 breaker.release(ticket)
                 raise
-            breaker.record(ticket, classify_response(response.status))
+            breaker.record(ticket, classify_reply(response))
             return response
 
         return circuit_breaker

@@ -16,6 +16,9 @@ from sidecar.errors import (
     UpstreamReset,
     UpstreamTimeout,
 )
+from sidecar.grpc import http_equivalent as grpc_http_equivalent
+from sidecar.grpc import status_of as grpc_status_of
+from sidecar.http import Response
 
 
 class Outcome(enum.Enum):
@@ -41,6 +44,18 @@ _FAILURES = frozenset(
 
 def classify_response(status: int) -> Outcome:
     return Outcome.STATUS_5XX if 500 <= status <= 599 else Outcome.SUCCESS
+
+
+def classify_reply(response: Response) -> Outcome:
+    """`classify_response`, except that a gRPC Trailers-Only failure (HTTP 200 with no body
+    and a `grpc-status` in the headers) counts as the HTTP status it stands for: UNAVAILABLE
+    as a 503, INTERNAL as a 500, a caller's error (INVALID_ARGUMENT...) as a 4xx."""
+    status = response.status
+    if status == 200 and response.body.length == 0:
+        code = grpc_status_of(response.headers)
+        if code is not None:
+            status = grpc_http_equivalent(code)
+    return classify_response(status)
 
 
 def classify_error(exc: BaseException) -> Outcome:

@@ -12,6 +12,7 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable
 
+from sidecar import grpc
 from sidecar.clock import Clock
 from sidecar.config import RetriesConfig
 from sidecar.errors import SidecarError, UpstreamTimeout
@@ -21,6 +22,7 @@ from sidecar.resilience.budget import RetryBudget
 from sidecar.resilience.classify import Outcome, classify_error
 from sidecar.resilience.deadline import stamp_remaining
 from sidecar.resilience.expiry import Expiry, LoopRef
+from sidecar.resilience.grpc_replay import RecordingBody
 from sidecar.resilience.replay import buffer_for_replay, discard_body
 from sidecar.stack import Handler
 
@@ -33,7 +35,7 @@ Sleep = Callable[[float], Awaitable[None]]
 class RetryPolicy:
     """Which failures the config says to retry; built once from `RetriesConfig`."""
 
-    __slots__ = ("connect_failure", "reset", "statuses", "timeout")
+    __slots__ = ("connect_failure", "grpc_codes", "reset", "statuses", "timeout")
 
     def __init__(self, on: list[str | int]) -> None:
         self.connect_failure = "connect_failure" in on
@@ -42,6 +44,9 @@ class RetryPolicy:
         any_5xx = "5xx" in on
         self.statuses = frozenset(range(500, 600)) if any_5xx else frozenset(
             c for c in on if isinstance(c, int)
+        )
+        self.grpc_codes = frozenset(
+            int(grpc.RETRY_NAMES[c]) for c in on if isinstance(c, str) and c in grpc.RETRY_NAMES
         )
 
     def wants_body(self) -> bool:
@@ -62,6 +67,14 @@ class RetryPolicy:
 
     def reason_for_status(self, status: int, replay_safe: bool) -> str | None:
         return str(status) if replay_safe and status in self.statuses else None
+
+    def reason_for_grpc(self, response: Response, replayable: bool) -> str | None:
+        """A gRPC failure is retried only from a Trailers-Only reply: no response message
+        has reached the caller yet (gRFC A6)."""
+        code = grpc.trailers_only_status(response) if replayable else None
+        if code is None or code not in self.grpc_codes:
+            return None
+        return grpc.GrpcStatus(code).name.lower()
 
 
 def backoff_delay(retry: int, base: float, cap: float, rng: random.Random) -> float:
@@ -123,6 +136,7 @@ class RetryLayer:
         per_try, max_retries, upstream = self._per_try, self._max_retries, self._upstream
         base, cap, sleep, rng = self._backoff_base, self._backoff_max, self._sleep, self._rng
         buffer_bytes = self._buffer_bytes
+        grpc_retries = bool(policy.grpc_codes)
         loop = LoopRef()
 
         async def attempt(request: Request) -> Response:
@@ -159,6 +173,11 @@ class RetryLayer:
         async def retry(request: Request) -> Response:
             budget.deposit()
             idempotent = request.method in IDEMPOTENT_METHODS
+            grpc_call = grpc_retries and request.http_version == "2" and grpc.is_grpc(
+                request.headers
+            )
+            if grpc_call:
+                request.body = RecordingBody(request.body, buffer_bytes)
             if idempotent and policy.wants_body() and not request.body.replayable:
                 request.body = await buffer_for_replay(request.body, buffer_bytes)
             retries = 0
@@ -173,6 +192,8 @@ class RetryLayer:
                         raise
                 else:
                     reason = policy.reason_for_status(response.status, replay_safe)
+                    if reason is None and grpc_call:
+                        reason = policy.reason_for_grpc(response, request.body.replayable)
                     delay = None if reason is None else _decide(request, retries + 1, reason)
                     if reason is None or delay is None:
                         return response

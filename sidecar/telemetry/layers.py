@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry.context import Context
@@ -23,13 +24,15 @@ from opentelemetry.trace import (
 
 from sidecar.clock import Clock, SystemClock
 from sidecar.errors import SidecarError, error_response
+from sidecar.grpc import is_grpc
 from sidecar.http import Request, Response
 from sidecar.resilience.classify import error_type_of_exception, error_type_of_status
 from sidecar.stack import Handler
-from sidecar.telemetry import otelfast
+from sidecar.telemetry import otelfast, rpc
 from sidecar.telemetry.access_log import AccessLog
 from sidecar.telemetry.labels import OTHER, RouteMatcher, method_label
 from sidecar.telemetry.metrics import Metrics
+from sidecar.telemetry.rpc import rpc_call
 from sidecar.telemetry.tracing import SpanStarter, Tracing
 
 _MAX_REQUEST_ID = 200
@@ -109,6 +112,9 @@ class ServerTelemetryLayer:
             recording = span.is_recording()
             if recording:
                 self._start_attributes(span, request, route, rid)
+            call = rpc_call(request) if request.http_version == "2" else None
+            if call is not None and recording:
+                rpc.start_attributes(span, call)
             if self._inject:
                 propagator.inject(request.headers, ctx)
 
@@ -121,7 +127,12 @@ class ServerTelemetryLayer:
                     error_type = err.code
                     if err.code in REJECTIONS:
                         metrics.rejected(request.upstream or err.upstream, err.code)
-                    response = error_response(err, trace_id=trace_id_hex(span), request_id=rid)
+                    response = error_response(
+                        err,
+                        trace_id=trace_id_hex(span),
+                        request_id=rid,
+                        grpc=request.http_version == "2" and is_grpc(request.headers),
+                    )
             except BaseException as exc:
                 self._failed(span, exc, method, route, start)
                 raise
@@ -143,7 +154,11 @@ class ServerTelemetryLayer:
                 if span_error:
                     span.set_attribute("error.type", span_error)
                     span.set_status(_ERROR)
-            if request.upgrade and recording:
+            if call is not None:
+                response = rpc.on_completion(
+                    response, self._rpc_done(span, call, start if server_metrics else None)
+                )
+            elif request.upgrade and recording:
                 _end_after_tunnel(span, response.body)
             else:
                 span.end()
@@ -152,6 +167,18 @@ class ServerTelemetryLayer:
             return response
 
         return handle
+
+    def _rpc_done(
+        self, span: Span, call: tuple[str, str], start: float | None
+    ) -> Callable[[int], None]:
+        clock, metrics = self._clock, self._metrics
+
+        def done(code: int) -> None:
+            rpc.finish_span(span, code, server=True)
+            if start is not None:
+                metrics.rpc.observe_server(call, code, clock.monotonic() - start)
+
+        return done
 
     def _start_attributes(self, span: Span, request: Request, route: str, rid: str) -> None:
         attrs: dict[str, Any] = {
@@ -228,6 +255,9 @@ class ClientTelemetryLayer:
             recording = span.is_recording()
             if recording:
                 _client_attributes(span, request, upstream, method, route)
+            call = rpc_call(request) if request.http_version == "2" else None
+            if call is not None and recording:
+                rpc.start_attributes(span, call)
 
             inflight = metrics.inflight_gauge(direction, upstream)
             inflight.inc()
@@ -273,8 +303,12 @@ class ClientTelemetryLayer:
                 if error_type:
                     span.set_attribute("error.type", error_type)
                     span.set_status(_ERROR)
-            span.end()
-            return response
+            if call is None:
+                span.end()
+                return response
+            return rpc.on_completion(
+                response, _rpc_client_done(span, call, upstream, start, metrics, clock)
+            )
 
         return handle
 
@@ -300,6 +334,16 @@ def _end_after_tunnel(span: Span, body: object) -> None:
         span.end(end_time=handshake_end)
 
     on_close(closed)
+
+
+def _rpc_client_done(
+    span: Span, call: tuple[str, str], upstream: str, start: float, metrics: Metrics, clock: Clock
+) -> Callable[[int], None]:
+    def done(code: int) -> None:
+        rpc.finish_span(span, code, server=False)
+        metrics.rpc.observe_client(upstream, call, code, clock.monotonic() - start)
+
+    return done
 
 
 def _deadline_attribute(attrs: dict[str, Any], request: Request) -> None:

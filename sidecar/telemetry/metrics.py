@@ -26,6 +26,7 @@ from prometheus_client.utils import floatToGoString
 
 from sidecar import __version__
 from sidecar.telemetry.labels import BoundedValues, RouteMatcher, status_label
+from sidecar.telemetry.rpc import RpcMetrics
 from sidecar.transport.tunnel import TunnelStats
 
 # OTel's advised boundaries for http.*.request.duration.
@@ -273,6 +274,7 @@ class Metrics:
             registry=r,
         )
         self._tunnel_bytes_children: dict[tuple[str, str], Any] = {}
+        self.rpc = RpcMetrics(r, service)
 
         self._server_children: dict[tuple[str, str, int, str], HistogramCell] = {}
         self._client_children: dict[tuple[str, str, int, str], HistogramCell] = {}

@@ -21,6 +21,7 @@ import httptools
 from sidecar.errors import BadRequest, Overloaded, PayloadTooLarge, SidecarError, error_response
 from sidecar.http import EMPTY_BODY, BytesBody, Headers, Request, Response
 from sidecar.transport.body import StreamBody
+from sidecar.transport.detect import is_h2_preface
 from sidecar.transport.flow import WriteFlow
 from sidecar.transport.inert import NoCallbacks
 from sidecar.transport.tunnel import CONNECT_UPGRADE, Tunnel, TunnelRegistry, wants_tunnel
@@ -142,6 +143,7 @@ class ServerConnection(asyncio.Protocol):
         "_direction",
         "_early",
         "_flow",
+        "_h2",
         "_handler",
         "_head_bytes",
         "_head_raw",
@@ -157,6 +159,7 @@ class ServerConnection(asyncio.Protocol):
         "_reading_head",
         "_reading_paused",
         "_report_broken",
+        "_sniff",
         "_state",
         "_task",
         "_transport",
@@ -170,8 +173,12 @@ class ServerConnection(asyncio.Protocol):
         state: ServerState,
         direction: str,
         prepare: Callable[[Request], None] | None = None,
+        h2: Callable[[asyncio.Transport, bytes], None] | None = None,
     ) -> None:
         self._handler = handler
+        # Takes the connection over when its first bytes are the HTTP/2 preface.
+        self._h2 = h2
+        self._sniff = h2 is not None
         self._state = state
         self._limits = state.limits
         self._direction = direction
@@ -243,6 +250,11 @@ class ServerConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing or self._broken is not None:
             return
+        if self._sniff:
+            self._sniff = False
+            if is_h2_preface(data):
+                self._hand_over(data)
+                return
         heads, messages = self._heads_seen, self._messages_seen
         try:
             self._parser.feed_data(data)
@@ -285,6 +297,15 @@ class ServerConnection(asyncio.Protocol):
             request.upgrade = value
             self._early = rest
         self._protocol_error(BadRequest("nothing is read after an Upgrade request"), report=False)
+
+    def _hand_over(self, data: bytes) -> None:
+        """HTTP/2 with prior knowledge: from here the connection is the HTTP/2 protocol's."""
+        self._closing = True
+        self._state.connections.discard(self)
+        self._cancel_timer()
+        self._parser = httptools.HttpRequestParser(NoCallbacks())
+        if self._h2 is not None and self._transport is not None:
+            self._h2(self._transport, data)
 
     # ------------------------------------------------------------ parser callbacks
     def on_message_begin(self) -> None:

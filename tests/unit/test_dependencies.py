@@ -21,6 +21,7 @@ IMPORTED_AS = {
     "pydantic": "pydantic",
     "PyYAML": "yaml",
     "rich": "rich",
+    "h2": "h2",
 }
 
 

@@ -134,7 +134,7 @@ CASES: list[tuple[str, bytes, tuple[int, str], bool]] = [
     ("http_0_9", b"GET /\r\n\r\n", BAD, False),
     ("http_lowercase", b"GET / http/1.1\r\n" + H + b"\r\n", BAD, False),
     ("http_11_1", b"GET / HTTP/11.1\r\n" + H + b"\r\n", BAD, False),
-    ("h2_preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", BAD, False),
+    # (the HTTP/2 preface is served as HTTP/2 now: tests/integration/protocols/test_h2_attacks.py)
     # --- request-line garbage
     ("tls_client_hello", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32), BAD, False),
     ("lowercase_method", b"get / HTTP/1.1\r\n" + H + b"\r\n", BAD, False),

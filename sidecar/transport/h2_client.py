@@ -1,0 +1,525 @@
+"""Upstream HTTP/2 cleartext client (prior knowledge) on the `h2` state machine.
+
+Streams, not connections, are the unit: each endpoint gets one multiplexed connection (a
+second one only while the first is at the upstream's SETTINGS_MAX_CONCURRENT_STREAMS or going
+away). A request maps 1:1 to a stream; the response returns at its headers and the body
+streams with per-stream flow control. A caller that gives up (cancelled, or aborts the body)
+cancels the stream upstream with RST_STREAM.
+
+`protocol: auto` reaches HTTP/1.1-only upstreams too: an endpoint that answers the preface
+with HTTP/1.x text is remembered as such, and the forwarder speaks HTTP/1.1 to it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import cast
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from sidecar import grpc
+from sidecar.discovery.endpoints import Endpoint
+from sidecar.errors import SidecarError, UpstreamConnectFailure, UpstreamReset
+from sidecar.http import EMPTY_BODY, Body, BytesBody, Headers, Request, Response
+from sidecar.transport.flow import WriteFlow
+from sidecar.transport.h2_body import H2Body
+from sidecar.transport.h2_common import (
+    CONNECTION_SPECIFIC,
+    CONNECTION_WINDOW,
+    DEFAULT_WINDOW,
+    STREAM_WINDOW,
+    WindowWaiters,
+    new_connection,
+    send_data,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_RESPONSE_HEADER_LIST = 64 * 1024
+
+
+class NotHttp2(UpstreamReset):
+    """The endpoint answered the HTTP/2 preface with HTTP/1.x: it never saw the request (but
+    part of a streamed body may be gone, so only a replayable one may be sent again)."""
+
+
+class StreamRefused(UpstreamConnectFailure):
+    """The upstream did not process the stream (REFUSED_STREAM, or above a GOAWAY's last
+    stream id) and its body can be sent again."""
+
+
+# Refused streams re-sent on another connection before the failure reaches the layers: an
+# upstream's routine GOAWAY (nginx: every 1000 requests) must not look like an outage to the
+# retry budget and outlier detection.
+MAX_REFUSED_RESENDS = 2
+
+
+class _Exchange:
+    __slots__ = ("body", "request_body", "response", "writer")
+
+    def __init__(self, response: asyncio.Future[Response], request_body: Body) -> None:
+        self.response = response
+        self.request_body = request_body
+        self.body: H2Body | None = None
+        self.writer: asyncio.Task[None] | None = None
+
+
+class H2ClientConnection(asyncio.Protocol):
+    def __init__(self, pool: H2Pool) -> None:
+        self._pool = pool
+        self._transport: asyncio.Transport | None = None
+        self._flow = WriteFlow()
+        self._waiters = WindowWaiters()
+        self._exchanges: dict[int, _Exchange] = {}
+        self._first = b""
+        self._flush_pending = False
+        self.closed = False
+        self.going_away = False
+        self.speaks_h2 = False
+        self.idle_since = time.monotonic()
+        self._conn = new_connection(client_side=True)
+
+    # ---------------------------------------------------------- protocol events
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        conn = self._conn
+        conn.local_settings = h2.settings.Settings(
+            client=True,
+            initial_values={
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_RESPONSE_HEADER_LIST,
+            },
+        )
+        conn.initiate_connection()
+        conn.increment_flow_control_window(CONNECTION_WINDOW - DEFAULT_WINDOW)
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._flow.connection_lost()
+        self._pool.forget(self)
+        if not self.speaks_h2 and self._first.startswith(b"HTTP/1."):
+            err: SidecarError = NotHttp2(
+                "upstream speaks HTTP/1.x, not HTTP/2", upstream=self._pool.upstream
+            )
+        else:
+            err = UpstreamReset("upstream closed the connection", upstream=self._pool.upstream)
+        for sid in list(self._exchanges):
+            self._fail(sid, err)
+        self._waiters.wake_all()
+
+    def pause_writing(self) -> None:
+        self._flow.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._flow.resume_writing()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.speaks_h2 and len(self._first) < 8:
+            self._first += data[:8]
+        try:
+            events = self._conn.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            log.debug("HTTP/2 protocol error from %s: %s", self._pool.endpoint, exc)
+            self._flush_now()
+            self.close()
+            return
+        for event in events:
+            self._on_event(event)
+        self._flush()
+
+    def _on_event(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.ResponseReceived):
+            self._on_response(event)
+        elif isinstance(event, h2.events.DataReceived):
+            ex = self._exchanges.get(event.stream_id or 0)
+            flow_len = event.flow_controlled_length or 0
+            if ex is not None and ex.body is not None:
+                ex.body.feed(event.data or b"", flow_len)
+            elif flow_len:
+                with contextlib.suppress(h2.exceptions.ProtocolError):
+                    self._conn.acknowledge_received_data(flow_len, event.stream_id or 0)
+        elif isinstance(event, h2.events.TrailersReceived):
+            ex = self._exchanges.pop(event.stream_id or 0, None)
+            if ex is not None:
+                trailers = _fields(event.headers or [])
+                if ex.body is not None:
+                    ex.body.feed_eof(trailers)
+                self._stream_closed(ex)
+        elif isinstance(event, h2.events.StreamEnded):
+            ex = self._exchanges.pop(event.stream_id or 0, None)
+            if ex is not None:
+                if ex.body is not None:
+                    ex.body.feed_eof()
+                self._stream_closed(ex)
+        elif isinstance(event, h2.events.StreamReset):
+            sid = event.stream_id or 0
+            code = event.error_code
+            if code == h2.errors.ErrorCodes.REFUSED_STREAM:
+                err: SidecarError = self._unprocessed(sid, "upstream refused the stream")
+            else:
+                err = UpstreamReset(
+                    f"upstream reset the stream ({_code_name(code)})", upstream=self._pool.upstream
+                )
+            self._waiters.fail(sid, ConnectionResetError("stream reset"))
+            self._fail(sid, err)
+        elif isinstance(event, h2.events.WindowUpdated):
+            if event.stream_id:
+                self._waiters.wake(event.stream_id)
+            else:
+                self._waiters.wake_all()
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            self.speaks_h2 = True
+            self._waiters.wake_all()
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self.going_away = True
+            last = event.last_stream_id or 0
+            for sid in [s for s in self._exchanges if s > last]:
+                self._fail(
+                    sid, self._unprocessed(sid, "upstream sent GOAWAY before processing the stream")
+                )
+            if not self._exchanges:
+                self.close()
+
+    def _unprocessed(self, sid: int, reason: str) -> SidecarError:
+        """RFC 9113 §8.7: the upstream did not process the stream. Like a connect failure it
+        is safe to send elsewhere, if what the body writer already took can be sent again."""
+        ex = self._exchanges.get(sid)
+        if ex is not None and ex.request_body.replayable:
+            return StreamRefused(reason, upstream=self._pool.upstream)
+        return UpstreamReset(reason, upstream=self._pool.upstream)
+
+    def _on_response(self, event: h2.events.ResponseReceived) -> None:
+        sid = event.stream_id or 0
+        ex = self._exchanges.get(sid)
+        if ex is None or ex.response.done():
+            return
+        status = 0
+        items: list[tuple[str, str]] = []
+        for kb, vb in event.headers or []:
+            k, v = kb.decode("latin-1"), vb.decode("latin-1")
+            if k == ":status":
+                status = int(v)
+            elif k[:1] != ":" and k not in CONNECTION_SPECIFIC:
+                items.append((k, v))
+        if 100 <= status < 200:
+            return  # interim: h2 reports InformationalResponseReceived for these anyway
+        headers = Headers.from_lower(items)
+        if event.stream_ended is not None:
+            body: Body = EMPTY_BODY  # Trailers-Only (gRPC) or an empty reply
+        else:
+            length = _content_length(event.headers or [])
+            h2body = H2Body(length, self._acker(sid), lambda: self.cancel(sid))
+            ex.body = h2body
+            body = h2body
+        ex.response.set_result(Response(status=status, headers=headers, body=body))
+
+    def _fail(self, sid: int, err: BaseException) -> None:
+        ex = self._exchanges.pop(sid, None)
+        if ex is None:
+            return
+        if not ex.response.done():
+            ex.response.set_exception(err)
+        if ex.body is not None:
+            ex.body.set_error(err)
+        self._stream_closed(ex)
+
+    def _stream_closed(self, ex: _Exchange) -> None:
+        if ex.writer is not None and not ex.writer.done():
+            # The upstream finished (or reset) before the request body was all sent.
+            ex.writer.cancel()
+        if not self._exchanges:
+            self.idle_since = time.monotonic()
+            if self.going_away:
+                self.close()
+
+    def _acker(self, sid: int) -> Callable[[int], None]:
+        def ack(n: int) -> None:
+            if self.closed or n <= 0:
+                return
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self._conn.acknowledge_received_data(n, sid)
+                self._flush()
+
+        return ack
+
+    # ---------------------------------------------------------- exchange
+    @property
+    def capacity(self) -> int:
+        if self.closed or self.going_away:
+            return 0
+        limit = self._conn.remote_settings.max_concurrent_streams
+        return limit - len(self._exchanges)
+
+    @property
+    def active_streams(self) -> int:
+        return len(self._exchanges)
+
+    def buffered_bytes(self) -> int:
+        """Response bytes received and not yet read by the caller."""
+        return sum(e.body.buffered for e in self._exchanges.values() if e.body is not None)
+
+    async def send(self, request: Request, fields: list[tuple[str, str]]) -> Response:
+        if self.closed or self._transport is None:
+            raise UpstreamReset("connection closed", upstream=self._pool.upstream)
+        conn = self._conn
+        body = request.body
+        empty = isinstance(body, BytesBody) and not body.data
+        try:
+            sid = conn.get_next_available_stream_id()
+            conn.send_headers(sid, fields, end_stream=empty)
+        except h2.exceptions.ProtocolError as exc:
+            raise UpstreamReset(
+                f"cannot open a stream: {exc}", upstream=self._pool.upstream
+            ) from None
+        self._flush()
+        fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        ex = _Exchange(fut, body)
+        self._exchanges[sid] = ex
+        if not empty:
+            ex.writer = asyncio.get_running_loop().create_task(self._write_body(sid, body))
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            # The caller gave up (client gone, timeout): so does the upstream.
+            self.cancel(sid)
+            raise
+
+    async def _write_body(self, sid: int, body: Body) -> None:
+        conn, flush, waiters, flow = self._conn, self._flush, self._waiters, self._flow
+        try:
+            if isinstance(body, BytesBody):
+                await send_data(conn, sid, body.data, flush, waiters, flow)
+            else:
+                async for chunk in body:
+                    await send_data(conn, sid, chunk, flush, waiters, flow)
+            if sid in self._exchanges and not self.closed:
+                conn.end_stream(sid)
+                self._flush()
+        except asyncio.CancelledError:
+            raise
+        except (ConnectionResetError, h2.exceptions.ProtocolError):
+            return  # the stream or connection went away; the response side reports it
+        except Exception as exc:
+            # A client body that broke (too large, reset) is the client's error, not the
+            # upstream's: report it as such and cancel the stream.
+            err = exc if isinstance(exc, SidecarError) else UpstreamReset(
+                "request body could not be sent", upstream=self._pool.upstream
+            )
+            ex = self._exchanges.get(sid)
+            if ex is not None and not ex.response.done():
+                ex.response.set_exception(err)
+            self.cancel(sid)
+
+    def cancel(self, sid: int) -> None:
+        """RST_STREAM(CANCEL) unless the stream is already over."""
+        ex = self._exchanges.pop(sid, None)
+        if ex is None or self.closed:
+            return
+        if ex.body is not None:
+            ex.body.set_error(UpstreamReset("stream cancelled", upstream=self._pool.upstream))
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self._conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+            self._flush()
+        self._stream_closed(ex)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._flush_now()
+            self.closed = True
+            self._pool.forget(self)
+            if self._transport is not None:
+                self._transport.close()
+
+    def _flush(self) -> None:
+        """Write what h2 has queued, once per event-loop turn: frames of many streams (and
+        the HEADERS, DATA and END_STREAM of one) share one write syscall."""
+        if not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_pending = False
+        data = self._conn.data_to_send()
+        if data and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+
+class H2Pool:
+    """The HTTP/2 connections to one endpoint (normally one)."""
+
+    def __init__(self, endpoint: Endpoint, upstream: str, connect_timeout: float) -> None:
+        self.endpoint = endpoint
+        self.upstream = upstream
+        self.connect_timeout = connect_timeout
+        self._conns: list[H2ClientConnection] = []
+        self._connecting: asyncio.Future[H2ClientConnection] | None = None
+
+    async def connection(self) -> H2ClientConnection:
+        for conn in self._conns:
+            if conn.capacity > 0:
+                return conn
+        if self._connecting is not None:
+            # A burst of first requests shares the connection being opened.
+            conn = await asyncio.shield(self._connecting)
+            if conn.capacity > 0:
+                return conn
+        fut: asyncio.Future[H2ClientConnection] = asyncio.get_running_loop().create_future()
+        self._connecting = fut
+        try:
+            conn = await self._connect()
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: waiters re-raise it, nobody else must log it
+            raise
+        else:
+            fut.set_result(conn)
+        finally:
+            if self._connecting is fut:
+                self._connecting = None
+        return conn
+
+    async def _connect(self) -> H2ClientConnection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, proto = await loop.create_connection(
+                    lambda: H2ClientConnection(self), self.endpoint.host, self.endpoint.port
+                )
+        except TimeoutError:
+            raise UpstreamConnectFailure(
+                f"connect to {self.endpoint} timed out", upstream=self.upstream
+            ) from None
+        except OSError as exc:
+            raise UpstreamConnectFailure(
+                f"connect to {self.endpoint} failed: {exc.strerror or exc}", upstream=self.upstream
+            ) from None
+        self._conns.append(proto)
+        return proto
+
+    def forget(self, conn: H2ClientConnection) -> None:
+        with contextlib.suppress(ValueError):
+            self._conns.remove(conn)
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._conns)
+
+    def buffered_bytes(self) -> int:
+        return sum(c.buffered_bytes() for c in self._conns)
+
+    def close(self) -> None:
+        for conn in list(self._conns):
+            conn.close()
+
+
+class H2Client:
+    """HTTP/2 pools per (upstream, endpoint), and the endpoints found to speak only HTTP/1.x."""
+
+    def __init__(self) -> None:
+        self._pools: dict[tuple[str, Endpoint], H2Pool] = {}
+        self._http1_only: set[Endpoint] = set()
+
+    def speaks_h2(self, endpoint: Endpoint) -> bool:
+        return endpoint not in self._http1_only
+
+    def pool(self, upstream: str, endpoint: Endpoint, connect_timeout: float) -> H2Pool:
+        key = (upstream, endpoint)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = H2Pool(endpoint, upstream, connect_timeout)
+            self._pools[key] = pool
+        else:
+            pool.connect_timeout = connect_timeout
+        return pool
+
+    async def send(self, request: Request, connect_timeout: float, *, fallback: bool) -> Response:
+        """Forward over HTTP/2. With `fallback` (protocol auto), raises NotHttp2 for an
+        endpoint that speaks only HTTP/1.x, after remembering it."""
+        endpoint = request.endpoint
+        assert endpoint is not None, "the balance layer sets request.endpoint"
+        pool = self.pool(request.upstream, endpoint, connect_timeout)
+        fields = request_fields(request)
+        resends = 0
+        while True:
+            conn = await pool.connection()
+            try:
+                return await conn.send(request, fields)
+            except NotHttp2:
+                if fallback:
+                    self._http1_only.add(endpoint)
+                raise
+            except StreamRefused:
+                resends += 1
+                if resends > MAX_REFUSED_RESENDS:
+                    raise
+
+    def retain(self, upstream: str, endpoints: set[Endpoint]) -> None:
+        for key in [k for k in self._pools if k[0] == upstream and k[1] not in endpoints]:
+            self._pools.pop(key).close()
+
+    def open_connections(self) -> int:
+        return sum(p.open_connections for p in self._pools.values())
+
+    def buffered_bytes(self) -> int:
+        return sum(p.buffered_bytes() for p in self._pools.values())
+
+    def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+
+
+def request_fields(request: Request) -> list[tuple[str, str]]:
+    """HTTP/2 request fields: pseudo-headers first, connection-specific fields dropped, and
+    for gRPC `te: trailers` and a `grpc-timeout` cut to the budget left."""
+    headers = request.headers
+    authority = request.authority or headers.get("host") or ""
+    fields = [
+        (":method", request.method),
+        (":scheme", "http"),
+        (":authority", authority),
+        (":path", request.target),
+    ]
+    grpc_call = grpc.is_grpc(headers)
+    for k, v in headers.items():
+        if k in CONNECTION_SPECIFIC:
+            continue
+        if k == grpc.TIMEOUT_HEADER and request.deadline is not None:
+            v = grpc.format_timeout(max(0.0, request.deadline - time.monotonic()))
+        fields.append((k, v))
+    if grpc_call:
+        fields.append(("te", "trailers"))
+    length = request.body.length
+    if length is not None and (length > 0 or request.method not in ("GET", "HEAD")):
+        fields.append(("content-length", str(length)))
+    return fields
+
+
+def _fields(raw: list[tuple[bytes, bytes]]) -> Headers:
+    return Headers.from_lower(
+        [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw if k[:1] != b":"]
+    )
+
+
+def _content_length(raw: list[tuple[bytes, bytes]]) -> int | None:
+    for k, v in raw:
+        if k == b"content-length":
+            return int(v) if v.isdigit() else None
+    return None
+
+
+def _code_name(code: int | None) -> str:
+    try:
+        return h2.errors.ErrorCodes(code or 0).name
+    except ValueError:
+        return str(code)
