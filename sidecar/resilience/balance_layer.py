@@ -6,6 +6,8 @@ give the balancer the RTT (for EWMA) and the outlier detector the classified out
 
 from __future__ import annotations
 
+import time
+
 from sidecar.balance.base import Balancer
 from sidecar.balance.cluster import Cluster
 from sidecar.clock import Clock
@@ -13,6 +15,7 @@ from sidecar.errors import NoHealthyEndpoints, SidecarError
 from sidecar.events import NullObserver, Observer
 from sidecar.http import Request, Response
 from sidecar.resilience.classify import Outcome, classify_error, classify_response
+from sidecar.resilience.deadline import arriving, client_share
 from sidecar.resilience.outlier import OutlierDetector
 from sidecar.stack import Handler
 
@@ -54,6 +57,9 @@ class BalanceLayer:
             request.endpoint = state.endpoint
             request.tried.append(state.endpoint)
             state.inflight += 1
+            # A body still arriving: the client's share of this try is not the endpoint's.
+            body = arriving(request.body)
+            since = 0.0 if body is None else time.monotonic()
             outcome = Outcome.CANCELLED
             try:
                 response = await inner(request)
@@ -66,6 +72,11 @@ class BalanceLayer:
                 state.inflight -= 1
                 now = clock.monotonic()
                 rtt = now - start
+                if body is not None:
+                    stalled = body.received_at == 0.0 and not body.throttled
+                    if stalled and outcome is Outcome.CANCELLED:
+                        outcome = Outcome.LOCAL  # cut short waiting on the client (408)
+                    rtt = max(0.0, rtt - client_share(body, since))
                 if outcome is not Outcome.LOCAL and outcome is not Outcome.INTERNAL:
                     # A cancelled try (per-try timeout or caller gone) still tells us the
                     # endpoint took at least `rtt`; feed it as a failed sample.
