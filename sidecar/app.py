@@ -24,7 +24,7 @@ from sidecar.discovery.build import build_discovery
 from sidecar.discovery.endpoints import Endpoint, EndpointSet
 from sidecar.http import BytesBody, Headers, Request, Response
 from sidecar.proxy.forward import Forwarder
-from sidecar.proxy.prepare import prepare_request
+from sidecar.proxy.prepare import RequestPreparer
 from sidecar.proxy.routing import OutboundRouter
 from sidecar.resilience.balance_layer import BalanceLayer
 from sidecar.resilience.breaker import CircuitBreaker, CircuitBreakerLayer, breaker_for
@@ -97,6 +97,7 @@ class Sidecar:
                 max_connections=limits.max_connections,
             )
         )
+        self.preparer = RequestPreparer(config.trusted_proxies)
         self.router = OutboundRouter(self.directory, self._stack_for, self._is_configured)
         self.outbound: Handler = compose([self._server_telemetry("outbound")], terminal=self.router)
         default = config.policy(config.service.name)
@@ -290,7 +291,7 @@ class Sidecar:
                 handler, direction = lst.handler, lst.direction
 
                 def factory(h: Handler = handler, d: str = direction) -> ServerConnection:
-                    return ServerConnection(h, self.state, d, prepare_request)
+                    return ServerConnection(h, self.state, d, self.preparer)
 
                 lst.server = await self._bind(loop, factory, host, port, lst)
             host, port = split_host_port(self.config.listeners.admin)
@@ -408,6 +409,7 @@ class Sidecar:
             log.warning("discovery.file / discovery.consul changed: restart to apply them")
         self.config = config
         self._configured = frozenset(config.configured_upstreams())
+        self.preparer.trust(config.trusted_proxies)
         self.discovery.reload(config)
         self._stacks.clear()
         log.info("configuration reloaded")
