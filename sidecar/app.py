@@ -85,6 +85,7 @@ class Sidecar:
         self._lifecycle_task: asyncio.Task[None] | None = None
         self.clusters: dict[str, Cluster] = {}
         self.directory.subscribe(self._on_snapshot)
+        self.metrics.admit_upstreams(self._is_known_upstream)
         self._stacks: dict[str, Handler] = {}
         self.breakers: dict[str, CircuitBreaker] = {}
         self.outliers: dict[str, OutlierDetector] = {}
@@ -134,6 +135,14 @@ class Sidecar:
 
     def _is_configured(self, name: str) -> bool:
         return name in self._configured
+
+    def _is_known_upstream(self, name: str) -> bool:
+        """May be an `upstream` metric label: configured, discovered, or this service."""
+        return (
+            name in self._configured
+            or name == self.config.service.name
+            or self.directory.get(name) is not None
+        )
 
     def _cluster(self, name: str) -> Cluster:
         cluster = self.clusters.get(name)
