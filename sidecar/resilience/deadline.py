@@ -27,7 +27,7 @@ import time
 from sidecar.clock import Clock
 from sidecar.errors import BadRequest, DeadlineExceeded, UpstreamTimeout
 from sidecar.events import NullObserver, Observer
-from sidecar.http import Body, Request, Response
+from sidecar.http import Body, BytesBody, Request, Response
 from sidecar.resilience.expiry import Expiry, Hold, LoopRef
 from sidecar.stack import Handler
 from sidecar.transport.body import StreamBody
@@ -42,8 +42,10 @@ _SLACK = 0.001
 def arriving(body: Body) -> StreamBody | None:
     """The request body if the client is still sending it, else None (the common case: the
     whole request came in one read)."""
-    if isinstance(body, StreamBody) and body.received_at == 0.0 and body.error is None:
-        return body
+    if isinstance(body, StreamBody):
+        return body if body.received_at == 0.0 and body.error is None else None
+    if isinstance(body, BytesBody):
+        return None
     source = getattr(body, "source", None)  # a replay wrapper around the client's stream
     if isinstance(source, StreamBody) and source.received_at == 0.0 and source.error is None:
         return source

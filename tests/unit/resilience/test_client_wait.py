@@ -13,8 +13,8 @@ from sidecar.clock import SystemClock
 from sidecar.config import RetriesConfig
 from sidecar.errors import BadRequest, UpstreamTimeout
 from sidecar.http import Request, Response
-from sidecar.resilience.deadline import DeadlineLayer, arriving
-from sidecar.resilience.expiry import Expiry, Hold, LoopRef
+from sidecar.resilience.deadline import DeadlineLayer, TryHold, arriving
+from sidecar.resilience.expiry import Expiry, LoopRef
 from sidecar.resilience.replay import buffer_for_replay
 from sidecar.resilience.retry import RetryLayer
 from sidecar.stack import Handler
@@ -22,26 +22,18 @@ from sidecar.transport.body import StreamBody
 from tests.unit.resilience.fakes import make_request, response
 
 
-class _Later(Hold):
-    def __init__(self, delays: list[float]) -> None:
-        self.delays = delays
-        self.asked = 0
-
-    def postpone(self) -> float:
-        self.asked += 1
-        return self.delays.pop(0) if self.delays else 0.0
-
-
-async def test_expiry_hold_postpones_then_fires() -> None:
+async def test_expiry_hold_moves_the_timer_to_after_the_body() -> None:
+    """Due 50 ms after a try began, but the body completes at ~70 ms: the timer first looks
+    again at 100 ms (still the client's time), then fires 50 ms after the body was in."""
     loop = asyncio.get_running_loop()
-    hold = _Later([0.05])
+    body = StreamBody(1)
+    loop.call_later(0.07, body.feed_eof)
     started = loop.time()
-    expiry = Expiry(LoopRef().timers(), 0.05, hold)
+    expiry = Expiry(LoopRef().timers(), 0.05, TryHold(body, 0.05))
     with pytest.raises(asyncio.CancelledError):
         await asyncio.sleep(5)
     assert expiry.close() is True
-    assert hold.asked == 2
-    assert loop.time() - started >= 0.095
+    assert loop.time() - started >= 0.115
 
 
 def _upstream_reading(body: StreamBody, answer_after: float) -> Handler:
