@@ -50,8 +50,8 @@ class Directory:
         self._subscribers: list[Callable[[EndpointSet], None]] = []
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        # Names the data path looked up since the last `take_used` (lazy watches expire
-        # when unused; the set holds only routable names, so it is bounded).
+        # Names with a snapshot the data path looked up since the last `take_used` (lazy
+        # watches expire when unused).
         self._used: set[str] = set()
 
     @property
@@ -101,9 +101,12 @@ class Directory:
         return self._current.get(name)
 
     def lookup(self, name: str) -> EndpointSet | None:
-        """`get` for the data path: also notes that `name` is in use."""
-        self._used.add(name)
-        return self._current.get(name)
+        """`get` for the data path: also notes that `name` is in use (only names with a
+        snapshot, so made-up names never fill the set)."""
+        snap = self._current.get(name)
+        if snap is not None:
+            self._used.add(name)
+        return snap
 
     def take_used(self) -> set[str]:
         """Names looked up since the last call."""
