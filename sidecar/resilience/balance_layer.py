@@ -15,7 +15,7 @@ from sidecar.errors import NoHealthyEndpoints, SidecarError
 from sidecar.events import NullObserver, Observer
 from sidecar.http import Request, Response
 from sidecar.resilience.classify import Outcome, classify_error, classify_response
-from sidecar.resilience.deadline import arriving, client_share
+from sidecar.resilience.deadline import arriving
 from sidecar.resilience.outlier import OutlierDetector
 from sidecar.stack import Handler
 
@@ -73,10 +73,11 @@ class BalanceLayer:
                 now = clock.monotonic()
                 rtt = now - start
                 if body is not None:
-                    stalled = body.received_at == 0.0 and not body.throttled
-                    if stalled and outcome is Outcome.CANCELLED:
+                    if body.received_at:
+                        # The endpoint's time began when it could have the whole request.
+                        rtt = max(0.0, rtt - (body.received_at - since))
+                    elif outcome is Outcome.CANCELLED and not body.throttled:
                         outcome = Outcome.LOCAL  # cut short waiting on the client (408)
-                    rtt = max(0.0, rtt - client_share(body, since))
                 if outcome is not Outcome.LOCAL and outcome is not Outcome.INTERNAL:
                     # A cancelled try (per-try timeout or caller gone) still tells us the
                     # endpoint took at least `rtt`; feed it as a failed sample.

@@ -52,13 +52,6 @@ def arriving(body: Body) -> StreamBody | None:
     return None
 
 
-def client_share(body: StreamBody, since: float) -> float:
-    """Seconds after `since` (time.monotonic()) spent waiting for the client's body to
-    arrive; all of them so far while it is still arriving."""
-    end = body.received_at or time.monotonic()
-    return max(0.0, end - since)
-
-
 class TryHold(Hold):
     """A per-try (or total) timer of a try whose request body was still arriving: due
     `timeout` after the body was complete, not after the try began. While the client is
