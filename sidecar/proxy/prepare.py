@@ -146,4 +146,7 @@ class RequestPreparer:
         return any(ip.version == net.version and ip in net for net in self._networks)
 
     def __call__(self, request: Request) -> None:
-        prepare_request(request, self.trusts(request.client_addr))
+        if self._networks:
+            prepare_request(request, self.trusts(request.client_addr))
+        else:
+            prepare_request(request)
