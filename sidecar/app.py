@@ -32,7 +32,7 @@ from sidecar.egress.forward import EgressForwarder
 from sidecar.egress.policy import EgressPolicy
 from sidecar.http import BytesBody, Headers, Request, Response
 from sidecar.proxy.forward import Forwarder
-from sidecar.proxy.prepare import prepare_request
+from sidecar.proxy.prepare import RequestPreparer
 from sidecar.proxy.routing import OutboundRouter
 from sidecar.resilience.balance_layer import BalanceLayer
 from sidecar.resilience.breaker import CircuitBreaker, CircuitBreakerLayer, breaker_for
@@ -119,6 +119,7 @@ class Sidecar:
         self.clusters: dict[str, Cluster] = {}
         self.health_checks = HealthChecks(self.clock, self.metrics)
         self.directory.subscribe(self._on_snapshot)
+        self.metrics.admit_upstreams(self._is_known_upstream)
         self._stacks: dict[str, Handler] = {}
         self.breakers: dict[str, CircuitBreaker] = {}
         self.outliers: dict[str, OutlierDetector] = {}
@@ -133,6 +134,7 @@ class Sidecar:
             ),
             TunnelRegistry(self.metrics),
         )
+        self.preparer = RequestPreparer(config.trusted_proxies)
         self.state.allow_connect = self.egress is not None
         self.router = OutboundRouter(
             self.directory,
@@ -193,6 +195,15 @@ class Sidecar:
 
     def _is_configured(self, name: str) -> bool:
         return name in self._configured
+
+    def _is_known_upstream(self, name: str) -> bool:
+        """May be an `upstream` metric label: configured, discovered, or this service."""
+        return (
+            name in self._configured
+            or name == self.config.service.name
+            or self.directory.get(name) is not None
+            or (self.egress is not None and self.egress.policy.allows(name))
+        )
 
     def _cluster(self, name: str) -> Cluster:
         cluster = self.clusters.get(name)
@@ -406,12 +417,12 @@ class Sidecar:
             for lst in self._listeners:
                 host, port = split_host_port(lst.address)
                 handler, direction = lst.handler, lst.direction
-                h2 = h2_handover(handler, self.h2_connections, direction, prepare_request)
+                h2 = h2_handover(handler, self.h2_connections, direction, self.preparer)
 
                 def factory(
                     h: Handler = handler, d: str = direction, h2: H2Handover = h2
                 ) -> ServerConnection:
-                    return ServerConnection(h, self.state, d, prepare_request, h2)
+                    return ServerConnection(h, self.state, d, self.preparer, h2)
 
                 lst.server = await self._bind(loop, factory, host, port, lst)
             host, port = split_host_port(self.config.listeners.admin)
@@ -539,6 +550,7 @@ class Sidecar:
             log.warning("discovery.file / discovery.consul changed: restart to apply them")
         self.config = config
         self._configured = frozenset(config.configured_upstreams())
+        self.preparer.trust(config.trusted_proxies)
         self.discovery.reload(config)
         for name, cluster in self.clusters.items():
             self.health_checks.update(cluster, config.policy(name).health_check)

@@ -151,12 +151,23 @@ def _endpoint_address(value: Any) -> str:
     return value
 
 
+def parse_cidr(value: Any) -> str:
+    """An address block (`10.0.0.0/8`, `fd00::/8`) or one address; normalised to text."""
+    if not isinstance(value, str):
+        raise ValueError("expected a CIDR such as 10.0.0.0/8")
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError:
+        raise ValueError(f"invalid CIDR {value!r}: expected e.g. 10.0.0.0/8 or fd00::/8") from None
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 HostPort = Annotated[str, BeforeValidator(parse_host_port)]
 EndpointAddress = Annotated[str, BeforeValidator(_endpoint_address)]
 Host = Annotated[str, BeforeValidator(parse_host)]
 OtlpEndpoint = Annotated[str, BeforeValidator(parse_otlp_endpoint)]
+Cidr = Annotated[str, BeforeValidator(parse_cidr)]
 
 
 def split_host_port(value: str) -> tuple[str, int]:
@@ -556,6 +567,8 @@ class Config(StrictModel):
     admin: AdminConfig = AdminConfig()
     limits: LimitsConfig = LimitsConfig()
     egress: EgressConfig | None = None
+    # Clients whose X-Forwarded-*/Forwarded headers are kept; everyone else's are overwritten.
+    trusted_proxies: list[Cidr] = []
 
     @field_validator("upstreams")
     @classmethod

@@ -139,5 +139,7 @@ def build_discovery(
     directory = Directory([*resolvers, *last])
     if file_resolver is not None:
         file_resolver.use_withdraw(directory.withdraw)
+    if consul is not None:
+        consul.use_directory(directory.withdraw, directory.take_used)
     lifecycle = Lifecycle(resolver=AllSynced(synced) if synced else None, registration=registration)
     return Discovery(directory, static, file_resolver, consul, http, registration, lifecycle)

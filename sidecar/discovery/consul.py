@@ -6,14 +6,22 @@ different endpoint list is published. Outage vs empty set (docs/discovery.md): o
 known endpoints stay until `stale_after` has passed since Consul started failing, then an empty
 set is published (503 no_healthy_endpoints); an empty passing set from Consul is the truth and
 is published at once. A catalog watch (`/v1/catalog/services`) tells which names exist, so an
-unknown name is `no_route` rather than an empty upstream."""
+unknown name is `no_route` rather than an empty upstream.
+
+Names come from clients (Host headers), so lazy watches are bounded: at most
+`max_lazy_watches` at once (the least recently used one is stopped for a new one), each stopped
+after `lazy_ttl` without a request. While the catalog is unknown (not answered yet, or filtered
+by ACLs) any valid name gets a watch; one whose first answer is empty is taken as unknown to
+Consul: its watch stops and the name is `no_route` for `negative_ttl` without asking again."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import quote
@@ -30,6 +38,11 @@ log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 SOURCE = "consul"
+# Each watch holds one of the Consul client's 100 pooled connections in a blocking query.
+MAX_LAZY_WATCHES = 64
+LAZY_TTL = 600.0
+NEGATIVE_TTL = 30.0
+MAX_NEGATIVE = 4096
 
 
 def endpoint_from_entry(entry: Any) -> Endpoint | None:
@@ -59,6 +72,10 @@ def _identity(eps: tuple[Endpoint, ...]) -> tuple[Any, ...]:
     return tuple((e, tuple(sorted(e.meta.items()))) for e in eps)
 
 
+class _Forgotten(Exception):
+    """Ends a watch from inside its own reply callback."""
+
+
 class _ServiceWatch:
     """State of one upstream's watch: last published endpoints and the staleness clock."""
 
@@ -84,7 +101,8 @@ class _ServiceWatch:
             wait=self._r.config.wait,
             bucket=TokenBucket(self._r.rate, self._r.burst, self._r.clock),
         )
-        await query.run(self.on_reply, self.on_error)
+        with contextlib.suppress(_Forgotten):
+            await query.run(self.on_reply, self.on_error)
 
     def on_reply(self, reply: ConsulReply) -> None:
         failing_since, self._failing_since = self._failing_since, None
@@ -106,6 +124,9 @@ class _ServiceWatch:
             )
         self._stale = False
         self._known = len(endpoints)
+        if not endpoints and self._published is None and self._r.unknown(self.name):
+            self._r.forget(self.name)  # not in Consul as far as we can see: no_route
+            raise _Forgotten  # ends this watch's loop before it asks again
         self._emit(endpoints)
         self.synced.set()
 
@@ -183,9 +204,14 @@ class ConsulResolver:
         backoff_base: float = 0.2,
         backoff_max: float = 10.0,
         watch_catalog: bool = True,
+        max_lazy_watches: int = MAX_LAZY_WATCHES,
+        lazy_ttl: float = LAZY_TTL,
+        negative_ttl: float = NEGATIVE_TTL,
     ) -> None:
         """`names`: configured upstream names, watched from the start. `rate`/`burst`: token
-        bucket per watch (requests/s). `clock` drives staleness, `wall` the snapshot stamps."""
+        bucket per watch (requests/s). `clock` drives staleness and expiry, `wall` the
+        snapshot stamps. `max_lazy_watches`, `lazy_ttl`, `negative_ttl`: the bounds on names
+        that are not configured (see the module docstring)."""
         self.config = config
         self.http = http
         self.observer: Observer = observer or NullObserver()
@@ -201,6 +227,15 @@ class ConsulResolver:
         self._watches: dict[str, _ServiceWatch] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._publish: Publish | None = None
+        self._max_lazy = max_lazy_watches
+        self._lazy_ttl = lazy_ttl
+        self._negative_ttl = negative_ttl
+        # Watched names that are not configured → last time a request used them (LRU order).
+        self._lazy: OrderedDict[str, float] = OrderedDict()
+        # Names Consul does not know → until when we keep saying so.
+        self._negative: OrderedDict[str, float] = OrderedDict()
+        self._withdraw: Callable[[str, str], None] | None = None
+        self._take_used: Callable[[], set[str]] | None = None
         for name in self._configured:
             self.start_watch(name)  # spawned by run(); visible to pending_sync() at once
 
@@ -212,16 +247,35 @@ class ConsulResolver:
     def can_resolve(self, name: str) -> bool:
         if not _NAME.match(name):
             return False
-        if name in self._configured or name in self._watches or self._catalog is None:
+        if name in self._configured or name in self._watches:
             return True
-        return name in self._catalog
+        if self._is_negative(name):
+            return False
+        return self._catalog is None or name in self._catalog
 
     def start_watch(self, name: str) -> None:
         if name in self._watches or not _NAME.match(name):
             return
+        if name not in self._configured:
+            if self._is_negative(name):
+                return
+            if len(self._lazy) >= self._max_lazy:
+                self._note_use()
+                while len(self._lazy) >= self._max_lazy:
+                    oldest = next(iter(self._lazy))
+                    log.debug("consul: %d lazy watches, stopping %s", len(self._lazy), oldest)
+                    self._stop(oldest)
+            self._lazy[name] = self.clock.monotonic()
         self._watches[name] = _ServiceWatch(self, name)
         if self._publish is not None:
             self._spawn(name)
+
+    def use_directory(
+        self, withdraw: Callable[[str, str], None], take_used: Callable[[], set[str]]
+    ) -> None:
+        """How to take back a stopped watch's snapshot, and which names are in use."""
+        self._withdraw = withdraw
+        self._take_used = take_used
 
     async def run(self, publish: Publish) -> None:
         self._publish = publish
@@ -233,6 +287,7 @@ class ConsulResolver:
             self._tasks["\0catalog"] = asyncio.create_task(
                 self._catalog_loop(), name="consul-catalog"
             )
+        self._tasks["\0expiry"] = asyncio.create_task(self._expiry_loop(), name="consul-expiry")
         try:
             await asyncio.Event().wait()
         finally:
@@ -279,11 +334,76 @@ class ConsulResolver:
     def watched(self) -> list[str]:
         return sorted(self._watches)
 
+    def negative(self) -> list[str]:
+        """Names currently cached as unknown to Consul."""
+        return sorted(self._negative)
+
+    def unknown(self, name: str) -> bool:
+        """Whether an empty answer for `name` means Consul does not know it: it is not
+        configured and the catalog does not list it (or cannot be read)."""
+        if name in self._configured:
+            return False
+        return self._catalog is None or name not in self._catalog
+
+    def forget(self, name: str) -> None:
+        """`name` is unknown to Consul: stop watching it and say so for `negative_ttl`."""
+        self._stop(name)
+        self._negative[name] = self.clock.monotonic() + self._negative_ttl
+        self._negative.move_to_end(name)
+        while len(self._negative) > MAX_NEGATIVE:
+            self._negative.popitem(last=False)
+
+    def expire(self) -> None:
+        """Stop lazy watches unused for `lazy_ttl`; drop expired negative entries."""
+        now = self._note_use()
+        for name, last in list(self._lazy.items()):
+            if now - last >= self._lazy_ttl:
+                log.debug("consul: %s unused for %gs, stopping its watch", name, self._lazy_ttl)
+                self._stop(name)
+        for name, until in list(self._negative.items()):
+            if until <= now:
+                del self._negative[name]
+
     # ------------------------------------------------------------------ internals
 
     def publish(self, snapshot: EndpointSet) -> None:
         if self._publish is not None:
             self._publish(snapshot)
+
+    def _is_negative(self, name: str) -> bool:
+        until = self._negative.get(name)
+        if until is None:
+            return False
+        if self.clock.monotonic() < until:
+            return True
+        del self._negative[name]
+        return False
+
+    def _note_use(self) -> float:
+        """Refresh the lazy names' last use from the directory; now."""
+        now = self.clock.monotonic()
+        if self._take_used is not None:
+            for name in self._take_used():
+                if name in self._lazy:
+                    self._lazy[name] = now
+                    self._lazy.move_to_end(name)
+        return now
+
+    def _stop(self, name: str) -> None:
+        self._lazy.pop(name, None)
+        if self._watches.pop(name, None) is None:
+            return
+        task = self._tasks.pop(name, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        if self._withdraw is not None:
+            self._withdraw(SOURCE, name)
+
+    async def _expiry_loop(self) -> None:
+        period = max(1.0, min(self._lazy_ttl, self._negative_ttl) / 4)
+        while True:
+            await asyncio.sleep(period)
+            self.expire()
 
     def _spawn(self, name: str) -> None:
         task = self._tasks.get(name)

@@ -50,6 +50,9 @@ class Directory:
         self._subscribers: list[Callable[[EndpointSet], None]] = []
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        # Names with a snapshot the data path looked up since the last `take_used` (lazy
+        # watches expire when unused).
+        self._used: set[str] = set()
 
     @property
     def resolvers(self) -> list[Resolver]:
@@ -78,6 +81,10 @@ class Directory:
         best = self._best(name)
         if best is None:
             self._current.pop(name, None)
+            # Someone waiting for this name's first snapshot gets the answer now: none.
+            for fut in self._waiters.pop(name, []):
+                if not fut.done():
+                    fut.set_result(None)
         else:
             self._current[name] = best
             for cb in self._subscribers:
@@ -92,6 +99,19 @@ class Directory:
 
     def get(self, name: str) -> EndpointSet | None:
         return self._current.get(name)
+
+    def lookup(self, name: str) -> EndpointSet | None:
+        """`get` for the data path: also notes that `name` is in use (only names with a
+        snapshot, so made-up names never fill the set)."""
+        snap = self._current.get(name)
+        if snap is not None:
+            self._used.add(name)
+        return snap
+
+    def take_used(self) -> set[str]:
+        """Names looked up since the last call."""
+        used, self._used = self._used, set()
+        return used
 
     def names(self) -> list[str]:
         return sorted(self._current)

@@ -161,7 +161,7 @@ class OutboundRouter:
             refused = refused_upgrade(request.upgrade, self._upgrades_for(name), name)
             if refused is not None:
                 raise refused
-        if self._directory.get(name) is None:
+        if self._directory.lookup(name) is None:
             # First call of a name no source has published yet (e.g. a Consul service used
             # for the first time): start its watch and wait, bounded, for the first answer.
             snap = await self._directory.resolve(name, self._resolve_timeout)

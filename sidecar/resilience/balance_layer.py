@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 
 from sidecar.balance.base import Balancer
 from sidecar.balance.cluster import Cluster, EndpointState, PassiveState
@@ -19,6 +20,7 @@ from sidecar.errors import NoHealthyEndpoints, SidecarError
 from sidecar.events import NullObserver, Observer
 from sidecar.http import Request, Response
 from sidecar.resilience.classify import Outcome, classify_error, classify_reply
+from sidecar.resilience.deadline import arriving
 from sidecar.resilience.outlier import OutlierDetector
 from sidecar.stack import Handler
 
@@ -82,6 +84,9 @@ class BalanceLayer:
             request.endpoint = state.endpoint
             request.tried.append(state.endpoint)
             state.inflight += 1
+            # A body still arriving: the client's share of this try is not the endpoint's.
+            body = arriving(request.body)
+            since = 0.0 if body is None else time.monotonic()
             outcome = Outcome.CANCELLED
             status = 0
             try:
@@ -98,13 +103,24 @@ class BalanceLayer:
                 limit = per_try
                 if request.deadline is not None:
                     limit = min(limit, request.deadline - start)
-                if clock.monotonic() - start >= limit - _TIMEOUT_SLACK:
+                waited = clock.monotonic() - start
+                if body is not None:
+                    # The timers start once the body is in: the client's share is not the
+                    # endpoint's, and a body still arriving is decided below (408 or not).
+                    waited = waited - (body.received_at - since) if body.received_at else -1.0
+                if waited >= limit - _TIMEOUT_SLACK:
                     outcome = Outcome.TIMEOUT
                 raise
             finally:
                 state.inflight -= 1
                 now = clock.monotonic()
                 rtt = now - start
+                if body is not None:
+                    if body.received_at:
+                        # The endpoint's time began when it could have the whole request.
+                        rtt = max(0.0, rtt - (body.received_at - since))
+                    elif outcome is Outcome.CANCELLED and not body.throttled:
+                        outcome = Outcome.LOCAL  # cut short waiting on the client (408)
                 if outcome is Outcome.SUCCESS:
                     balancer.observe(state, rtt, now, True)
                     if state.failure_score != 0.0:

@@ -9,24 +9,102 @@ When the budget runs out:
   the upstream is never called;
 - while waiting → UpstreamTimeout (504 upstream_timeout) if our own `timeouts.total` was the
   tighter limit, DeadlineExceeded (504 deadline_exceeded) if the caller's budget was: the code
-  then says whose clock ran out."""
+  then says whose clock ran out.
+
+A slow client is not a slow upstream (Envoy starts its route timeout at the end of the request
+for the same reason): our own total starts when the request has been fully received. The body
+streams while it arrives, so the timer is armed at the head and, when it comes due, moved by
+the time the body took to arrive. A client that has not finished sending its body within
+`timeouts.total` of its head gets 408 `bad_request`: raised here, above the breaker, retries
+and balancer, which see only a cancelled try and count nothing against the upstream. Time the
+body spends held back because the upstream does not read it stays the upstream's."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 from sidecar.clock import Clock
-from sidecar.errors import DeadlineExceeded, UpstreamTimeout
+from sidecar.errors import BadRequest, DeadlineExceeded, UpstreamTimeout
 from sidecar.events import NullObserver, Observer
-from sidecar.http import Request, Response
-from sidecar.resilience.expiry import Expiry, LoopRef
+from sidecar.http import Body, BytesBody, Request, Response
+from sidecar.resilience.expiry import Expiry, Hold, LoopRef
 from sidecar.stack import Handler
+from sidecar.transport.body import StreamBody
 
 EXPECTED_TIMEOUT_HEADER = "x-sidecar-expected-timeout-ms"
 # Larger values than a day are certainly bogus; treat them as "no caller deadline".
 _MAX_BUDGET_MS = 86_400_000
 # Timers may fire a hair early; within this, a timeout at the deadline counts as the deadline.
 _SLACK = 0.001
+
+
+def arriving(body: Body) -> StreamBody | None:
+    """The request body if the client is still sending it, else None (the common case: the
+    whole request came in one read)."""
+    if isinstance(body, StreamBody):
+        return body if body.received_at == 0.0 and body.error is None else None
+    if isinstance(body, BytesBody):
+        return None
+    source = getattr(body, "source", None)  # a replay wrapper around the client's stream
+    if isinstance(source, StreamBody) and source.received_at == 0.0 and source.error is None:
+        return source
+    return None
+
+
+class TryHold(Hold):
+    """A per-try (or total) timer of a try whose request body was still arriving: due
+    `timeout` after the body was complete, not after the try began. While the client is
+    still sending, the timer is looked at again every `timeout`; while the body is held back
+    because the upstream does not read it, the time counts (it is the upstream's)."""
+
+    __slots__ = ("_body", "_timeout")
+
+    def __init__(self, body: StreamBody, timeout: float) -> None:
+        self._body = body
+        self._timeout = timeout
+
+    def postpone(self) -> float:
+        body = self._body
+        if body.received_at == 0.0:
+            return 0.0 if body.throttled or body.error is not None else self._timeout
+        later = body.received_at + self._timeout - time.monotonic()
+        return later if later > _SLACK else 0.0
+
+
+class _TotalHold(Hold):
+    """The total timer of a request whose body was still arriving at its head. Due: `total`
+    after the body was complete (the deadline moves by the arrival time), or at once with a
+    408 verdict if the client has not finished within `total`; a caller's deadline never
+    moves (the caller is waiting by its own clock)."""
+
+    __slots__ = ("_body", "_caller_bound", "_delay", "_request", "_since", "client_stalled")
+
+    def __init__(
+        self, body: StreamBody, request: Request, delay: float, caller_bound: bool
+    ) -> None:
+        self._body = body
+        self._request = request
+        self._delay = delay
+        self._since = time.monotonic()
+        self._caller_bound = caller_bound
+        self.client_stalled = False
+
+    def postpone(self) -> float:
+        body = self._body
+        if body.received_at == 0.0:
+            if not body.throttled and body.error is None:
+                self.client_stalled = True
+            return 0.0
+        shift = body.received_at - self._since
+        if self._caller_bound or shift <= _SLACK:
+            return 0.0
+        self._since = body.received_at  # moved once: a later look must not move it again
+        deadline = self._request.deadline
+        if deadline is not None:
+            self._request.deadline = deadline + shift
+        later = body.received_at + self._delay - time.monotonic()
+        return later if later > _SLACK else 0.0
 
 
 def caller_budget(request: Request) -> float | None:
@@ -87,7 +165,10 @@ class DeadlineLayer:
             caller_bound = callers is not None and callers < own
             request.deadline = callers if callers is not None and caller_bound else own
             stamp_remaining(request, now)
-            expiry = Expiry(loop.timers(), request.deadline - now)
+            delay = request.deadline - now
+            body = arriving(request.body)
+            hold = None if body is None else _TotalHold(body, request, delay, caller_bound)
+            expiry = Expiry(loop.timers(), delay, hold)
             try:
                 response = await inner(request)
             except asyncio.CancelledError:
@@ -113,6 +194,11 @@ class DeadlineLayer:
             else:
                 expiry.close()
                 return response
+            if hold is not None and hold.client_stalled:
+                raise BadRequest(
+                    f"request body not received within {total:g}s", upstream=request.upstream,
+                    status=408,
+                ) from exc
             if caller_bound:
                 raise DeadlineExceeded(
                     "the caller's deadline expired waiting for the upstream",

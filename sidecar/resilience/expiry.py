@@ -96,10 +96,22 @@ class LoopRef:
         return self._timers
 
 
-class Expiry:
-    __slots__ = ("_cancelling", "_fired", "_queue", "_task", "armed")
+class Hold:
+    """Asked when an Expiry comes due whether the time really is up: returns the seconds to
+    wait longer (> 0), or 0.0 to fire now. Only requests whose body was still arriving when
+    their timer was armed carry one (time spent waiting on the client is not the upstream's
+    time); everything else fires as is."""
 
-    def __init__(self, timers: TimerQueue, delay: float) -> None:
+    __slots__ = ()
+
+    def postpone(self) -> float:
+        return 0.0
+
+
+class Expiry:
+    __slots__ = ("_cancelling", "_fired", "_hold", "_queue", "_task", "armed")
+
+    def __init__(self, timers: TimerQueue, delay: float, hold: Hold | None = None) -> None:
         task = asyncio.current_task(timers.loop)
         if task is None:
             raise RuntimeError("Expiry must be used inside a task")
@@ -107,10 +119,17 @@ class Expiry:
         self._cancelling = task.cancelling()
         self._fired = False
         self._queue = timers
+        self._hold = hold
         self.armed = True
         timers.push(delay, self)
 
     def fire(self) -> None:
+        hold = self._hold
+        if hold is not None:
+            later = hold.postpone()
+            if later > 0.0:
+                self._queue.push(later, self)  # still armed: one more heap entry
+                return
         self.armed = False
         self._fired = True
         self._task.cancel()

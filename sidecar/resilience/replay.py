@@ -16,11 +16,12 @@ class PrefixedBody:
     """A streaming body whose first chunks were already read: yields them, then the rest.
     Not replayable."""
 
-    __slots__ = ("_prefix", "_rest", "length", "replayable")
+    __slots__ = ("_prefix", "_rest", "length", "replayable", "source")
 
     def __init__(self, prefix: list[bytes], rest: AsyncIterator[bytes], length: int | None):
         self._prefix = prefix
         self._rest = rest
+        self.source = rest  # what the rest comes from (the client's stream, for timeouts)
         self.length = length
         self.replayable = False
 

@@ -1,5 +1,6 @@
 """Retries: per-try timeout, safe-to-retry rules, jittered backoff within the deadline,
-and a retry budget.
+and a retry budget. The per-try timeout starts when the request has been fully received
+(see deadline.py).
 
 Safe means: a connect failure (no byte left the sidecar) may always be retried; any other
 condition only for idempotent methods whose body can be sent again (replayable, or buffered up
@@ -20,7 +21,7 @@ from sidecar.events import NullObserver, Observer
 from sidecar.http import Request, Response
 from sidecar.resilience.budget import RetryBudget
 from sidecar.resilience.classify import Outcome, classify_error
-from sidecar.resilience.deadline import stamp_remaining
+from sidecar.resilience.deadline import TryHold, arriving, stamp_remaining
 from sidecar.resilience.expiry import Expiry, LoopRef
 from sidecar.resilience.grpc_replay import RecordingBody
 from sidecar.resilience.replay import buffer_for_replay, discard_body
@@ -147,7 +148,12 @@ class RetryLayer:
                 if timeout <= 0:
                     raise UpstreamTimeout("the deadline passed before this try", upstream=upstream)
             stamp_remaining(request, now)
-            expiry = Expiry(loop.timers(), timeout)
+            # The upstream's time starts when it can have the whole request: a body still
+            # arriving from the client moves this try's timer (the client's share is not
+            # the upstream's, nor a reason to retry or to open the breaker).
+            body = arriving(request.body)
+            hold = None if body is None else TryHold(body, timeout)
+            expiry = Expiry(loop.timers(), timeout, hold)
             try:
                 response = await inner(request)
             except asyncio.CancelledError:

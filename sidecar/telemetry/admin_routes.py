@@ -1,11 +1,19 @@
 """Telemetry's routes for the admin server: `/metrics` and `/debug/traces`.
 
 The admin server (sidecar/admin/server.py) mounts these (method, path, handler) tuples and
-enforces loopback-only access to /debug/* itself."""
+enforces loopback-only access to /debug/* itself.
+
+The admin server shares the event loop with the data path, so a trace dump must not hold it:
+an answer is bounded (`MAX_LIMIT` traces, `MAX_DUMP_BYTES` of JSON), one dump is built at a
+time, and it is built in slices of at most `SLICE` seconds with the loop handed back to the
+data path between them. (A thread would not help: the work is pure Python under the GIL.)"""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from collections.abc import Generator
 
 from sidecar.admin.server import AdminHandler, AdminRoute, json_body, query_params
 from sidecar.config import parse_duration
@@ -17,7 +25,10 @@ Route = AdminRoute
 
 DEFAULT_LOOKBACK = 3600.0  # Jaeger's UI default, 1h
 DEFAULT_LIMIT = 20
-MAX_LIMIT = 10000
+# Larger limits are served as this many traces (about 1 MiB of JSON).
+MAX_LIMIT = 1000
+# Work done in one go before the loop gets a turn.
+SLICE = 0.001
 
 
 def telemetry_routes(metrics: Metrics | None, buffer: SpanBuffer | None) -> list[Route]:
@@ -41,8 +52,25 @@ def _bad_request(message: str) -> Response:
     return json_body(json.dumps({"data": None, "errors": [{"code": 400, "msg": message}]}), 400)
 
 
+async def run_sliced(steps: Generator[None, None, bytes], budget: float = SLICE) -> bytes:
+    """Drive a stepped computation in slices of `budget` seconds, each followed by as long a
+    pause: the loop is never held longer than a slice, and the admin work never gets more
+    than half of it however busy the data path is."""
+    until = time.perf_counter() + budget
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            result: bytes = stop.value
+            return result
+        if time.perf_counter() >= until:
+            await asyncio.sleep(budget)
+            until = time.perf_counter() + budget
+
+
 def traces_handler(buffer: SpanBuffer) -> AdminHandler:
     """Jaeger query-API shaped: `?service=&operation=&lookback=15m&limit=20`."""
+    one_at_a_time = asyncio.Lock()
 
     async def handle(request: Request) -> Response:
         q = query_params(request)
@@ -54,18 +82,18 @@ def traces_handler(buffer: SpanBuffer) -> AdminHandler:
             limit = int(q.get("limit") or DEFAULT_LIMIT)
         except ValueError:
             return _bad_request("limit: expected an integer")
-        if not 0 < limit <= MAX_LIMIT:
-            return _bad_request(f"limit: must be between 1 and {MAX_LIMIT}")
-        result = buffer.query(
+        if limit <= 0:
+            return _bad_request("limit: must be a positive integer")
+        steps = buffer.query_json(
             service=q.get("service") or None,
             operation=q.get("operation") or None,
             lookback=lookback,
-            limit=limit,
+            limit=min(limit, MAX_LIMIT),
         )
+        async with one_at_a_time:
+            body = await run_sliced(steps)
         return Response(
-            200,
-            Headers.from_lower([("content-type", "application/json")]),
-            BytesBody(json.dumps(result, separators=(",", ":")).encode()),
+            200, Headers.from_lower([("content-type", "application/json")]), BytesBody(body)
         )
 
     return handle

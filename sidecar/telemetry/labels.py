@@ -6,11 +6,12 @@ an unbounded number of series (the cardinality explosions users meet in other pr
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 OTHER_METHOD = "_OTHER"
 OTHER = "other"
+UNKNOWN = "unknown"
 
 # OTel HTTP semconv's known methods; anything else is `_OTHER`.
 KNOWN_METHODS = frozenset(
@@ -105,17 +106,26 @@ def _walk(node: _Node, segments: list[str], i: int) -> str | None:
 
 class BoundedValues:
     """Admits the first `cap` distinct values of a label as themselves and maps every later
-    newcomer to `other` (names come from discovery, which we do not control)."""
+    newcomer to `other` (names come from discovery, which we do not control). With `admit`,
+    a value it does not vouch for is `unknown` and takes no place (upstream names a client
+    made up must not fill the label)."""
 
-    __slots__ = ("_cap", "_seen")
+    __slots__ = ("_admit", "_cap", "_seen")
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, admit: Callable[[str], bool] | None = None) -> None:
         self._cap = cap
         self._seen: set[str] = set()
+        self._admit = admit
+
+    def admit_only(self, admit: Callable[[str], bool] | None) -> None:
+        self._admit = admit
 
     def get(self, value: str) -> str:
         if value in self._seen:
             return value
+        admit = self._admit
+        if admit is not None and not admit(value):
+            return UNKNOWN
         if len(self._seen) >= self._cap:
             return OTHER
         self._seen.add(value)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 import types
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -288,6 +288,11 @@ class Metrics:
 
     def upstream(self, name: str) -> str:
         return self._upstreams.get(name)
+
+    def admit_upstreams(self, is_known: Callable[[str], bool]) -> None:
+        """Only names `is_known` vouches for (configured, discovered, egress-allowed) become
+        `upstream` label values; any other name is `unknown`."""
+        self._upstreams.admit_only(is_known)
 
     # ------------------------------------------------------------ data path
 

@@ -7,12 +7,13 @@ to JSON, only when queried."""
 
 from __future__ import annotations
 
+import json
 import pickle
 import sys
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Generator, Mapping, Sequence
+from typing import Any, TypeVar
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
@@ -27,6 +28,11 @@ _KIND = {
     SpanKind.CONSUMER: "consumer",
     SpanKind.INTERNAL: "internal",
 }
+
+# Records grouped or matched between two yields of a query (~0.1 ms of work).
+_STEP = 256
+# A /debug/traces answer is cut after this much JSON (a trace is about 1 KiB).
+MAX_DUMP_BYTES = 4 * 1024 * 1024
 
 
 # One buffered span: the provider's resource and scope (shared by all its spans), its name
@@ -70,14 +76,62 @@ class SpanBuffer(SpanProcessor):
     ) -> dict[str, Any]:
         """Traces with a span matching service/operation that started within `lookback`
         seconds, newest first, at most `limit`; each trace holds all its buffered spans."""
+        selected = run_to_end(self._select(service, operation, lookback, limit, now))
+        data = [jaeger_trace([_unpack(r) for r in members]) for members in selected]
+        return {"data": data, "total": len(data), "limit": limit, "offset": 0, "errors": None}
+
+    def query_json(
+        self,
+        *,
+        service: str | None = None,
+        operation: str | None = None,
+        lookback: float | None = None,
+        limit: int = 20,
+        now: float | None = None,
+        max_bytes: int = MAX_DUMP_BYTES,
+    ) -> Generator[None, None, bytes]:
+        """`query` as JSON bytes, built in small steps: the generator yields between them
+        (every few hundred records, every trace) so the admin server can hand the event loop
+        back to the data path; its return value is the body. Traces past `max_bytes` of JSON
+        are left out (`total` says how many are in)."""
+        selected = yield from self._select(service, operation, lookback, limit, now)
+        parts: list[str] = []
+        size = 0
+        for members in selected:
+            text = json.dumps(jaeger_trace([_unpack(r) for r in members]), separators=(",", ":"))
+            if parts and size + len(text) > max_bytes:
+                break
+            parts.append(text)
+            size += len(text) + 1
+            yield
+        head = '{"data":[' + ",".join(parts)
+        tail = f'],"total":{len(parts)},"limit":{limit},"offset":0,"errors":null}}'
+        return (head + tail).encode()
+
+    def _select(
+        self,
+        service: str | None,
+        operation: str | None,
+        lookback: float | None,
+        limit: int,
+        now: float | None,
+    ) -> Generator[None, None, list[list[_Record]]]:
+        """The members of the matching traces, newest trace first; yields every `_STEP`
+        records. Works on a snapshot of the ring: spans that end meanwhile are not in this
+        answer."""
+        records = list(self._spans)
+        yield
         by_trace: dict[int, list[_Record]] = {}
-        for record in list(self._spans):
+        for i, record in enumerate(records):
             by_trace.setdefault(_trace_id(record), []).append(record)
+            if i % _STEP == _STEP - 1:
+                yield
         by_trace.pop(0, None)  # spans without a context
         since_ns = 0
         if lookback is not None:
             since_ns = int(((time.time() if now is None else now) - lookback) * 1e9)
         matches: list[tuple[int, int]] = []  # (newest matching start, trace id)
+        seen = 0
         for trace_id, members in by_trace.items():
             newest = -1
             for record in members:
@@ -91,11 +145,25 @@ class SpanBuffer(SpanProcessor):
                 newest = max(newest, start)
             if newest >= 0:
                 matches.append((newest, trace_id))
+            seen += len(members)
+            if seen >= _STEP:
+                seen = 0
+                yield
         matches.sort(reverse=True)
-        data = [
-            jaeger_trace([_unpack(r) for r in by_trace[tid]]) for _, tid in matches[: max(0, limit)]
-        ]
-        return {"data": data, "total": len(data), "limit": limit, "offset": 0, "errors": None}
+        return [by_trace[tid] for _, tid in matches[: max(0, limit)]]
+
+
+T = TypeVar("T")
+
+
+def run_to_end(steps: Generator[None, None, T]) -> T:
+    """Run a stepped computation (query_json) without pausing; its result."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
 
 
 # The attribute keys the telemetry layers set, packed as their index here (a byte or two

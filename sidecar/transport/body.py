@@ -7,6 +7,7 @@ reader never makes us buffer a whole upload or download."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -30,6 +31,7 @@ class StreamBody:
         "_waiter",
         "consumed",
         "length",
+        "received_at",
         "replayable",
     )
 
@@ -52,6 +54,10 @@ class StreamBody:
         self._on_abort = on_abort
         self._paused = False
         self.consumed = False  # the consumer read to EOF
+        # time.monotonic() when the producer delivered the last byte; 0.0 while it is still
+        # arriving. Stamped once per body, so the resilience layers can tell time spent
+        # waiting on the sender from time spent waiting on the receiver without polling.
+        self.received_at = 0.0
 
     # ---- producer side
     def feed(self, data: bytes) -> None:
@@ -64,6 +70,8 @@ class StreamBody:
 
     def feed_eof(self) -> None:
         self._eof = True
+        if not self.received_at:
+            self.received_at = time.monotonic()
         self._wake()
 
     def set_error(self, exc: BaseException) -> None:
@@ -82,6 +90,12 @@ class StreamBody:
     def error(self) -> BaseException | None:
         """Why the producer broke the body (e.g. PayloadTooLarge), if it did."""
         return self._error
+
+    @property
+    def throttled(self) -> bool:
+        """True while reading from the producer is paused because the consumer is behind:
+        the wait is then the consumer's doing, not the producer's."""
+        return self._paused
 
     @property
     def at_eof(self) -> bool:

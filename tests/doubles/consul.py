@@ -120,6 +120,9 @@ class ConsulDouble:
         self.instances: dict[str, Instance] = {}  # by service ID
         self.failing: int | None = None
         self.immediate = False
+        # The catalog listing answers as ACL-filtered (empty, with the header) while health
+        # reads work: a token with service:read on some services but not the listing.
+        self.catalog_filtered = False
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -501,7 +504,7 @@ class ConsulDouble:
             return err
         headers = self._meta_headers()
         out: dict[str, list[str]] = {"consul": []}
-        if acl == "filtered":
+        if acl == "filtered" or self.catalog_filtered:
             headers["X-Consul-Results-Filtered-By-ACLs"] = "true"
             out = {}
         else:

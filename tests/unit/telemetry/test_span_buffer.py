@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import time
 import tracemalloc
 from typing import Any
@@ -10,7 +11,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from sidecar.telemetry.span_buffer import SpanBuffer
+from sidecar.telemetry.span_buffer import SpanBuffer, run_to_end
 
 
 def provider(buffer: SpanBuffer, service: str = "bff") -> TracerProvider:
@@ -173,3 +174,32 @@ def test_a_buffered_span_reads_back_as_it_ended() -> None:
             (lk.context.span_id, dict(lk.attributes or {})) for lk in want.links
         ]
         assert got.resource is want.resource
+
+
+def test_stepped_json_equals_the_query_and_yields_often() -> None:
+    buf = SpanBuffer(2000)
+    tracer = provider(buf).get_tracer("t")
+    for i in range(600):
+        one_trace(tracer, f"GET /op{i % 7}")
+    steps = buf.query_json(service="bff", limit=500)
+    yields = 0
+    while True:
+        try:
+            next(steps)
+            yields += 1
+        except StopIteration as stop:
+            body = stop.value
+            break
+    assert json.loads(body) == buf.query(service="bff", limit=500)
+    assert yields >= 500  # one per trace at least: no long stretch without a yield
+
+
+def test_stepped_json_is_cut_at_max_bytes() -> None:
+    buf = SpanBuffer(1000)
+    tracer = provider(buf).get_tracer("t")
+    for _ in range(100):
+        one_trace(tracer)
+    body = run_to_end(buf.query_json(limit=100, max_bytes=10_000))
+    answer = json.loads(body)
+    assert 0 < answer["total"] == len(answer["data"]) < 100
+    assert len(body) <= 10_000 + 2_000
