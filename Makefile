@@ -9,8 +9,8 @@ STAMP := $(VENV)/.installed-stamp
 NATIVE_STAMP := $(VENV)/.native-stamp
 NATIVE_SOURCES := $(shell grep -v '^\#' native-modules.txt)
 # command=package pairs the test suite needs on the machine
-TEST_SYSTEM_PACKAGES := prometheus=prometheus docker-compose=docker-compose chromium=chromium wrk=wrk nginx=nginx
-BENCH_SYSTEM_PACKAGES := wrk=wrk nginx=nginx
+TEST_SYSTEM_PACKAGES := prometheus=prometheus docker-compose=docker-compose chromium=chromium wrk=wrk nginx=nginx curl=curl
+BENCH_SYSTEM_PACKAGES := wrk=wrk nginx=nginx h2load=nghttp2-client
 PYTEST_ARGS ?=
 LINT_PATHS := sidecar tests demo_services bench
 # 1: `make lint` also checks formatting (`ruff format --check`). Switch on once the tree has
