@@ -132,6 +132,14 @@ class _Once:
 EMPTY_BODY = BytesBody(b"")
 
 
+class InterimSink(Protocol):
+    """Takes 1xx interim responses (e.g. 103 Early Hints) for a request being answered."""
+
+    def write_interim(
+        self, request: Request, status: int, headers: list[tuple[str, str]]
+    ) -> None: ...
+
+
 @dataclass(slots=True)
 class Request:
     """One request travelling through the layer stack.
@@ -159,6 +167,8 @@ class Request:
     retry_reason: str = ""
     trace: Any = None  # telemetry's span context; opaque to other layers
     upstream_time: float = 0.0  # seconds spent waiting on upstream (for proxy overhead)
+    # Where an upstream's 1xx interim responses go (the client connection), if anywhere.
+    interim: InterimSink | None = None
 
     @property
     def path(self) -> str:
