@@ -39,6 +39,7 @@ from sidecar.telemetry.admin_routes import telemetry_routes
 from sidecar.telemetry.layers import ClientTelemetryLayer, ServerTelemetryLayer
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.tracing import build_tracing
+from sidecar.transport.budget import ConnectionBudget
 from sidecar.transport.client import UpstreamClient
 from sidecar.transport.server import ServerConnection, ServerLimits, ServerState
 
@@ -61,6 +62,7 @@ class _Listener:
     address: str
     handler: Handler
     direction: str
+    budget: ConnectionBudget
     server: asyncio.Server | None = field(default=None)
 
 
@@ -95,6 +97,8 @@ class Sidecar:
                 max_body_bytes=limits.max_body_bytes,
                 header_read_timeout=limits.header_read_timeout,
                 max_connections=limits.max_connections,
+                # Keep-alive idle and write-side idle (a client that reads nothing).
+                idle_timeout=config.policy(config.service.name).timeouts.idle,
             )
         )
         self.router = OutboundRouter(self.directory, self._stack_for, self._is_configured)
@@ -185,6 +189,10 @@ class Sidecar:
             BalanceLayer(cluster, make_balancer(p.load_balancer, clock), clock, outlier, obs),
             self.client_telemetry,
         ]
+        for layer in layers:
+            if isinstance(layer, RetryLayer):
+                # Re-sending on a fresh connection after a stale pooled one is a retry too.
+                forwarder.budget = layer.budget
         return compose(layers, terminal=forwarder.forward)
 
     async def _to_local_app(self, request: Request) -> Response:
@@ -266,9 +274,20 @@ class Sidecar:
     # ------------------------------------------------------------ lifecycle
     def _plan_listeners(self) -> list[_Listener]:
         cfg = self.config
+        most = cfg.limits.max_connections
+        inbound_budget = ConnectionBudget(cfg.listeners.inbound_max_connections or most)
+        outbound_budget = ConnectionBudget(cfg.listeners.outbound_max_connections or most)
         listeners = [
-            _Listener("listeners.inbound", cfg.listeners.inbound, self.inbound, "inbound"),
-            _Listener("listeners.outbound", cfg.listeners.outbound, self.outbound, "outbound"),
+            _Listener(
+                "listeners.inbound", cfg.listeners.inbound, self.inbound, "inbound", inbound_budget
+            ),
+            _Listener(
+                "listeners.outbound",
+                cfg.listeners.outbound,
+                self.outbound,
+                "outbound",
+                outbound_budget,
+            ),
         ]
         for name, up in cfg.upstreams.items():
             if up.listen and name != "default":
@@ -278,6 +297,7 @@ class Sidecar:
                         up.listen,
                         self._fixed_port_handler(name),
                         "outbound",
+                        ConnectionBudget(most),
                     )
                 )
         return listeners
@@ -287,10 +307,12 @@ class Sidecar:
         try:
             for lst in self._listeners:
                 host, port = split_host_port(lst.address)
-                handler, direction = lst.handler, lst.direction
+                handler, direction, budget = lst.handler, lst.direction, lst.budget
 
-                def factory(h: Handler = handler, d: str = direction) -> ServerConnection:
-                    return ServerConnection(h, self.state, d, prepare_request)
+                def factory(
+                    h: Handler = handler, d: str = direction, b: ConnectionBudget = budget
+                ) -> ServerConnection:
+                    return ServerConnection(h, self.state, d, prepare_request, b)
 
                 lst.server = await self._bind(loop, factory, host, port, lst)
             host, port = split_host_port(self.config.listeners.admin)

@@ -4,17 +4,34 @@ from __future__ import annotations
 
 from sidecar.errors import UpstreamReset
 from sidecar.http import Request, Response
-from sidecar.transport.client import UpstreamClient
+from sidecar.resilience.budget import RetryBudget
+from sidecar.transport.client import StaleConnection, UpstreamClient
+
+# Methods that may be sent again after the upstream may have seen them (RFC 9110 §9.2.2).
+# Anything else (POST, PATCH, ...) is re-sent only if not one byte of it was written (RFC 9112
+# §9.3.1.1): a reset after writing may come from an upstream that already acted on it.
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
 class Forwarder:
     """Forwards to the endpoint the balancer chose. Returns at response headers; the body
-    streams. Raises UpstreamConnectFailure / UpstreamReset (DESIGN §6)."""
+    streams. Raises UpstreamConnectFailure / UpstreamReset (DESIGN §6).
 
-    def __init__(self, client: UpstreamClient, connect_timeout: float, idle_timeout: float) -> None:
+    With a `budget` (the upstream's retry budget), re-sending a request on a fresh
+    connection after a stale pooled one failed counts as a retry and needs the budget's yes."""
+
+    def __init__(
+        self,
+        client: UpstreamClient,
+        connect_timeout: float,
+        idle_timeout: float,
+        budget: RetryBudget | None = None,
+    ) -> None:
         self._client = client
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
+        self.budget = budget
+        self.stale_resends = 0
 
     async def forward(self, request: Request) -> Response:
         endpoint = request.endpoint
@@ -27,12 +44,25 @@ class Forwarder:
             headers = [("host", request.authority), *[(k, v) for k, v in headers if k != "host"]]
         conn, reused = await pool.acquire()
         try:
-            return await conn.send(request.method, request.target, headers, request.body)
-        except UpstreamReset:
-            # A reused keep-alive connection the upstream had just closed: it never saw the
-            # request, so one more try on a fresh connection is safe when the body can be
-            # sent again.
-            if not reused or conn.received_any or not request.body.replayable:
+            return await conn.send(request.method, request.target, headers, request.body, request)
+        except StaleConnection:
+            # Found closed before a byte was written: safe to send anywhere, for any method.
+            if not request.body.replayable:
                 raise
-            conn, _ = await pool.acquire_fresh()
-            return await conn.send(request.method, request.target, headers, request.body)
+        except UpstreamReset:
+            # A reused keep-alive connection the upstream had just closed (no byte of an
+            # answer came back). Only an idempotent request is sent again: the upstream may
+            # have received and acted on it before closing.
+            if (
+                not reused
+                or conn.received_any
+                or request.method not in _IDEMPOTENT
+                or not request.body.replayable
+            ):
+                raise
+            budget = self.budget
+            if budget is not None and not budget.try_withdraw():
+                raise
+        self.stale_resends += 1
+        conn, _ = await pool.acquire_fresh()
+        return await conn.send(request.method, request.target, headers, request.body, request)

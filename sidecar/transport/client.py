@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import select
 import time
 from collections import deque
 from typing import cast
@@ -17,7 +18,7 @@ import httptools
 
 from sidecar.discovery.endpoints import Endpoint
 from sidecar.errors import SidecarError, UpstreamConnectFailure, UpstreamReset
-from sidecar.http import EMPTY_BODY, Body, BytesBody, Headers, Response
+from sidecar.http import EMPTY_BODY, Body, BytesBody, Headers, Request, Response
 from sidecar.proxy.hygiene import HOP_BY_HOP, connection_tokens
 from sidecar.transport.body import StreamBody
 from sidecar.transport.flow import WriteFlow
@@ -28,6 +29,10 @@ log = logging.getLogger(__name__)
 # Cap on an upstream response's status line + headers (Envoy's default is 60 KiB).
 MAX_RESPONSE_HEAD_BYTES = 64 * 1024
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
+# A pooled connection idle longer than this is checked for a FIN (or stray bytes) the loop has
+# not processed yet before it is reused: one poll syscall, paid only by connections that sat
+# idle (those an upstream's keep-alive timeout closes), not by busy ones.
+STALE_CHECK_AFTER = 1.0
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -40,6 +45,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._flow = WriteFlow()
         self._headers: list[tuple[str, str]] = []
         self._response: asyncio.Future[Response] | None = None
+        # The request being answered (for its interim responses), if the caller gave it.
+        self._origin: Request | None = None
         self._body: StreamBody | None = None
         self._head_only = False
         self._until_close = False
@@ -85,6 +92,16 @@ class UpstreamConnection(asyncio.Protocol):
         self.received_any = True
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # llhttp stops after a 101: we never ask for an upgrade (Upgrade is hop-by-hop
+            # and stripped), so a switch is a broken upstream, not a tunnel to open.
+            self._fail("upstream switched protocols (101) though no upgrade was requested")
+            return
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            reason = str(cause) if isinstance(cause, SidecarError) else str(exc)
+            self._fail(f"malformed response from upstream: {reason}")
+            return
         except httptools.HttpParserError as exc:
             self._fail(f"malformed response from upstream: {exc}")
             return
@@ -98,6 +115,8 @@ class UpstreamConnection(asyncio.Protocol):
                 )
 
     def _fail(self, reason: str) -> None:
+        if self.closed and self._response is None and self._body is None:
+            return
         err = UpstreamReset(reason, upstream=self._pool.upstream)
         if self._response is not None and not self._response.done():
             self._response.set_exception(err)
@@ -125,7 +144,15 @@ class UpstreamConnection(asyncio.Protocol):
         self._in_head = False
         status = self._parser.get_status_code()
         if 100 <= status < 200:
-            return  # interim response (100 Continue): the real one follows
+            # An interim response: the real one follows. 100 Continue answers an Expect we
+            # never send (we read the client's body ourselves); others (103 Early Hints) go
+            # on to the client. A 101 fails the exchange (see data_received).
+            origin = self._origin
+            if status != 100 and status != 101 and origin is not None:
+                sink = origin.interim
+                if sink is not None:
+                    sink.write_interim(origin, status, _interim_fields(self._headers))
+            return
         fut = self._response
         if fut is None or fut.done():
             raise UpstreamReset("unsolicited response from upstream")
@@ -141,6 +168,12 @@ class UpstreamConnection(asyncio.Protocol):
             if k == "content-length":
                 length = int(v)
             elif k == "transfer-encoding":
+                if chunked or v.strip(" \t").lower() != "chunked":
+                    # e.g. `gzip` (close-delimited) or `gzip, chunked`: forwarding it under
+                    # our own framing would change the message; refuse it (as Envoy does).
+                    raise UpstreamReset(
+                        f"upstream used Transfer-Encoding {v!r}: only chunked is supported"
+                    )
                 chunked = True
             if k in HOP_BY_HOP or k in named or k.startswith("proxy-"):
                 continue
@@ -181,13 +214,19 @@ class UpstreamConnection(asyncio.Protocol):
 
     # ---------------------------------------------------------- exchange
     async def send(
-        self, method: str, target: str, headers: list[tuple[str, str]], body: Body
+        self,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: Body,
+        origin: Request | None = None,
     ) -> Response:
         transport, loop = self._transport, self._loop
-        if transport is None or loop is None or self.closed:
-            raise UpstreamReset("connection closed", upstream=self._pool.upstream)
+        if transport is None or loop is None or self.closed or transport.is_closing():
+            raise StaleConnection("connection closed", upstream=self._pool.upstream)
         fut: asyncio.Future[Response] = loop.create_future()
         self._response = fut
+        self._origin = origin
         self._head_only = method == "HEAD"
         self._until_close = False
         self._message_done = False
@@ -224,6 +263,7 @@ class UpstreamConnection(asyncio.Protocol):
             # request before we resumed: clearing its future would leave that one hanging.
             if self._response is fut:
                 self._response = None
+                self._origin = None
 
     async def _write_body(self, body: Body) -> None:
         assert self._transport is not None
@@ -280,6 +320,26 @@ class UpstreamConnection(asyncio.Protocol):
             if self._transport is not None:
                 self._transport.close()
 
+    def looks_stale(self) -> bool:
+        """Whether an idle connection is readable: a FIN (or stray bytes) the loop has not
+        processed yet. Either way it must not carry a request."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return True
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([sock.fileno()], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
+
+class StaleConnection(UpstreamReset):
+    """The connection was found closed before anything was written to it: any request may
+    be sent again on another one."""
+
 
 class EndpointPool:
     """Keep-alive connections to one endpoint; at most `max_idle` kept idle."""
@@ -311,7 +371,8 @@ class EndpointPool:
             conn = self._idle.pop()  # LIFO: the warmest connection
             if conn.closed:
                 continue
-            if now - conn.idle_since > self.idle_timeout:
+            idle = now - conn.idle_since
+            if idle > self.idle_timeout or (idle > STALE_CHECK_AFTER and conn.looks_stale()):
                 conn.close()
                 continue
             return conn, True
@@ -387,3 +448,13 @@ class UpstreamClient:
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
+
+
+def _interim_fields(items: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    named = connection_tokens(items) if any(k == "connection" for k, _ in items) else ()
+    return [
+        (k, v)
+        for k, v in items
+        if k not in HOP_BY_HOP and k not in named and not k.startswith("proxy-")
+        and k != "content-length"
+    ]
