@@ -33,9 +33,13 @@ _BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 # not processed yet before it is reused: one poll syscall, paid only by connections that sat
 # idle (those an upstream's keep-alive timeout closes), not by busy ones.
 STALE_CHECK_AFTER = 1.0
+# Bytes read from an upstream socket at once. A response body pauses reading above
+# body.HIGH_WATER, so what a stalled stream holds is at most HIGH_WATER + one read: the read
+# size is that bound's other half (uvloop and asyncio would read up to 256 KiB).
+READ_SIZE = 32 * 1024
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(asyncio.BufferedProtocol):
     def __init__(self, pool: EndpointPool) -> None:
         self._pool = pool
         self._parser = httptools.HttpResponseParser(self)
@@ -88,7 +92,15 @@ class UpstreamConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._flow.resume_writing()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # Shared by the client's connections: a read is copied out (httptools hands out
+        # bytes) before the loop reads from any other socket.
+        return self._pool.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._pool.read_buffer[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         self.received_any = True
         try:
             self._parser.feed_data(data)
@@ -351,8 +363,10 @@ class EndpointPool:
         connect_timeout: float,
         idle_timeout: float,
         max_idle: int = 128,
+        read_buffer: memoryview | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.read_buffer = memoryview(bytearray(READ_SIZE)) if read_buffer is None else read_buffer
         self.upstream = upstream
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
@@ -422,6 +436,7 @@ class UpstreamClient:
     def __init__(self, max_idle_per_endpoint: int = 128) -> None:
         self._pools: dict[tuple[str, Endpoint], EndpointPool] = {}
         self._max_idle = max_idle_per_endpoint
+        self._read_buffer = memoryview(bytearray(READ_SIZE))
 
     def pool(
         self, upstream: str, endpoint: Endpoint, connect_timeout: float, idle_timeout: float
@@ -429,7 +444,14 @@ class UpstreamClient:
         key = (upstream, endpoint)
         pool = self._pools.get(key)
         if pool is None:
-            pool = EndpointPool(endpoint, upstream, connect_timeout, idle_timeout, self._max_idle)
+            pool = EndpointPool(
+                endpoint,
+                upstream,
+                connect_timeout,
+                idle_timeout,
+                self._max_idle,
+                self._read_buffer,
+            )
             self._pools[key] = pool
         else:
             pool.connect_timeout = connect_timeout

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,6 +40,8 @@ MAX_HEADERS = 100
 # llhttp accepts any u64; most servers parse Content-Length as a signed 64-bit integer, so a
 # larger value would be read differently by the next hop (a desync).
 MAX_CONTENT_LENGTH = 2**63 - 1
+_LINGER_RESET = struct.pack("ii", 1, 0)
+WRITE_HIGH_WATER = 16 * 1024
 
 
 @dataclass(slots=True)
@@ -217,6 +221,9 @@ class ServerConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but implement it.
         self._transport = cast(asyncio.Transport, transport)
+        # What a client has not read yet waits here (plus the kernel's socket buffer): this
+        # bounds the memory a slow reader costs, with the 64 KiB body buffer upstream.
+        self._transport.set_write_buffer_limits(WRITE_HIGH_WATER)
         peer = transport.get_extra_info("peername")
         self._peer = peer[0] if isinstance(peer, tuple) else ""
         if not self._budget.admit(self):
@@ -608,10 +615,17 @@ class ServerConnection(asyncio.Protocol):
         """The header-read or idle deadline passed (called by the ServerState sweep)."""
         self.deadline = 0.0
         if self._write_stalled:
-            # The client read nothing for the idle timeout: drop what it never took.
+            # The client read nothing for the idle timeout: drop what it never took. A reset
+            # (linger 0), not a FIN queued behind data it will never read: that would keep
+            # the kernel's send buffer for minutes (nginx: reset_timedout_connection).
             self._closing = True
-            if self._transport is not None:
-                self._transport.abort()
+            transport = self._transport
+            if transport is not None:
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                transport.abort()
         elif self._task is None:
             if self._head_raw or self._url or self._headers:
                 # Slowloris: part of a head arrived, too slowly. Say why, then cut it off.
