@@ -32,6 +32,7 @@ from sidecar.resilience.concurrency import ConcurrencyLimitLayer
 from sidecar.resilience.deadline import DeadlineLayer
 from sidecar.resilience.fallback import FallbackLayer
 from sidecar.resilience.outlier import OutlierDetector
+from sidecar.resilience.replay import ReplayBuffers
 from sidecar.resilience.retry import RetryLayer
 from sidecar.stack import Handler, Layer, compose
 from sidecar.telemetry.access_log import AccessLog
@@ -90,6 +91,8 @@ class Sidecar:
         self._stacks: dict[str, Handler] = {}
         self.breakers: dict[str, CircuitBreaker] = {}
         self.outliers: dict[str, OutlierDetector] = {}
+        # Request bodies held for retries, by all upstreams together.
+        self.replay_buffers = ReplayBuffers(config.limits.retry_buffer_bytes)
         limits = config.limits
         self.state = ServerState(
             ServerLimits(
@@ -185,6 +188,7 @@ class Sidecar:
                 self.config.limits.retry_buffer_bytes,
                 clock,
                 obs,
+                replay_buffers=self.replay_buffers,
             ),
             BalanceLayer(cluster, make_balancer(p.load_balancer, clock), clock, outlier, obs),
             self.client_telemetry,

@@ -21,7 +21,7 @@ from sidecar.resilience.budget import RetryBudget
 from sidecar.resilience.classify import Outcome, classify_error
 from sidecar.resilience.deadline import stamp_remaining
 from sidecar.resilience.expiry import Expiry, LoopRef
-from sidecar.resilience.replay import buffer_for_replay, discard_body
+from sidecar.resilience.replay import ReplayBuffers, discard_body
 from sidecar.stack import Handler
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -82,6 +82,7 @@ class RetryLayer:
         "_observer",
         "_per_try",
         "_policy",
+        "_replay",
         "_rng",
         "_sleep",
         "_upstream",
@@ -98,6 +99,7 @@ class RetryLayer:
         budget: RetryBudget | None = None,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        replay_buffers: ReplayBuffers | None = None,
     ) -> None:
         self._upstream = upstream
         self._max_retries = retries.attempts
@@ -106,6 +108,8 @@ class RetryLayer:
         self._backoff_max = retries.backoff_max
         self._per_try = per_try_timeout
         self._buffer_bytes = retry_buffer_bytes
+        # Shared by every upstream's layer (the cap is on all in-flight requests together).
+        self._replay = replay_buffers or ReplayBuffers(retry_buffer_bytes)
         self._clock = clock
         self._observer: Observer = observer or NullObserver()
         self._budget = budget or RetryBudget(
@@ -122,7 +126,7 @@ class RetryLayer:
         clock, policy, budget, observer = self._clock, self._policy, self._budget, self._observer
         per_try, max_retries, upstream = self._per_try, self._max_retries, self._upstream
         base, cap, sleep, rng = self._backoff_base, self._backoff_max, self._sleep, self._rng
-        buffer_bytes = self._buffer_bytes
+        buffer_bytes, replay = self._buffer_bytes, self._replay
         loop = LoopRef()
 
         async def attempt(request: Request) -> Response:
@@ -160,7 +164,11 @@ class RetryLayer:
             budget.deposit()
             idempotent = request.method in IDEMPOTENT_METHODS
             if idempotent and policy.wants_body() and not request.body.replayable:
-                request.body = await buffer_for_replay(request.body, buffer_bytes)
+                return await replay.buffered(request, buffer_bytes, tries)
+            return await tries(request)
+
+        async def tries(request: Request) -> Response:
+            idempotent = request.method in IDEMPOTENT_METHODS
             retries = 0
             while True:
                 replay_safe = idempotent and request.body.replayable

@@ -375,3 +375,33 @@ async def test_early_hints_are_forwarded_to_http_1_1_clients_only(guarded):
     assert ex.raw.endswith(b"\r\n\r\nok")
     ex = await exchange(port, b"GET /h HTTP/1.0\r\n" + H + b"\r\n")
     assert ex.raw.startswith(b"HTTP/1.1 200 OK\r\n"), ex.raw
+
+
+# --------------------------------------------------------------------- 6. retry buffering
+
+
+async def test_retry_buffer_is_a_cap_across_all_in_flight_requests(guarded):
+    up, sc, port = await guarded(
+        limits={"retry_buffer_bytes": "4KiB"},
+        upstreams={
+            "default": {
+                "retries": {"attempts": 1, "on": ["reset"]},
+                "circuit_breaker": {"enabled": False},
+                "outlier_detection": {"enabled": False},
+            }
+        },
+    )
+    gate = asyncio.Event()
+    # every first try: received, held, then the connection closed unanswered (a reset)
+    up.script.extend([Reply(b"", gate=gate, close=True) for _ in range(20)])
+    body = b"x" * 1000
+    put = b"PUT /p HTTP/1.1\r\n" + H + b"Content-Length: 1000\r\nConnection: close\r\n\r\n" + body
+    clients = [asyncio.create_task(exchange(port, put, timeout=10)) for _ in range(20)]
+    await eventually(lambda: len(up.seen) == 20)
+    # 20 bodies in flight, 4 of them (4 KiB) held for a retry
+    assert sc.replay_buffers.held == 4000
+    gate.set()
+    statuses = sorted(r.status for ex in await asyncio.gather(*clients) for r in ex.responses)
+    assert statuses == [200] * 4 + [502] * 16
+    assert len(up.seen) == 24 and all(s.body == body for s in up.seen)
+    assert sc.replay_buffers.held == 0
