@@ -341,11 +341,13 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         sock = transport.get_extra_info("socket")
         if sock is None:
             return False
+        # poll, not select: select() refuses descriptors above 1024.
+        poller = select.poll()
         try:
-            readable, _, _ = select.select([sock.fileno()], [], [], 0)
+            poller.register(sock.fileno(), select.POLLIN)
+            return bool(poller.poll(0))
         except (OSError, ValueError):
             return True
-        return bool(readable)
 
 
 class StaleConnection(UpstreamReset):
