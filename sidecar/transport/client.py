@@ -37,6 +37,7 @@ STALE_CHECK_AFTER = 1.0
 # body.HIGH_WATER, so what a stalled stream holds is at most HIGH_WATER + one read: the read
 # size is that bound's other half (uvloop and asyncio would read up to 256 KiB).
 READ_SIZE = 32 * 1024
+WRITE_HIGH_WATER = 16 * 1024
 
 
 class UpstreamConnection(asyncio.BufferedProtocol):
@@ -67,6 +68,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but implement it.
         self._transport = cast(asyncio.Transport, transport)
+        # An upload to a slow upstream waits here beyond this (the kernel buffers more).
+        self._transport.set_write_buffer_limits(WRITE_HIGH_WATER)
         self._loop = asyncio.get_running_loop()
 
     def connection_lost(self, exc: Exception | None) -> None:
