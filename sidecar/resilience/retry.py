@@ -160,15 +160,13 @@ class RetryLayer:
         if max_retries == 0:
             return attempt
 
-        async def retry(request: Request) -> Response:
-            budget.deposit()
+        async def retry(request: Request, buffered: bool = False) -> Response:
             idempotent = request.method in IDEMPOTENT_METHODS
-            if idempotent and policy.wants_body() and not request.body.replayable:
-                return await replay.buffered(request, buffer_bytes, tries)
-            return await tries(request)
-
-        async def tries(request: Request) -> Response:
-            idempotent = request.method in IDEMPOTENT_METHODS
+            if not buffered:  # (buffered: back from replay.buffered, deposited already)
+                budget.deposit()
+                if idempotent and policy.wants_body() and not request.body.replayable:
+                    # Its body held for a retry if there is room: every try runs in `tries`.
+                    return await replay.buffered(request, buffer_bytes, tries)
             retries = 0
             while True:
                 replay_safe = idempotent and request.body.replayable
@@ -190,6 +188,9 @@ class RetryLayer:
                 request.attempt = retries + 1
                 request.retry_reason = reason
                 request.headers.set(ATTEMPT_HEADER, str(request.attempt))
+
+        async def tries(request: Request) -> Response:
+            return await retry(request, True)
 
         def _decide(request: Request, retry_no: int, reason: str) -> float | None:
             """The backoff before retry number `retry_no`, or None if it must not happen.

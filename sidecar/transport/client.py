@@ -43,6 +43,7 @@ WRITE_HIGH_WATER = 16 * 1024
 class UpstreamConnection(asyncio.BufferedProtocol):
     def __init__(self, pool: EndpointPool) -> None:
         self._pool = pool
+        self._read_buffer = pool.read_buffer
         self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
         # Looked up once: on Python 3.11 `asyncio.get_running_loop()` is a getpid() syscall.
@@ -98,10 +99,10 @@ class UpstreamConnection(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         # Shared by the client's connections: a read is copied out (httptools hands out
         # bytes) before the loop reads from any other socket.
-        return self._pool.read_buffer
+        return self._read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self._pool.read_buffer[:nbytes])
+        self.data_received(self._read_buffer[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:
         self.received_any = True
@@ -237,7 +238,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         origin: Request | None = None,
     ) -> Response:
         transport, loop = self._transport, self._loop
-        if transport is None or loop is None or self.closed or transport.is_closing():
+        if transport is None or loop is None or self.closed:
             raise StaleConnection("connection closed", upstream=self._pool.upstream)
         fut: asyncio.Future[Response] = loop.create_future()
         self._response = fut
