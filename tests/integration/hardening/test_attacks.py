@@ -343,7 +343,7 @@ async def test_body_broken_in_the_first_packet_is_400_before_any_upstream_io(gua
 async def test_no_content_response_loses_its_content_length(guarded, status):
     up, sc, port = await guarded()
     up.script.append(Reply(b"HTTP/1.1 %d X\r\ncontent-length: 5\r\nx-a: 1\r\n\r\n" % status))
-    ex = await exchange(port, b"GET /nc HTTP/1.1\r\n" + H + b"\r\n", timeout=1)
+    ex = await exchange(port, b"GET /nc HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
     head = ex.raw.split(b"\r\n\r\n")[0].lower()
     assert head.startswith(b"http/1.1 %d" % status)
     assert b"content-length" not in head and b"transfer-encoding" not in head
