@@ -41,6 +41,7 @@ from sidecar.resilience.deadline import DeadlineLayer
 from sidecar.resilience.fallback import FallbackLayer
 from sidecar.resilience.health_check import HealthChecks
 from sidecar.resilience.outlier import OutlierDetector
+from sidecar.resilience.replay import ReplayBuffers
 from sidecar.resilience.retry import RetryLayer
 from sidecar.stack import Handler, Layer, compose
 from sidecar.telemetry.access_log import AccessLog
@@ -48,6 +49,7 @@ from sidecar.telemetry.admin_routes import telemetry_routes
 from sidecar.telemetry.layers import ClientTelemetryLayer, ServerTelemetryLayer
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.tracing import build_tracing
+from sidecar.transport.budget import ConnectionBudget
 from sidecar.transport.client import UpstreamClient
 from sidecar.transport.h2_client import H2Client
 from sidecar.transport.h2_server import H2Connections, H2Handover, H2Limits, h2_handover
@@ -82,6 +84,7 @@ class _Listener:
     address: str
     handler: Handler
     direction: str
+    budget: ConnectionBudget
     server: asyncio.Server | None = field(default=None)
 
 
@@ -124,6 +127,8 @@ class Sidecar:
         self.breakers: dict[str, CircuitBreaker] = {}
         self.outliers: dict[str, OutlierDetector] = {}
         self.balancers: dict[str, Balancer] = {}
+        # Request bodies held for retries, by all upstreams together.
+        self.replay_buffers = ReplayBuffers(config.limits.retry_buffer_bytes)
         limits = config.limits
         self.state = ServerState(
             ServerLimits(
@@ -131,6 +136,8 @@ class Sidecar:
                 max_body_bytes=limits.max_body_bytes,
                 header_read_timeout=limits.header_read_timeout,
                 max_connections=limits.max_connections,
+                # Keep-alive idle and write-side idle (a client that reads nothing).
+                idle_timeout=config.policy(config.service.name).timeouts.idle,
             ),
             TunnelRegistry(self.metrics),
         )
@@ -266,10 +273,15 @@ class Sidecar:
                 self.config.limits.retry_buffer_bytes,
                 clock,
                 obs,
+                replay_buffers=self.replay_buffers,
             ),
             BalanceLayer(cluster, balancer, clock, outlier, obs, p.timeouts.per_try),
             self.client_telemetry,
         ]
+        for layer in layers:
+            if isinstance(layer, RetryLayer):
+                # Re-sending on a fresh connection after a stale pooled one is a retry too.
+                forwarder.budget = layer.budget
         return compose(layers, terminal=terminal)
 
     def _build_egress(self, host_lookup: HostLookup | None) -> Egress | None:
@@ -395,9 +407,20 @@ class Sidecar:
     # ------------------------------------------------------------ lifecycle
     def _plan_listeners(self) -> list[_Listener]:
         cfg = self.config
+        most = cfg.limits.max_connections
+        inbound_budget = ConnectionBudget(cfg.listeners.inbound_max_connections or most)
+        outbound_budget = ConnectionBudget(cfg.listeners.outbound_max_connections or most)
         listeners = [
-            _Listener("listeners.inbound", cfg.listeners.inbound, self.inbound, "inbound"),
-            _Listener("listeners.outbound", cfg.listeners.outbound, self.outbound, "outbound"),
+            _Listener(
+                "listeners.inbound", cfg.listeners.inbound, self.inbound, "inbound", inbound_budget
+            ),
+            _Listener(
+                "listeners.outbound",
+                cfg.listeners.outbound,
+                self.outbound,
+                "outbound",
+                outbound_budget,
+            ),
         ]
         for name, up in cfg.upstreams.items():
             if up.listen and name != "default":
@@ -407,6 +430,7 @@ class Sidecar:
                         up.listen,
                         self._fixed_port_handler(name),
                         "outbound",
+                        ConnectionBudget(most),
                     )
                 )
         return listeners
@@ -416,13 +440,16 @@ class Sidecar:
         try:
             for lst in self._listeners:
                 host, port = split_host_port(lst.address)
-                handler, direction = lst.handler, lst.direction
+                handler, direction, budget = lst.handler, lst.direction, lst.budget
                 h2 = h2_handover(handler, self.h2_connections, direction, self.preparer)
 
                 def factory(
-                    h: Handler = handler, d: str = direction, h2: H2Handover = h2
+                    h: Handler = handler,
+                    d: str = direction,
+                    h2: H2Handover = h2,
+                    b: ConnectionBudget = budget,
                 ) -> ServerConnection:
-                    return ServerConnection(h, self.state, d, self.preparer, h2)
+                    return ServerConnection(h, self.state, d, self.preparer, h2, budget=b)
 
                 lst.server = await self._bind(loop, factory, host, port, lst)
             host, port = split_host_port(self.config.listeners.admin)

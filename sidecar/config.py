@@ -197,6 +197,10 @@ class ListenersConfig(StrictModel):
     inbound: HostPort = "0.0.0.0:15000"
     outbound: HostPort = "127.0.0.1:15001"
     admin: HostPort = "0.0.0.0:15090"
+    # Per-listener connection budgets; unset: `limits.max_connections` (each listener has its
+    # own budget either way, so inbound clients never use up the app's outbound slots).
+    inbound_max_connections: int | None = Field(default=None, ge=1)
+    outbound_max_connections: int | None = Field(default=None, ge=1)
 
 
 class ConsulConfig(StrictModel):

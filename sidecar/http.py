@@ -132,6 +132,14 @@ class _Once:
 EMPTY_BODY = BytesBody(b"")
 
 
+class InterimSink(Protocol):
+    """Takes 1xx interim responses (e.g. 103 Early Hints) for a request being answered."""
+
+    def write_interim(
+        self, request: Request, status: int, headers: list[tuple[str, str]]
+    ) -> None: ...
+
+
 @dataclass(slots=True)
 class Request:
     """One request travelling through the layer stack.
@@ -162,6 +170,8 @@ class Request:
     # The Upgrade field of a request asking to switch protocols ("websocket"): kept through
     # header hygiene and tunnelled after a 101; "" for every ordinary request.
     upgrade: str = ""
+    # Where an upstream's 1xx interim responses go (the client connection), if anywhere.
+    interim: InterimSink | None = None
 
     @property
     def path(self) -> str:

@@ -5,15 +5,24 @@ from __future__ import annotations
 from sidecar.errors import UpstreamConnectFailure, UpstreamReset
 from sidecar.grpc import is_grpc
 from sidecar.http import Request, Response
-from sidecar.transport.client import Dialer, EndpointPool, UpstreamClient
+from sidecar.resilience.budget import RetryBudget
+from sidecar.transport.client import Dialer, EndpointPool, StaleConnection, UpstreamClient
 from sidecar.transport.h2_client import H2Client, NotHttp2
 from sidecar.transport.tls import TlsOrigination
 from sidecar.transport.tunnel import Tunnel
 
+# Methods that may be sent again after the upstream may have seen them (RFC 9110 §9.2.2).
+# Anything else (POST, PATCH, ...) is re-sent only if not one byte of it was written (RFC 9112
+# §9.3.1.1): a reset after writing may come from an upstream that already acted on it.
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
 
 class Forwarder:
     """Forwards to the endpoint the balancer chose. Returns at response headers; the body
-    streams. Raises UpstreamConnectFailure / UpstreamReset."""
+    streams. Raises UpstreamConnectFailure / UpstreamReset.
+
+    With a `budget` (the upstream's retry budget), re-sending a request on a fresh
+    connection after a stale pooled one failed counts as a retry and needs the budget's yes."""
 
     def __init__(
         self,
@@ -25,6 +34,7 @@ class Forwarder:
         dialer: Dialer | None = None,
         h2: H2Client | None = None,
         protocol: str = "http1",
+        budget: RetryBudget | None = None,
     ) -> None:
         self._client = client
         self.tls = tls
@@ -35,6 +45,8 @@ class Forwarder:
         # upstreams.<name>.protocol: h2c always, auto for callers that came over HTTP/2.
         self._h2 = h2 if protocol != "http1" else None
         self._h2_always = protocol == "h2c"
+        self.budget = budget
+        self.stale_resends = 0
 
     async def forward(self, request: Request) -> Response:
         endpoint = request.endpoint
@@ -69,15 +81,32 @@ class Forwarder:
             return await self._upgrade(request, pool, headers)
         conn, reused = await pool.acquire()
         try:
-            return await conn.send(request.method, request.target, headers, request.body)
-        except UpstreamReset:
-            # A reused keep-alive connection the upstream had just closed: it never saw the
-            # request, so one more try on a fresh connection is safe when the body can be
-            # sent again.
-            if not reused or conn.received_any or not request.body.replayable:
+            return await conn.send(
+                request.method, request.target, headers, request.body, origin=request
+            )
+        except StaleConnection:
+            # Found closed before a byte was written: safe to send anywhere, for any method.
+            if not request.body.replayable:
                 raise
-            conn, _ = await pool.acquire_fresh()
-            return await conn.send(request.method, request.target, headers, request.body)
+        except UpstreamReset:
+            # A reused keep-alive connection the upstream had just closed (no byte of an
+            # answer came back). Only an idempotent request is sent again: the upstream may
+            # have received and acted on it before closing.
+            if (
+                not reused
+                or conn.received_any
+                or request.method not in _IDEMPOTENT
+                or not request.body.replayable
+            ):
+                raise
+            budget = self.budget
+            if budget is not None and not budget.try_withdraw():
+                raise
+        self.stale_resends += 1
+        conn, _ = await pool.acquire_fresh()
+        return await conn.send(
+            request.method, request.target, headers, request.body, origin=request
+        )
 
     async def _upgrade(
         self, request: Request, pool: EndpointPool, headers: list[tuple[str, str]]
@@ -86,7 +115,12 @@ class Forwarder:
         and a pooled one may be closed by the upstream as we send (no safe resend here)."""
         conn, _ = await pool.acquire_fresh()
         response = await conn.send(
-            request.method, request.target, headers, request.body, upgrade=request.upgrade
+            request.method,
+            request.target,
+            headers,
+            request.body,
+            upgrade=request.upgrade,
+            origin=request,
         )
         if isinstance(response.body, Tunnel):
             response.body.idle_timeout = self.stream_idle_timeout

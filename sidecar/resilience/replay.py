@@ -3,9 +3,9 @@ we are not going to forward (a retried 5xx)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
-from sidecar.http import Body, BytesBody
+from sidecar.http import EMPTY_BODY, Body, BytesBody, Request, Response
 
 # A discarded body longer than this is aborted rather than read to the end: reading keeps the
 # keep-alive connection reusable, aborting caps the work spent on an error page.
@@ -56,6 +56,56 @@ async def buffer_for_replay(body: Body, limit: int) -> Body:
         size += len(chunk)
         if size > limit:
             return PrefixedBody(chunks, it, body.length)
+
+
+class ReplayBuffers:
+    """`limits.retry_buffer_bytes` as a cap on the request bodies held for a possible retry by
+    all in-flight requests together, not only on each: a thousand concurrent uploads can't
+    make the sidecar buffer a thousand of them. A request that finds no room is sent
+    unbuffered, so only a connect failure (no byte sent) can retry it."""
+
+    __slots__ = ("capacity", "held")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.held = 0
+
+    def take(self, body: Body, limit: int) -> int:
+        """Reserve room to buffer `body` (at most `limit` bytes); 0 when there is none or it
+        is too large to buffer anyway."""
+        length = body.length
+        if length is not None and length > limit:
+            return 0
+        want = limit if length is None else length
+        if want <= 0 or self.held + want > self.capacity:
+            return 0
+        self.held += want
+        return want
+
+    def give_back(self, n: int) -> None:
+        self.held -= n
+
+    async def buffered(
+        self, request: Request, limit: int, send: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        """Make `request.body` replayable if there is room, then `send(request)` (every try);
+        the room is given back, and the bytes dropped, once the tries are over."""
+        held = self.take(request.body, limit)
+        if not held:
+            return await send(request)
+        try:
+            body = await buffer_for_replay(request.body, held)
+            # Keep only what is actually held: a chunked body smaller than the limit, or
+            # none (a body over it streams on and isn't replayable).
+            actual = len(body.data) if isinstance(body, BytesBody) else 0
+            self.give_back(held - actual)
+            held = actual
+            request.body = body
+            return await send(request)
+        finally:
+            self.give_back(held)
+            if held:
+                request.body = EMPTY_BODY
 
 
 async def discard_body(body: Body, limit: int = DRAIN_LIMIT) -> None:

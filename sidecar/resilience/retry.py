@@ -24,7 +24,7 @@ from sidecar.resilience.classify import Outcome, classify_error
 from sidecar.resilience.deadline import TryHold, arriving, stamp_remaining
 from sidecar.resilience.expiry import Expiry, LoopRef
 from sidecar.resilience.grpc_replay import RecordingBody
-from sidecar.resilience.replay import buffer_for_replay, discard_body
+from sidecar.resilience.replay import ReplayBuffers, discard_body
 from sidecar.stack import Handler
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -96,6 +96,7 @@ class RetryLayer:
         "_observer",
         "_per_try",
         "_policy",
+        "_replay",
         "_rng",
         "_sleep",
         "_upstream",
@@ -112,6 +113,7 @@ class RetryLayer:
         budget: RetryBudget | None = None,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        replay_buffers: ReplayBuffers | None = None,
     ) -> None:
         self._upstream = upstream
         self._max_retries = retries.attempts
@@ -120,6 +122,8 @@ class RetryLayer:
         self._backoff_max = retries.backoff_max
         self._per_try = per_try_timeout
         self._buffer_bytes = retry_buffer_bytes
+        # Shared by every upstream's layer (the cap is on all in-flight requests together).
+        self._replay = replay_buffers or ReplayBuffers(retry_buffer_bytes)
         self._clock = clock
         self._observer: Observer = observer or NullObserver()
         self._budget = budget or RetryBudget(
@@ -136,7 +140,7 @@ class RetryLayer:
         clock, policy, budget, observer = self._clock, self._policy, self._budget, self._observer
         per_try, max_retries, upstream = self._per_try, self._max_retries, self._upstream
         base, cap, sleep, rng = self._backoff_base, self._backoff_max, self._sleep, self._rng
-        buffer_bytes = self._buffer_bytes
+        buffer_bytes, replay = self._buffer_bytes, self._replay
         grpc_retries = bool(policy.grpc_codes)
         loop = LoopRef()
 
@@ -176,16 +180,20 @@ class RetryLayer:
         if max_retries == 0:
             return attempt
 
-        async def retry(request: Request) -> Response:
-            budget.deposit()
+        async def retry(request: Request, buffered: bool = False) -> Response:
             idempotent = request.method in IDEMPOTENT_METHODS
             grpc_call = grpc_retries and request.http_version == "2" and grpc.is_grpc(
                 request.headers
             )
-            if grpc_call:
-                request.body = RecordingBody(request.body, buffer_bytes)
-            if idempotent and policy.wants_body() and not request.body.replayable:
-                request.body = await buffer_for_replay(request.body, buffer_bytes)
+            if not buffered:  # (buffered: back from replay.buffered, deposited already)
+                budget.deposit()
+                if grpc_call:
+                    # A gRPC stream is recorded as it goes (a bidi call must not wait for its
+                    # whole request): retried only if the recording still holds all of it.
+                    request.body = RecordingBody(request.body, buffer_bytes)
+                elif idempotent and policy.wants_body() and not request.body.replayable:
+                    # Its body held for a retry if there is room: every try runs in `tries`.
+                    return await replay.buffered(request, buffer_bytes, tries)
             retries = 0
             while True:
                 replay_safe = idempotent and request.body.replayable
@@ -209,6 +217,9 @@ class RetryLayer:
                 request.attempt = retries + 1
                 request.retry_reason = reason
                 request.headers.set(ATTEMPT_HEADER, str(request.attempt))
+
+        async def tries(request: Request) -> Response:
+            return await retry(request, True)
 
         def _decide(request: Request, retry_no: int, reason: str) -> float | None:
             """The backoff before retry number `retry_no`, or None if it must not happen.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import select
 import ssl
 import time
 from collections import deque
@@ -19,7 +20,7 @@ import httptools
 
 from sidecar.discovery.endpoints import Endpoint
 from sidecar.errors import SidecarError, UpstreamConnectFailure, UpstreamReset
-from sidecar.http import EMPTY_BODY, Body, BytesBody, Headers, Response
+from sidecar.http import EMPTY_BODY, Body, BytesBody, Headers, Request, Response
 from sidecar.proxy.hygiene import HOP_BY_HOP, connection_tokens, end_to_end
 from sidecar.transport.body import StreamBody
 from sidecar.transport.flow import WriteFlow
@@ -34,11 +35,21 @@ MAX_RESPONSE_HEAD_BYTES = 64 * 1024
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 # host name → the address to connect to (egress: resolved and checked at every connect).
 Dialer = Callable[[str], Awaitable[str]]
+# A pooled connection idle longer than this is checked for a FIN (or stray bytes) the loop has
+# not processed yet before it is reused: one poll syscall, paid only by connections that sat
+# idle (those an upstream's keep-alive timeout closes), not by busy ones.
+STALE_CHECK_AFTER = 1.0
+# Bytes read from an upstream socket at once. A response body pauses reading above
+# body.HIGH_WATER, so what a stalled stream holds is at most HIGH_WATER + one read: the read
+# size is that bound's other half (uvloop and asyncio would read up to 256 KiB).
+READ_SIZE = 32 * 1024
+WRITE_HIGH_WATER = 16 * 1024
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(asyncio.BufferedProtocol):
     def __init__(self, pool: EndpointPool) -> None:
         self._pool = pool
+        self._read_buffer = pool.read_buffer
         self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
         # Looked up once: on Python 3.11 `asyncio.get_running_loop()` is a getpid() syscall.
@@ -46,6 +57,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._flow = WriteFlow()
         self._headers: list[tuple[str, str]] = []
         self._response: asyncio.Future[Response] | None = None
+        # The request being answered (for its interim responses), if the caller gave it.
+        self._origin: Request | None = None
         self._body: StreamBody | None = None
         self._head_only = False
         self._until_close = False
@@ -66,6 +79,8 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but implement it.
         self._transport = cast(asyncio.Transport, transport)
+        # An upload to a slow upstream waits here beyond this (the kernel buffers more).
+        self._transport.set_write_buffer_limits(WRITE_HIGH_WATER)
         self._loop = asyncio.get_running_loop()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -91,19 +106,34 @@ class UpstreamConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._flow.resume_writing()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # Shared by the client's connections: a read is copied out (httptools hands out
+        # bytes) before the loop reads from any other socket.
+        return self._read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._read_buffer[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         self.received_any = True
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            reason = str(cause) if isinstance(cause, SidecarError) else str(exc)
+            self._fail(f"malformed response from upstream: {reason}")
+            return
         except httptools.HttpParserError as exc:
             self._fail(f"malformed response from upstream: {exc}")
             return
         except httptools.HttpParserUpgrade as exc:
-            # llhttp stops at a 101: what follows it is the new protocol's.
+            # llhttp stops at a 101: what follows it is the new protocol's. A switch nobody
+            # asked for is a broken upstream, not a tunnel to open.
             if self._tunnel is None:
-                self._fail("upstream switched protocols without being asked to")
+                self._fail("upstream switched protocols (101) though no upgrade was requested")
             else:
-                self._tunnel.hold(data[exc.args[0] :])
+                # A copy: `data` may be a view of the read buffer the next read overwrites.
+                self._tunnel.hold(bytes(data[exc.args[0] :]))
             return
         if self._in_head:
             # llhttp has no size limit and httptools buffers partial fields: an upstream that
@@ -115,6 +145,8 @@ class UpstreamConnection(asyncio.Protocol):
                 )
 
     def _fail(self, reason: str) -> None:
+        if self.closed and self._response is None and self._body is None:
+            return
         err = UpstreamReset(reason, upstream=self._pool.upstream)
         if self._response is not None and not self._response.done():
             self._response.set_exception(err)
@@ -144,7 +176,16 @@ class UpstreamConnection(asyncio.Protocol):
         if 100 <= status < 200:
             if status == 101 and self._upgrade:
                 self._switch()
-            return  # interim response (100 Continue): the real one follows
+                return
+            # An interim response: the real one follows. 100 Continue answers an Expect we
+            # never send (we read the client's body ourselves); others (103 Early Hints) go
+            # on to the client. A 101 fails the exchange (see data_received).
+            origin = self._origin
+            if status != 100 and status != 101 and origin is not None:
+                sink = origin.interim
+                if sink is not None:
+                    sink.write_interim(origin, status, _interim_fields(self._headers))
+            return
         fut = self._response
         if fut is None or fut.done():
             raise UpstreamReset("unsolicited response from upstream")
@@ -160,6 +201,12 @@ class UpstreamConnection(asyncio.Protocol):
             if k == "content-length":
                 length = int(v)
             elif k == "transfer-encoding":
+                if chunked or v.strip(" \t").lower() != "chunked":
+                    # e.g. `gzip` (close-delimited) or `gzip, chunked`: forwarding it under
+                    # our own framing would change the message; refuse it (as Envoy does).
+                    raise UpstreamReset(
+                        f"upstream used Transfer-Encoding {v!r}: only chunked is supported"
+                    )
                 chunked = True
             if k in HOP_BY_HOP or k in named or k.startswith("proxy-"):
                 continue
@@ -225,12 +272,14 @@ class UpstreamConnection(asyncio.Protocol):
         headers: list[tuple[str, str]],
         body: Body,
         upgrade: str = "",
+        origin: Request | None = None,
     ) -> Response:
         transport, loop = self._transport, self._loop
         if transport is None or loop is None or self.closed:
-            raise UpstreamReset("connection closed", upstream=self._pool.upstream)
+            raise StaleConnection("connection closed", upstream=self._pool.upstream)
         fut: asyncio.Future[Response] = loop.create_future()
         self._response = fut
+        self._origin = origin
         self._head_only = method == "HEAD"
         self._until_close = False
         self._message_done = False
@@ -268,6 +317,7 @@ class UpstreamConnection(asyncio.Protocol):
             # request before we resumed: clearing its future would leave that one hanging.
             if self._response is fut:
                 self._response = None
+                self._origin = None
 
     async def _write_body(self, body: Body) -> None:
         assert self._transport is not None
@@ -327,6 +377,28 @@ class UpstreamConnection(asyncio.Protocol):
             if self._transport is not None:
                 self._transport.close()
 
+    def looks_stale(self) -> bool:
+        """Whether an idle connection is readable: a FIN (or stray bytes) the loop has not
+        processed yet. Either way it must not carry a request."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return True
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        # poll, not select: select() refuses descriptors above 1024.
+        poller = select.poll()
+        try:
+            poller.register(sock.fileno(), select.POLLIN)
+            return bool(poller.poll(0))
+        except (OSError, ValueError):
+            return True
+
+
+class StaleConnection(UpstreamReset):
+    """The connection was found closed before anything was written to it: any request may
+    be sent again on another one."""
+
 
 class EndpointPool:
     """Keep-alive connections to one endpoint; at most `max_idle` kept idle."""
@@ -340,12 +412,14 @@ class EndpointPool:
         max_idle: int = 128,
         tls: TlsOrigination | None = None,
         dialer: Dialer | None = None,
+        read_buffer: memoryview | None = None,
     ) -> None:
         self.endpoint = endpoint
         # The upstream's TLS policy; an https:// endpoint without one gets the default.
         self.tls = tls
         # Turns the endpoint's host into the address to connect to, checked (egress).
         self.dialer = dialer
+        self.read_buffer = memoryview(bytearray(READ_SIZE)) if read_buffer is None else read_buffer
         self.upstream = upstream
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
@@ -364,7 +438,8 @@ class EndpointPool:
             conn = self._idle.pop()  # LIFO: the warmest connection
             if conn.closed:
                 continue
-            if now - conn.idle_since > self.idle_timeout:
+            idle = now - conn.idle_since
+            if idle > self.idle_timeout or (idle > STALE_CHECK_AFTER and conn.looks_stale()):
                 conn.close()
                 continue
             return conn, True
@@ -467,6 +542,7 @@ class UpstreamClient:
     def __init__(self, max_idle_per_endpoint: int = 128) -> None:
         self._pools: dict[tuple[str, Endpoint], EndpointPool] = {}
         self._max_idle = max_idle_per_endpoint
+        self._read_buffer = memoryview(bytearray(READ_SIZE))
 
     def pool(
         self,
@@ -481,7 +557,14 @@ class UpstreamClient:
         pool = self._pools.get(key)
         if pool is None:
             pool = EndpointPool(
-                endpoint, upstream, connect_timeout, idle_timeout, self._max_idle, tls, dialer
+                endpoint,
+                upstream,
+                connect_timeout,
+                idle_timeout,
+                self._max_idle,
+                tls,
+                dialer,
+                self._read_buffer,
             )
             self._pools[key] = pool
         else:
@@ -503,3 +586,13 @@ class UpstreamClient:
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
+
+
+def _interim_fields(items: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    named = connection_tokens(items) if any(k == "connection" for k, _ in items) else ()
+    return [
+        (k, v)
+        for k, v in items
+        if k not in HOP_BY_HOP and k not in named and not k.startswith("proxy-")
+        and k != "content-length"
+    ]

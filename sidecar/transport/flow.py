@@ -20,6 +20,11 @@ class WriteFlow:
         self._paused = False
         self._wake()
 
+    @property
+    def blocked(self) -> bool:
+        """The transport's write buffer is above its high mark."""
+        return self._paused
+
     def connection_lost(self) -> None:
         self.closed = True
         self._paused = False

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ import httptools
 from sidecar.errors import BadRequest, Overloaded, PayloadTooLarge, SidecarError, error_response
 from sidecar.http import EMPTY_BODY, BytesBody, Headers, Request, Response
 from sidecar.transport.body import StreamBody
+from sidecar.transport.budget import ConnectionBudget
 from sidecar.transport.detect import is_h2_preface
 from sidecar.transport.flow import WriteFlow
 from sidecar.transport.inert import NoCallbacks
@@ -39,6 +42,8 @@ MAX_HEADERS = 100
 # llhttp accepts any u64; most servers parse Content-Length as a signed 64-bit integer, so a
 # larger value would be read differently by the next hop (a desync).
 MAX_CONTENT_LENGTH = 2**63 - 1
+_LINGER_RESET = struct.pack("ii", 1, 0)
+WRITE_HIGH_WATER = 16 * 1024
 
 
 @dataclass(slots=True)
@@ -55,7 +60,8 @@ class HeadTooLarge(Exception):
 
 
 class ServerState:
-    """Shared by all connections of the process's listeners: counts, drain flag."""
+    """Shared by all connections of the process's listeners: counts, drain flag. Each
+    listener may have its own ConnectionBudget; `budget` is the default one."""
 
     def __init__(self, limits: ServerLimits, tunnels: TunnelRegistry | None = None) -> None:
         self.limits = limits
@@ -64,6 +70,7 @@ class ServerState:
         # CONNECT is served on outbound listeners only when egress is configured.
         self.allow_connect = False
         self.connections: set[ServerConnection] = set()
+        self.budget = ConnectionBudget(limits.max_connections)
         self.active_requests = 0
         self.started_requests = 0
         self.draining = False
@@ -138,6 +145,7 @@ class ServerConnection(asyncio.Protocol):
         "_body",
         "_body_bytes",
         "_broken",
+        "_budget",
         "_closing",
         "_current",
         "_direction",
@@ -159,11 +167,13 @@ class ServerConnection(asyncio.Protocol):
         "_reading_head",
         "_reading_paused",
         "_report_broken",
+        "_responding",
         "_sniff",
         "_state",
         "_task",
         "_transport",
         "_url",
+        "_write_stalled",
         "deadline",
     )
 
@@ -174,12 +184,14 @@ class ServerConnection(asyncio.Protocol):
         direction: str,
         prepare: Callable[[Request], None] | None = None,
         h2: Callable[[asyncio.Transport, bytes], None] | None = None,
+        budget: ConnectionBudget | None = None,
     ) -> None:
         self._handler = handler
         # Takes the connection over when its first bytes are the HTTP/2 preface.
         self._h2 = h2
         self._sniff = h2 is not None
         self._state = state
+        self._budget = state.budget if budget is None else budget
         self._limits = state.limits
         self._direction = direction
         self._prepare = prepare
@@ -194,15 +206,20 @@ class ServerConnection(asyncio.Protocol):
         self._body: StreamBody | None = None
         self._body_bytes = 0
         self._current: Request | None = None
-        # (request, keep_alive); a list, not a deque: at most MAX_PIPELINED entries, and an
-        # empty deque costs ~700 bytes on every idle connection.
-        self._pending: list[tuple[Request, bool]] = []
+        # (request, keep_alive, expects 100-continue); a list, not a deque: at most
+        # MAX_PIPELINED entries, and an empty deque costs ~700 bytes on every idle connection.
+        self._pending: list[tuple[Request, bool, bool]] = []
         self._task: asyncio.Task[None] | None = None
         # Loop time at which the header-read or idle timeout fires; 0: none (ServerState
         # sweeps these).
         self.deadline = 0.0
         self._closing = False
         self._reading_paused = False
+        # The client reads nothing (our write buffer is full); `deadline` then is its limit.
+        self._write_stalled = False
+        # The final response head of the current request is being written: an interim
+        # (1xx) response can no longer go out.
+        self._responding = False
         # The byte stream broke while a request was being served: answer it, then close.
         self._broken: SidecarError | None = None
         self._report_broken = True
@@ -219,10 +236,13 @@ class ServerConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but implement it.
         self._transport = cast(asyncio.Transport, transport)
+        # What a client has not read yet waits here (plus the kernel's socket buffer): this
+        # bounds the memory a slow reader costs, with the 64 KiB body buffer upstream.
+        self._transport.set_write_buffer_limits(WRITE_HIGH_WATER)
         peer = transport.get_extra_info("peername")
         self._peer = peer[0] if isinstance(peer, tuple) else ""
-        if len(self._state.connections) >= self._limits.max_connections:
-            # Over the limit: refuse at once rather than queue unboundedly.
+        if not self._budget.admit(self):
+            # Every slot busy (none idle to close): refuse at once rather than queue.
             self._send_error_and_close(Overloaded("too many connections", retry_after=1))
             return
         self._state.track(self, self._loop)
@@ -233,6 +253,7 @@ class ServerConnection(asyncio.Protocol):
         # Freed by refcounting, not left to the cyclic collector (see inert.py).
         self._parser = httptools.HttpRequestParser(NoCallbacks())
         self._state.connections.discard(self)
+        self._budget.release(self)
         self._cancel_timer()
         self._flow.connection_lost()
         if self._body is not None:
@@ -243,9 +264,16 @@ class ServerConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._flow.pause_writing()
+        # A client that reads nothing for the idle timeout is cut off: otherwise each one
+        # holds a response's buffers (and its upstream connection) for ever.
+        self._write_stalled = True
+        self._arm_timer(self._limits.idle_timeout)
 
     def resume_writing(self) -> None:
         self._flow.resume_writing()
+        if self._write_stalled:
+            self._write_stalled = False
+            self._cancel_timer()
 
     def data_received(self, data: bytes) -> None:
         if self._closing or self._broken is not None:
@@ -255,26 +283,32 @@ class ServerConnection(asyncio.Protocol):
             if is_h2_preface(data):
                 self._hand_over(data)
                 return
-        heads, messages = self._heads_seen, self._messages_seen
+        heads, messages, body_bytes = self._heads_seen, self._messages_seen, self._body_bytes
         try:
             self._parser.feed_data(data)
-            if heads == self._heads_seen and messages == self._messages_seen:
-                if self._reading_head:
-                    self._head_raw += len(data)
-                    if self._head_raw > self._limits.max_header_bytes:
-                        raise HeadTooLarge
+            if (
+                heads == self._heads_seen
+                and messages == self._messages_seen
+                and body_bytes == self._body_bytes
+            ):
+                # Not one body byte nor a message boundary: all of it was head, chunk-size
+                # or chunk-extension lines, or trailers (httptools buffers a field until
+                # its CRLF, so on_header alone can't bound an endless one).
+                self._head_raw += len(data)
+                if self._head_raw > self._limits.max_header_bytes:
+                    raise HeadTooLarge
             else:
-                # A message boundary fell inside this chunk: its head bytes are undercounted
-                # by at most one read, which keeps the bound.
+                # Progress: the bytes framing it are undercounted by at most one read, which
+                # keeps the bound.
                 self._head_raw = 0
         except httptools.HttpParserUpgrade as exc:
             self._upgrade_requested(data[exc.args[0] :])
         except HeadTooLarge:
-            self._protocol_error(BadRequest("request head too large", status=431))
+            self._protocol_error(self._too_large())
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, HeadTooLarge):
-                self._protocol_error(BadRequest("request head too large", status=431))
+                self._protocol_error(self._too_large())
             elif isinstance(cause, SidecarError):
                 self._protocol_error(cause)
             else:
@@ -302,13 +336,21 @@ class ServerConnection(asyncio.Protocol):
         """HTTP/2 with prior knowledge: from here the connection is the HTTP/2 protocol's."""
         self._closing = True
         self._state.connections.discard(self)
+        self._budget.release(self)
         self._cancel_timer()
         self._parser = httptools.HttpRequestParser(NoCallbacks())
         if self._h2 is not None and self._transport is not None:
             self._h2(self._transport, data)
 
+    def _too_large(self) -> BadRequest:
+        if self._reading_head:
+            return BadRequest("request head too large", status=431)
+        # Trailers share the head's limit (so do chunk-size and chunk-extension lines).
+        return BadRequest("request trailers or chunk lines too large", status=431)
+
     # ------------------------------------------------------------ parser callbacks
     def on_message_begin(self) -> None:
+        self._budget.busy(self)
         self._reading_head = True
         self._url = b""
         self._headers = []
@@ -327,7 +369,8 @@ class ServerConnection(asyncio.Protocol):
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > self._limits.max_header_bytes:
             raise HeadTooLarge
-        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        if self._reading_head:  # trailers are counted, then dropped (not forwarded)
+            self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         self._cancel_timer()
@@ -355,11 +398,13 @@ class ServerConnection(asyncio.Protocol):
         else:
             self._body = None
             req_body = EMPTY_BODY
+        expect = False
         if any(k == "expect" for k, _ in self._headers):
             headers.remove("expect")
-            if self._transport is not None and self._body is not None:
-                # We read the body ourselves; tell the client to send it.
-                self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            # We read the body ourselves, so we tell the client to send it: when this request
+            # is served (not now, inside an earlier response), and never to HTTP/1.0 (RFC
+            # 9110 §10.1.1).
+            expect = self._body is not None and version == "1.1"
         request = Request(
             method=method,
             target=self._url.decode("latin-1"),
@@ -369,10 +414,11 @@ class ServerConnection(asyncio.Protocol):
             client_addr=self._peer,
             direction=self._direction,
             start=time.monotonic(),
+            interim=self,
         )
         # The request owns these now; empty means "no head in progress" for the timeout.
         self._url, self._headers = b"", []
-        self._enqueue(request, parser.should_keep_alive())
+        self._enqueue(request, parser.should_keep_alive(), expect)
 
     def on_body(self, data: bytes) -> None:
         max_body = self._limits.max_body_bytes
@@ -393,8 +439,8 @@ class ServerConnection(asyncio.Protocol):
             self._body = None
 
     # ------------------------------------------------------------ request handling
-    def _enqueue(self, request: Request, keep_alive: bool) -> None:
-        self._pending.append((request, keep_alive))
+    def _enqueue(self, request: Request, keep_alive: bool, expect: bool) -> None:
+        self._pending.append((request, keep_alive, expect))
         if self._task is None:
             self._task = self._loop.create_task(self._serve())
         elif len(self._pending) >= MAX_PIPELINED:
@@ -403,9 +449,12 @@ class ServerConnection(asyncio.Protocol):
     async def _serve(self) -> None:
         try:
             while self._pending and not self._closing:
-                request, keep_alive = self._pending.pop(0)
+                request, keep_alive, expect = self._pending.pop(0)
                 if self._reading_paused and len(self._pending) < MAX_PIPELINED // 2:
                     self._resume_reading()
+                if expect and request.body is self._body and self._transport is not None:
+                    # Its body is still to come, and every earlier response is complete.
+                    self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 self._current = request
                 self._state.request_started()
                 try:
@@ -425,12 +474,20 @@ class ServerConnection(asyncio.Protocol):
                     self._close()
                 else:
                     self._arm_timer(self._limits.idle_timeout)
-        except asyncio.CancelledError:
+                    if not (self._head_raw or self._url or self._headers):
+                        self._budget.idle(self)
+        except (asyncio.CancelledError, ConnectionResetError):
             self._close()
         finally:
             self._task = None
 
     async def _handle(self, request: Request, keep_alive: bool) -> bool:
+        self._responding = False
+        body = request.body
+        if isinstance(body, StreamBody) and isinstance(body.error, SidecarError):
+            # Its body broke (a bad chunk size in the same packet as the head): refuse it
+            # before anything goes upstream.
+            return await self._write(request, error_response(body.error), False)
         if self._prepare is not None:
             try:
                 self._prepare(request)
@@ -465,13 +522,18 @@ class ServerConnection(asyncio.Protocol):
         if transport is None or self._closing:
             _abort_body(response)
             return False
+        self._responding = True
         if self._state.draining:
             keep_alive = False
         status = response.status
-        head_only = request.method == "HEAD" or status in _NO_BODY_STATUS or status < 200
+        no_content = status in _NO_BODY_STATUS or status < 200
+        head_only = request.method == "HEAD" or no_content
+        # Framing fields are ours to write, except a HEAD answer's (what a GET would carry);
+        # a 204/304 carries none (RFC 9110 §8.6).
+        keep_framing = head_only and not no_content
         parts = [f"HTTP/1.1 {status} {response.reason or _REASONS.get(status, '')}\r\n"]
         for k, v in response.headers.items():
-            if not head_only and (k == "content-length" or k == "transfer-encoding"):
+            if not keep_framing and (k == "content-length" or k == "transfer-encoding"):
                 continue
             if k == "connection":
                 continue
@@ -505,6 +567,10 @@ class ServerConnection(asyncio.Protocol):
                 transport.write(head + (_chunk(data) if data else b"") + b"0\r\n\r\n")
             else:
                 transport.write(head + data)
+            if self._flow.blocked:
+                # A pipelining client that reads nothing must not have response after
+                # response queued for it in memory.
+                await self._flow.drain()
             return keep_alive
         transport.write(head)
         sent = 0
@@ -548,7 +614,26 @@ class ServerConnection(asyncio.Protocol):
             # The tunnel took the transport over (this protocol sees no connection_lost).
             self._closing = True
             self._state.connections.discard(self)
+            self._budget.release(self)
         return False
+
+    def write_interim(self, request: Request, status: int, headers: list[tuple[str, str]]) -> None:
+        """Forward an upstream's 1xx (e.g. 103 Early Hints) to the client: only while
+        `request` is the one being answered and its final head is not out, and only to
+        HTTP/1.1 clients (RFC 9110 §15.2)."""
+        transport = self._transport
+        if (
+            transport is None
+            or self._closing
+            or request is not self._current
+            or self._responding
+            or request.http_version != "1.1"
+        ):
+            return
+        parts = [f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"]
+        parts += [f"{k}: {v}\r\n" for k, v in headers]
+        parts.append("\r\n")
+        transport.write("".join(parts).encode("latin-1"))
 
     # ------------------------------------------------------------ errors and closing
     def _protocol_error(self, err: SidecarError, report: bool = True) -> None:
@@ -578,6 +663,10 @@ class ServerConnection(asyncio.Protocol):
         transport.write("".join(head).encode("latin-1") + resp.body.data)
         transport.close()
 
+    def evict(self) -> None:
+        """The listener's budget needs this idle connection's slot."""
+        self._close()
+
     def close_if_idle(self) -> None:
         if self._task is None and self._current is None:
             self._close()
@@ -597,7 +686,19 @@ class ServerConnection(asyncio.Protocol):
     def expire(self) -> None:
         """The header-read or idle deadline passed (called by the ServerState sweep)."""
         self.deadline = 0.0
-        if self._task is None:
+        if self._write_stalled:
+            # The client read nothing for the idle timeout: drop what it never took. A reset
+            # (linger 0), not a FIN queued behind data it will never read: that would keep
+            # the kernel's send buffer for minutes (nginx: reset_timedout_connection).
+            self._closing = True
+            transport = self._transport
+            if transport is not None:
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                transport.abort()
+        elif self._task is None:
             if self._head_raw or self._url or self._headers:
                 # Slowloris: part of a head arrived, too slowly. Say why, then cut it off.
                 self._send_error_and_close(

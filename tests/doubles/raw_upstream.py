@@ -43,6 +43,9 @@ class Reply:
     data: bytes
     close: bool = False  # close the connection after writing `data`
     hang: bool = False  # write `data`, then never answer again on this connection
+    # write `data`, wait for `gate`, then write `rest` (a response still in flight)
+    gate: asyncio.Event | None = None
+    rest: bytes = b""
 
 
 def ok_reply(seen: RawSeen) -> bytes:
@@ -105,6 +108,10 @@ class RawUpstream:
                 reply = self.script.popleft() if self.script else Reply(ok_reply(seen))
                 writer.write(reply.data)
                 await writer.drain()
+                if reply.gate is not None:
+                    await reply.gate.wait()
+                    writer.write(reply.rest)
+                    await writer.drain()
                 if reply.hang:
                     # never answer, but notice when the sidecar gives up on us
                     while await reader.read(65536):

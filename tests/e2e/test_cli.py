@@ -178,7 +178,7 @@ def test_check_config_finds_what_would_fail_at_run_time_all_at_once(tmp_path):
         "service: {name: bff}\n"
         "listeners: {inbound: '0.0.0.0:9000', outbound: '127.0.0.1:9001', admin: '0.0.0.0:9002'}\n"
         "discovery:\n"
-        "  static: {user-service: ['https://127.0.0.1:8001']}\n"
+        "  static: {user-service: ['http://127.0.0.1:8001/v1']}\n"
         "  file: {path: endpoints.yaml}\n"
         "upstreams: {user-service: {load_balancer: fastest}}\n"
         "tracing: {exporter: none}\n",
@@ -187,8 +187,8 @@ def test_check_config_finds_what_would_fail_at_run_time_all_at_once(tmp_path):
     assert r.returncode == 2, r.stdout
     lines = [line.strip() for line in r.stderr.splitlines()[1:]]
     assert lines == [
-        "discovery.static.user-service.0: invalid address 'https://127.0.0.1:8001': expected "
-        "host:port without a scheme, e.g. '127.0.0.1:8001'",
+        "discovery.static.user-service.0: invalid address 'http://127.0.0.1:8001/v1': an "
+        "endpoint is host:port or https://host:port, without a path, query or user",
         "upstreams.user-service.load_balancer: unknown load_balancer 'fastest': expected "
         "'round_robin', 'random', 'least_request' or 'ewma'",
         f"discovery.file.path: cannot read {tmp_path / 'endpoints.yaml'}: "

@@ -42,6 +42,17 @@ DESIGN_METRICS = {
     "sidecar_proxy_overhead_seconds": "histogram",
     "sidecar_spans_dropped_total": "counter",
     "sidecar_build_info": "gauge",
+    "sidecar_health_checks_total": "counter",
+    "sidecar_upgrades_total": "counter",
+    "sidecar_upgrades_active": "gauge",
+    "sidecar_tunnel_bytes_total": "counter",
+    # Beyond the contract: how long tunnels stay open, and CONNECTs that could not connect.
+    "sidecar_tunnel_duration_seconds": "histogram",
+    "sidecar_tunnel_connect_errors_total": "counter",
+    # gRPC calls: the HTTP histograms' rpc_* labels live on their own histograms, so the
+    # HTTP series keep their shape (see README, HTTP/2 and gRPC).
+    "rpc_server_duration_seconds": "histogram",
+    "rpc_client_duration_seconds": "histogram",
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 GRAFANA_BUILTINS = {"__rate_interval", "__interval", "__range", "__interval_ms", "__range_s"}

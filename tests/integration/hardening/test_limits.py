@@ -46,7 +46,33 @@ async def _read_to_eof(reader: asyncio.StreamReader, timeout: float = 5.0) -> by
 # --------------------------------------------------------------------- connections
 
 
-async def test_connections_over_max_connections_are_refused(guarded):
+async def test_connections_over_max_connections_are_refused_when_none_is_idle(guarded):
+    up, sc, port = await guarded(limits={"max_connections": 3})
+    held = []
+    for i in range(3):
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"GET /busy%d HTTP/1.1\r\n" % i)  # a head in progress: busy, not idle
+        held.append((r, w))
+    await eventually(lambda: all(c._url for c in sc.state.connections) and len(held) == 3)
+    ex = await exchange(port, GET)
+    assert ex.eof
+    body = assert_error(ex.responses[0], 503, "overloaded")
+    assert "connections" in body["message"]
+    assert ex.responses[0].headers["retry-after"] == "1"
+    assert len(up.seen) == 0
+    # the held connections still work, and a freed slot is usable again
+    r, w = held[0]
+    w.write(H + b"Connection: close\r\n\r\n")
+    assert parse_responses(await _read_to_eof(r))[0].status == 200
+    w.close()
+    await eventually(lambda: len(sc.state.connections) == 2)
+    ex = await exchange(port, b"GET /again HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+    assert [x.status for x in ex.responses] == [200]
+    for _, w in held[1:]:
+        w.close()
+
+
+async def test_full_budget_closes_the_oldest_idle_connection_first(guarded):
     up, sc, port = await guarded(limits={"max_connections": 3})
     held = []
     for _ in range(3):
@@ -54,21 +80,16 @@ async def test_connections_over_max_connections_are_refused(guarded):
         w.write(GET)
         assert parse_responses(await _one_response(r))[0].status == 200
         held.append((r, w))
-    ex = await exchange(port, GET)
-    assert ex.eof
-    body = assert_error(ex.responses[0], 503, "overloaded")
-    assert "connections" in body["message"]
-    assert ex.responses[0].headers["retry-after"] == "1"
-    assert len(up.seen) == 3
-    # the held connections still work, and a freed slot is usable again
-    r, w = held[0]
-    w.write(GET)
-    assert parse_responses(await _one_response(r))[0].status == 200
-    w.close()
-    await eventually(lambda: len(sc.state.connections) == 2)
-    ex = await exchange(port, b"GET /again HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+    # the first connection is used again: the second is now the one idle longest
+    held[0][1].write(GET)
+    assert parse_responses(await _one_response(held[0][0]))[0].status == 200
+    ex = await exchange(port, b"GET /new HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
     assert [x.status for x in ex.responses] == [200]
-    for _, w in held[1:]:
+    assert await _read_to_eof(held[1][0]) == b"", "the oldest idle connection is closed quietly"
+    for i in (0, 2):
+        held[i][1].write(GET)
+        assert parse_responses(await _one_response(held[i][0]))[0].status == 200
+    for _, w in held:
         w.close()
 
 

@@ -142,3 +142,14 @@ def test_duration_parser_never_crashes_on_garbage(text):
 def test_duration_roundtrip(n, unit):
     factor = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
     assert parse_duration(f"{n}{unit}") == pytest.approx(n * factor)
+
+
+def test_listener_connection_budgets_default_to_limits_and_are_checked():
+    c = build_config({"service": {"name": "bff"}}, env={})
+    assert c.listeners.inbound_max_connections is None  # each listener: limits.max_connections
+    c = build_config(
+        {"service": {"name": "bff"}, "listeners": {"inbound_max_connections": 500}}, env={}
+    )
+    assert c.listeners.inbound_max_connections == 500
+    found = problems({"service": {"name": "bff"}, "listeners": {"outbound_max_connections": 0}})
+    assert [p.split(":")[0] for p in found] == ["listeners.outbound_max_connections"]
