@@ -10,7 +10,6 @@ import gc
 import importlib
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,6 +57,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 async def _serve(config: Config, config_path: str, config_dir: Path) -> int:
     from sidecar.app import ListenError, Sidecar
+    from sidecar.runtime import install_signals
 
     sidecar = Sidecar(config, config_dir=config_dir)
     try:
@@ -84,9 +84,7 @@ async def _serve(config: Config, config_path: str, config_dir: Path) -> int:
             return
         sidecar.reload(new)
 
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    install_signals(loop, stop=stop.set, reload=reload)
     log.info(
         "sidecar %s (%s) for %s: inbound %s, outbound %s, admin %s",
         __version__,

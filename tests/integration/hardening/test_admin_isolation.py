@@ -17,7 +17,7 @@ import aiohttp
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext
 
-from sidecar.telemetry.admin_routes import MAX_LIMIT
+from sidecar.admin.telemetry import MAX_LIMIT
 from sidecar.telemetry.span_buffer import MAX_DUMP_BYTES
 from tests.integration.hardening.conftest import UPSTREAM
 

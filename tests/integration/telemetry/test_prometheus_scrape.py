@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from sidecar.admin.server import AdminServer
-from sidecar.telemetry.admin_routes import telemetry_routes
+from sidecar.admin.telemetry import telemetry_routes
 from sidecar.telemetry.metrics import Metrics
 from tests.conftest import free_port, require_binary
 

@@ -7,8 +7,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.admin.server import AdminServer
+from sidecar.admin.telemetry import telemetry_routes
 from sidecar.config import TracingConfig
-from sidecar.telemetry.admin_routes import telemetry_routes
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.tracing import build_tracing
 
