@@ -27,7 +27,6 @@ from sidecar.balance.cluster import Cluster
 from sidecar.clock import Clock, SystemClock
 from sidecar.config import Config
 from sidecar.discovery.build import build_discovery
-from sidecar.discovery.endpoints import Endpoint
 from sidecar.egress.connect import ConnectHandler
 from sidecar.egress.dialer import EgressDialer
 from sidecar.egress.discovery import EgressResolver
@@ -60,6 +59,7 @@ from sidecar.transport.h2_client import H2Client
 from sidecar.transport.h2_server import H2Connections, H2Limits
 from sidecar.transport.server import ServerLimits, ServerState
 from sidecar.transport.tunnel import TunnelRegistry, refused_upgrade
+from sidecar.vocab.endpoint import Endpoint
 
 __all__ = ["Egress", "ListenError", "Sidecar"]
 

@@ -27,7 +27,9 @@ from pydantic import (
     model_validator,
 )
 
-from sidecar.discovery.endpoints import parse_endpoint_address
+from sidecar.vocab.addresses import is_literal_ip
+from sidecar.vocab.endpoint import parse_endpoint_address
+from sidecar.vocab.names import BalancerName, PropagatorName, SamplerName
 
 # ---------------------------------------------------------------- scalar parsing
 
@@ -410,7 +412,7 @@ class TlsConfig(StrictModel):
 
 
 class UpstreamConfig(StrictModel):
-    load_balancer: Literal["round_robin", "random", "least_request", "ewma"] = "ewma"
+    load_balancer: BalancerName = "ewma"
     timeouts: TimeoutsConfig = TimeoutsConfig()
     retries: RetriesConfig = RetriesConfig()
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
@@ -448,30 +450,12 @@ class UpstreamConfig(StrictModel):
     protocol: Literal["http1", "h2c", "auto"] = "auto"
 
 
-PROPAGATORS = ("tracecontext", "baggage", "b3", "b3multi", "jaeger")
-SAMPLERS = (
-    "parentbased_traceidratio",
-    "traceidratio",
-    "always_on",
-    "always_off",
-    "parentbased_always_on",
-    "parentbased_always_off",
-)
-
-
 class TracingConfig(StrictModel):
     exporter: Literal["otlp_grpc", "otlp_http", "none"] = "otlp_grpc"
     endpoint: OtlpEndpoint = "http://127.0.0.1:4317"
-    sampler: Literal[
-        "parentbased_traceidratio",
-        "traceidratio",
-        "always_on",
-        "always_off",
-        "parentbased_always_on",
-        "parentbased_always_off",
-    ] = "parentbased_traceidratio"
+    sampler: SamplerName = "parentbased_traceidratio"
     ratio: float = Field(default=1.0, ge=0.0, le=1.0)
-    propagators: list[Literal["tracecontext", "baggage", "b3", "b3multi", "jaeger"]] = [
+    propagators: list[PropagatorName] = [
         "tracecontext",
         "baggage",
         "b3multi",
@@ -815,11 +799,3 @@ def redacted(config: Config) -> dict[str, Any]:
     if consul and consul.get("token"):
         consul["token"] = "<redacted>"
     return data
-
-
-def is_literal_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True

@@ -10,6 +10,12 @@ import math
 
 from sidecar.grpc import encode_message, status_for_error
 from sidecar.http import BytesBody, Headers, Response
+from sidecar.vocab.headers import (
+    ERROR_HEADER,
+    GRPC_MESSAGE_HEADER,
+    GRPC_STATUS_HEADER,
+    REQUEST_ID_HEADER,
+)
 
 
 class SidecarError(Exception):
@@ -101,11 +107,11 @@ def error_response(
     headers = Headers.from_lower(
         [
             ("content-type", "application/json"),
-            ("x-sidecar-error", err.code),
+            (ERROR_HEADER, err.code),
         ]
     )
     if request_id:
-        headers.add("x-request-id", request_id)
+        headers.add(REQUEST_ID_HEADER, request_id)
     if err.retry_after is not None:
         headers.add("retry-after", str(max(1, math.ceil(err.retry_after))))
     return Response(status=err.status, headers=headers, body=BytesBody(body), error_code=err.code)
@@ -117,13 +123,13 @@ def grpc_error_response(err: SidecarError, *, request_id: str = "") -> Response:
     headers = Headers.from_lower(
         [
             ("content-type", "application/grpc"),
-            ("grpc-status", str(int(status_for_error(err.code)))),
-            ("grpc-message", encode_message(err.message)),
-            ("x-sidecar-error", err.code),
+            (GRPC_STATUS_HEADER, str(int(status_for_error(err.code)))),
+            (GRPC_MESSAGE_HEADER, encode_message(err.message)),
+            (ERROR_HEADER, err.code),
         ]
     )
     if request_id:
-        headers.add("x-request-id", request_id)
+        headers.add(REQUEST_ID_HEADER, request_id)
     if err.retry_after is not None:
         headers.add("retry-after", str(max(1, math.ceil(err.retry_after))))
     return Response(status=200, headers=headers, body=BytesBody(b""), error_code=err.code)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import enum
 import math
+from typing import Final
 from urllib.parse import quote
 
 from sidecar.http import Headers, Response
+from sidecar.vocab.headers import GRPC_STATUS_HEADER, GRPC_TIMEOUT_HEADER
 
 
 class GrpcStatus(enum.IntEnum):
@@ -74,7 +76,8 @@ _FOR_SIDECAR_ERROR = {
     "deadline_exceeded": GrpcStatus.DEADLINE_EXCEEDED,
 }
 
-TIMEOUT_HEADER = "grpc-timeout"
+# The vocabulary's name under the one callers of this module use (grpc.TIMEOUT_HEADER).
+TIMEOUT_HEADER: Final = GRPC_TIMEOUT_HEADER
 _UNIT_SECONDS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 
@@ -114,7 +117,7 @@ def format_timeout(seconds: float) -> str:
 
 def status_of(headers: Headers) -> int | None:
     """The `grpc-status` in these headers or trailers, None when absent or malformed."""
-    raw = headers.get("grpc-status")
+    raw = headers.get(GRPC_STATUS_HEADER)
     if raw is None or not raw.isdigit() or len(raw) > 3:
         return None
     return int(raw)

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sidecar.discovery.endpoints import Endpoint
+from sidecar.vocab.endpoint import Endpoint
 
 
 class Headers:

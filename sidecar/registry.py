@@ -17,7 +17,7 @@ from sidecar.balance.cluster import Cluster
 from sidecar.balance.factory import make_balancer
 from sidecar.clock import Clock
 from sidecar.config import Config
-from sidecar.discovery.endpoints import Endpoint, EndpointSet
+from sidecar.discovery.endpoints import EndpointSet
 from sidecar.discovery.resolver import Directory
 from sidecar.resilience.breaker import CircuitBreaker, breaker_for
 from sidecar.resilience.health_check import HealthChecks
@@ -26,6 +26,7 @@ from sidecar.stack import Handler
 from sidecar.telemetry.metrics import Metrics
 from sidecar.transport.client import UpstreamClient
 from sidecar.transport.tls import TlsOrigination, build_tls, default_tls
+from sidecar.vocab.endpoint import Endpoint
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from sidecar.http import BytesBody, Headers, Request, Response
+from sidecar.stack import Handler
 from sidecar.transport.server import ServerConnection, ServerLimits, ServerState
 
 log = logging.getLogger(__name__)
 
-AdminHandler = Callable[[Request], Awaitable[Response]]
-AdminRoute = tuple[str, str, AdminHandler]  # (method, path, handler)
+AdminRoute = tuple[str, str, Handler]  # (method, path, handler)
 ReadinessCheck = Callable[[], Awaitable[list[str]]]  # reasons not ready; empty = ready
 
 _PROTECTED = ("/admin", "/debug")
@@ -98,7 +98,7 @@ class AdminServer:
         self._expose = expose_debug
         self._readiness = readiness
         # path -> method -> handler; GET routes answer HEAD too (as aiohttp's add_get did).
-        self._routes: dict[str, dict[str, AdminHandler]] = {}
+        self._routes: dict[str, dict[str, Handler]] = {}
         self._add("GET", "/healthz", self._healthz)
         self._add("GET", "/readyz", self._readyz)
         for method, path, handler in routes:
@@ -108,7 +108,7 @@ class AdminServer:
         self._state = ServerState(ADMIN_LIMITS)
         self._server: asyncio.Server | None = None
 
-    def _add(self, method: str, path: str, handler: AdminHandler) -> None:
+    def _add(self, method: str, path: str, handler: Handler) -> None:
         methods = self._routes.setdefault(path, {})
         methods[method.upper()] = handler
         if method.upper() == "GET":

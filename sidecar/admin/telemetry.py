@@ -15,9 +15,10 @@ import json
 import time
 from collections.abc import Generator
 
-from sidecar.admin.server import AdminHandler, AdminRoute, json_body, query_params
+from sidecar.admin.server import AdminRoute, json_body, query_params
 from sidecar.config import parse_duration
 from sidecar.http import BytesBody, Headers, Request, Response
+from sidecar.stack import Handler
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.span_buffer import SpanBuffer
 
@@ -40,7 +41,7 @@ def telemetry_routes(metrics: Metrics | None, buffer: SpanBuffer | None) -> list
     return routes
 
 
-def metrics_handler(metrics: Metrics) -> AdminHandler:
+def metrics_handler(metrics: Metrics) -> Handler:
     async def handle(request: Request) -> Response:
         body, content_type = metrics.render(request.headers.get("accept"))
         return Response(200, Headers.from_lower([("content-type", content_type)]), BytesBody(body))
@@ -68,7 +69,7 @@ async def run_sliced(steps: Generator[None, None, bytes], budget: float = SLICE)
             until = time.perf_counter() + budget
 
 
-def traces_handler(buffer: SpanBuffer) -> AdminHandler:
+def traces_handler(buffer: SpanBuffer) -> Handler:
     """Jaeger query-API shaped: `?service=&operation=&lookback=15m&limit=20`."""
     one_at_a_time = asyncio.Lock()
 

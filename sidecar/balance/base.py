@@ -6,7 +6,7 @@ from collections.abc import Collection, Sequence
 from typing import Protocol
 
 from sidecar.balance.cluster import EndpointState
-from sidecar.discovery.endpoints import Endpoint
+from sidecar.vocab.endpoint import Endpoint
 
 
 class Balancer(Protocol):

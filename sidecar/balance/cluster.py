@@ -6,7 +6,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from sidecar.discovery.endpoints import Endpoint, EndpointSet
+from sidecar.discovery.endpoints import EndpointSet
+from sidecar.vocab.endpoint import Endpoint
 
 
 class PassiveState(enum.Enum):

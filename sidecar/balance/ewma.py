@@ -20,7 +20,7 @@ from sidecar.balance.cluster import EndpointState
 from sidecar.balance.penalty import FAILURE_COST, failure_score
 from sidecar.balance.sampling import pick_two
 from sidecar.clock import Clock, SystemClock
-from sidecar.discovery.endpoints import Endpoint
+from sidecar.vocab.endpoint import Endpoint
 
 DEFAULT_RTT = 0.030  # linkerd2-proxy's default estimate before the first sample
 DEFAULT_DECAY = 10.0  # linkerd2-proxy's decay time constant (seconds)

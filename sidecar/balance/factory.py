@@ -10,8 +10,7 @@ from sidecar.balance.least_request import LeastRequestBalancer
 from sidecar.balance.random import RandomBalancer
 from sidecar.balance.round_robin import RoundRobinBalancer
 from sidecar.clock import Clock
-
-BALANCERS = ("round_robin", "random", "least_request", "ewma")
+from sidecar.vocab.names import BALANCERS
 
 
 def make_balancer(

@@ -13,7 +13,7 @@ from sidecar.balance.cluster import EndpointState
 from sidecar.balance.penalty import FAILURE_LOAD, failure_score
 from sidecar.balance.sampling import pick_two
 from sidecar.clock import Clock, SystemClock
-from sidecar.discovery.endpoints import Endpoint
+from sidecar.vocab.endpoint import Endpoint
 
 
 class LeastRequestBalancer:

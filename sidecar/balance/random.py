@@ -7,7 +7,7 @@ from collections.abc import Collection, Sequence
 
 from sidecar.balance.cluster import EndpointState
 from sidecar.balance.sampling import pick_index
-from sidecar.discovery.endpoints import Endpoint
+from sidecar.vocab.endpoint import Endpoint
 
 
 class RandomBalancer:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 from sidecar.balance.cluster import EndpointState
-from sidecar.discovery.endpoints import Endpoint
+from sidecar.vocab.endpoint import Endpoint
 
 
 class RoundRobinBalancer:

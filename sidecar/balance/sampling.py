@@ -7,7 +7,7 @@ import random
 from collections.abc import Collection, Sequence
 
 from sidecar.balance.cluster import EndpointState
-from sidecar.discovery.endpoints import Endpoint
+from sidecar.vocab.endpoint import Endpoint
 
 _TRIES = 4
 

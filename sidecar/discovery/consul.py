@@ -30,9 +30,10 @@ from sidecar.clock import Clock, SystemClock
 from sidecar.config import ConsulConfig
 from sidecar.discovery.consul_http import ConsulError, ConsulHttp, ConsulReply
 from sidecar.discovery.consul_watch import Backoff, BlockingQuery, TokenBucket, as_list
-from sidecar.discovery.endpoints import Endpoint, EndpointSet
+from sidecar.discovery.endpoints import EndpointSet
 from sidecar.discovery.resolver import Publish
 from sidecar.events import NullObserver, Observer
+from sidecar.vocab.endpoint import Endpoint
 
 log = logging.getLogger(__name__)
 

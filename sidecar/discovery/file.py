@@ -18,9 +18,10 @@ from typing import Any
 
 import yaml
 
-from sidecar.discovery.endpoints import Endpoint, EndpointSet, parse_endpoint_address
+from sidecar.discovery.endpoints import EndpointSet
 from sidecar.discovery.resolver import Publish
 from sidecar.events import NullObserver, Observer
+from sidecar.vocab.endpoint import Endpoint, parse_endpoint_address
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,9 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 
-from sidecar.discovery.endpoints import Endpoint, EndpointSet, parse_endpoint_address
+from sidecar.discovery.endpoints import EndpointSet
 from sidecar.discovery.resolver import Publish
+from sidecar.vocab.endpoint import Endpoint, parse_endpoint_address
 
 
 def parse_endpoint(text: str) -> Endpoint:

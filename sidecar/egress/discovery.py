@@ -7,9 +7,10 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from sidecar.discovery.endpoints import Endpoint, EndpointSet
+from sidecar.discovery.endpoints import EndpointSet
 from sidecar.discovery.resolver import Publish
 from sidecar.egress.policy import EgressPolicy
+from sidecar.vocab.endpoint import Endpoint
 
 
 class EgressResolver:

@@ -3,9 +3,9 @@ call api.example.com:8443), the address from the egress dialer (via the Forwarde
 
 from __future__ import annotations
 
-from sidecar.discovery.endpoints import Endpoint
 from sidecar.http import Request, Response
 from sidecar.proxy.forward import Forwarder
+from sidecar.vocab.endpoint import Endpoint
 
 
 def authority_port(authority: str) -> int | None:

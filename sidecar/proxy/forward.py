@@ -10,11 +10,11 @@ from sidecar.transport.client import Dialer, EndpointPool, StaleConnection, Upst
 from sidecar.transport.h2_client import H2Client, NotHttp2
 from sidecar.transport.tls import TlsOrigination
 from sidecar.transport.tunnel import Tunnel
+from sidecar.vocab.methods import IDEMPOTENT_METHODS as _IDEMPOTENT
 
 # Methods that may be sent again after the upstream may have seen them (RFC 9110 §9.2.2).
 # Anything else (POST, PATCH, ...) is re-sent only if not one byte of it was written (RFC 9112
 # §9.3.1.1): a reset after writing may come from an upstream that already acted on it.
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
 class Forwarder:

@@ -17,7 +17,7 @@ import random
 from collections.abc import Iterable
 
 from sidecar.http import Headers, Request
-from sidecar.proxy.hygiene import HOP_BY_HOP, connection_tokens
+from sidecar.vocab.headers import HOP_BY_HOP, connection_tokens
 
 VIA = "1.1 sidecar"
 # Hop-by-hop fields, plus framing: recomputed from the body actually forwarded.

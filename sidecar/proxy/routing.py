@@ -12,12 +12,12 @@ from typing import Any
 
 import httptools
 
-from sidecar.config import is_literal_ip
 from sidecar.discovery.resolver import Directory
 from sidecar.errors import BadRequest, NoRoute
 from sidecar.http import Request, Response
 from sidecar.stack import Handler
 from sidecar.transport.tunnel import CONNECT_UPGRADE, refused_upgrade
+from sidecar.vocab.addresses import is_literal_ip
 
 _CONSUL_SUFFIXES = (".service.consul",)
 # What inet_aton(3) would read as an IPv4 address: 1-4 parts, each decimal, octal (leading 0)

@@ -31,8 +31,8 @@ from sidecar.http import Body, BytesBody, Request, Response
 from sidecar.resilience.expiry import Expiry, Hold, LoopRef
 from sidecar.stack import Handler
 from sidecar.transport.body import StreamBody
+from sidecar.vocab.headers import EXPECTED_TIMEOUT_HEADER
 
-EXPECTED_TIMEOUT_HEADER = "x-sidecar-expected-timeout-ms"
 # Larger values than a day are certainly bogus; treat them as "no caller deadline".
 _MAX_BUDGET_MS = 86_400_000
 # Timers may fire a hair early; within this, a timeout at the deadline counts as the deadline.

@@ -20,9 +20,8 @@ from sidecar.events import NullObserver, Observer
 from sidecar.http import BytesBody, Headers, Request, Response
 from sidecar.resilience.last_good import CachedResponse, LastGoodCache
 from sidecar.stack import Handler
+from sidecar.vocab.headers import ERROR_HEADER, FALLBACK_HEADER
 
-FALLBACK_HEADER = "x-sidecar-fallback"
-ERROR_HEADER = "x-sidecar-error"
 _CODES = {"circuit_open": CircuitOpen.code, "no_healthy_endpoints": NoHealthyEndpoints.code}
 _PRIVATE_REQUEST_HEADERS = ("authorization", "cookie")
 

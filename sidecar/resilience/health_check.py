@@ -27,8 +27,8 @@ from typing import Protocol
 from sidecar.balance.cluster import ActiveState, Cluster, EndpointState
 from sidecar.clock import Clock
 from sidecar.config import HealthCheckConfig
-from sidecar.discovery.endpoints import Endpoint
 from sidecar.resilience.log_limit import LogLimiter
+from sidecar.vocab.endpoint import Endpoint
 
 log = logging.getLogger(__name__)
 

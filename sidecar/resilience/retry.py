@@ -26,9 +26,8 @@ from sidecar.resilience.expiry import Expiry, LoopRef
 from sidecar.resilience.grpc_replay import RecordingBody
 from sidecar.resilience.replay import ReplayBuffers, discard_body
 from sidecar.stack import Handler
-
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-ATTEMPT_HEADER = "x-sidecar-attempt"
+from sidecar.vocab.headers import ATTEMPT_HEADER
+from sidecar.vocab.methods import IDEMPOTENT_METHODS
 
 Sleep = Callable[[float], Awaitable[None]]
 

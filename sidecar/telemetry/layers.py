@@ -34,11 +34,11 @@ from sidecar.telemetry.labels import OTHER, RouteMatcher, method_label
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.rpc import rpc_call
 from sidecar.telemetry.tracing import SpanStarter, Tracing
+from sidecar.vocab.headers import EXPECTED_TIMEOUT_HEADER
 
 _MAX_REQUEST_ID = 200
 # Rejections decided before any upstream policy runs; the resilience layers report their own
 # (circuit_open, overloaded, no_healthy_endpoints, deadline_exceeded) when they refuse.
-EXPECTED_TIMEOUT_HEADER = "x-sidecar-expected-timeout-ms"
 REJECTIONS = frozenset({"bad_request", "no_route"})
 _ERROR = Status(StatusCode.ERROR)
 

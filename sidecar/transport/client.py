@@ -18,15 +18,15 @@ from typing import cast
 
 import httptools
 
-from sidecar.discovery.endpoints import Endpoint
 from sidecar.errors import SidecarError, UpstreamConnectFailure, UpstreamReset
 from sidecar.http import EMPTY_BODY, Body, BytesBody, Headers, Request, Response
-from sidecar.proxy.hygiene import HOP_BY_HOP, connection_tokens, end_to_end
 from sidecar.transport.body import StreamBody
 from sidecar.transport.flow import WriteFlow
 from sidecar.transport.inert import NoCallbacks
 from sidecar.transport.tls import TlsOrigination, default_tls
 from sidecar.transport.tunnel import Tunnel, protocol_label
+from sidecar.vocab.endpoint import Endpoint
+from sidecar.vocab.headers import HOP_BY_HOP, connection_tokens, end_to_end
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,6 @@ import h2.exceptions
 import h2.settings
 
 from sidecar import grpc
-from sidecar.discovery.endpoints import Endpoint
 from sidecar.errors import SidecarError, UpstreamConnectFailure, UpstreamReset
 from sidecar.http import EMPTY_BODY, Body, BytesBody, Headers, Request, Response
 from sidecar.transport.flow import WriteFlow
@@ -40,6 +39,7 @@ from sidecar.transport.h2_common import (
     new_connection,
     send_data,
 )
+from sidecar.vocab.endpoint import Endpoint
 
 log = logging.getLogger(__name__)
 

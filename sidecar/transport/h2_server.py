@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, cast
 
@@ -31,7 +31,7 @@ from hyperframe.frame import GoAwayFrame
 from sidecar import grpc
 from sidecar.errors import BadRequest, PayloadTooLarge, SidecarError, error_response
 from sidecar.http import EMPTY_BODY, Body, BytesBody, Headers, Request, Response, body_trailers
-from sidecar.resilience.deadline import EXPECTED_TIMEOUT_HEADER
+from sidecar.stack import Handler
 from sidecar.transport.flow import WriteFlow
 from sidecar.transport.h2_body import H2Body
 from sidecar.transport.h2_common import (
@@ -45,10 +45,10 @@ from sidecar.transport.h2_common import (
     oversized_frame_pending,
     send_data,
 )
+from sidecar.vocab.headers import EXPECTED_TIMEOUT_HEADER
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Request], Awaitable[Response]]
 H2Handover = Callable[[asyncio.Transport, bytes], None]
 _NO_BODY_STATUS = frozenset({204, 304})
 MAX_HEADERS = 100

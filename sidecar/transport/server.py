@@ -13,7 +13,7 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import cast
@@ -22,6 +22,7 @@ import httptools
 
 from sidecar.errors import BadRequest, Overloaded, PayloadTooLarge, SidecarError, error_response
 from sidecar.http import EMPTY_BODY, BytesBody, Headers, Request, Response
+from sidecar.stack import Handler
 from sidecar.transport.body import StreamBody
 from sidecar.transport.budget import ConnectionBudget
 from sidecar.transport.detect import is_h2_preface
@@ -31,7 +32,6 @@ from sidecar.transport.tunnel import CONNECT_UPGRADE, Tunnel, TunnelRegistry, wa
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Request], Awaitable[Response]]
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _NO_BODY_STATUS = frozenset({204, 304})

@@ -12,8 +12,9 @@ import functools
 import ssl
 from dataclasses import dataclass
 
-from sidecar.config import TlsConfig, is_literal_ip
-from sidecar.discovery.endpoints import Endpoint
+from sidecar.config import TlsConfig
+from sidecar.vocab.addresses import is_literal_ip
+from sidecar.vocab.endpoint import Endpoint
 
 # Server names whose last session is kept (each holds a finished SSLObject, a few KiB).
 MAX_SESSIONS = 1024

@@ -12,8 +12,9 @@ import pytest
 from sidecar.config import ConsulConfig
 from sidecar.discovery.consul import ConsulResolver
 from sidecar.discovery.consul_http import ConsulHttp
-from sidecar.discovery.endpoints import Endpoint, EndpointSet
+from sidecar.discovery.endpoints import EndpointSet
 from sidecar.discovery.resolver import Directory
+from sidecar.vocab.endpoint import Endpoint
 from tests.doubles.consul import ConsulDouble, Instance
 from tests.unit.discovery.fakes import FakeClock, RecordingObserver, eventually
 

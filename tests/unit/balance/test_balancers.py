@@ -9,7 +9,8 @@ from sidecar.balance.factory import make_balancer
 from sidecar.balance.least_request import LeastRequestBalancer
 from sidecar.balance.random import RandomBalancer
 from sidecar.balance.round_robin import RoundRobinBalancer
-from sidecar.discovery.endpoints import Endpoint, EndpointSet
+from sidecar.discovery.endpoints import EndpointSet
+from sidecar.vocab.endpoint import Endpoint
 from tests.unit.resilience.fakes import FakeClock
 
 NAMES = ["round_robin", "random", "least_request", "ewma"]

@@ -16,7 +16,8 @@ from sidecar.balance.penalty import (
     record_failure,
     record_success,
 )
-from sidecar.discovery.endpoints import Endpoint, EndpointSet
+from sidecar.discovery.endpoints import EndpointSet
+from sidecar.vocab.endpoint import Endpoint
 from tests.unit.resilience.fakes import FakeClock
 
 

@@ -13,7 +13,8 @@ from sidecar.balance.ewma import PeakEwmaBalancer
 from sidecar.balance.factory import make_balancer
 from sidecar.balance.least_request import LeastRequestBalancer
 from sidecar.balance.sampling import pick_two
-from sidecar.discovery.endpoints import Endpoint, EndpointSet
+from sidecar.discovery.endpoints import EndpointSet
+from sidecar.vocab.endpoint import Endpoint
 from tests.unit.resilience.fakes import FakeClock
 
 NAMES = ["round_robin", "random", "least_request", "ewma"]

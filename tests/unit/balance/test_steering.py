@@ -12,7 +12,8 @@ import pytest
 
 from sidecar.balance.cluster import Cluster, EndpointState
 from sidecar.balance.factory import make_balancer
-from sidecar.discovery.endpoints import Endpoint, EndpointSet
+from sidecar.discovery.endpoints import EndpointSet
+from sidecar.vocab.endpoint import Endpoint
 from tests.unit.resilience.fakes import FakeClock
 
 

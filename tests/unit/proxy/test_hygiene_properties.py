@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.proxy.hygiene import HOP_BY_HOP, end_to_end
+from sidecar.vocab.headers import HOP_BY_HOP, end_to_end
 
 TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=12)
 NAMES = st.one_of(

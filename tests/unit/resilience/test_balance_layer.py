@@ -8,12 +8,13 @@ from sidecar.balance.cluster import ActiveState, Cluster, PassiveState
 from sidecar.balance.ewma import PeakEwmaBalancer
 from sidecar.balance.round_robin import RoundRobinBalancer
 from sidecar.config import OutlierDetectionConfig
-from sidecar.discovery.endpoints import Endpoint, EndpointSet
+from sidecar.discovery.endpoints import EndpointSet
 from sidecar.errors import NoHealthyEndpoints, UpstreamConnectFailure
 from sidecar.http import Request, Response
 from sidecar.resilience.balance_layer import BalanceLayer
 from sidecar.resilience.classify import Outcome
 from sidecar.resilience.outlier import OutlierDetector
+from sidecar.vocab.endpoint import Endpoint
 from tests.unit.resilience.fakes import (
     FakeClock,
     RecordingObserver,

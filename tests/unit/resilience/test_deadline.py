@@ -4,7 +4,8 @@ import pytest
 
 from sidecar.clock import SystemClock
 from sidecar.errors import DeadlineExceeded, UpstreamTimeout
-from sidecar.resilience.deadline import EXPECTED_TIMEOUT_HEADER, DeadlineLayer, stamp_remaining
+from sidecar.resilience.deadline import DeadlineLayer, stamp_remaining
+from sidecar.vocab.headers import EXPECTED_TIMEOUT_HEADER
 from tests.unit.resilience.fakes import (
     FakeClock,
     RecordingObserver,

@@ -11,13 +11,14 @@ import pytest
 
 from sidecar.balance.cluster import ActiveState, Cluster
 from sidecar.config import HealthCheckConfig
-from sidecar.discovery.endpoints import Endpoint, EndpointSet
+from sidecar.discovery.endpoints import EndpointSet
 from sidecar.resilience.health_check import (
     ActiveHealthTracker,
     HealthChecker,
     HealthChecks,
     http_probe,
 )
+from sidecar.vocab.endpoint import Endpoint
 from tests.doubles.fault_upstream import FaultServer, RefusingPort
 from tests.unit.resilience.fakes import FakeClock
 

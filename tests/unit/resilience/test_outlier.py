@@ -3,9 +3,10 @@ from typing import Any
 
 from sidecar.balance.cluster import Cluster, PassiveState
 from sidecar.config import OutlierDetectionConfig
-from sidecar.discovery.endpoints import Endpoint, EndpointSet
+from sidecar.discovery.endpoints import EndpointSet
 from sidecar.resilience.classify import Outcome
 from sidecar.resilience.outlier import OutlierDetector
+from sidecar.vocab.endpoint import Endpoint
 from tests.unit.resilience.fakes import FakeClock, RecordingObserver
 
 

@@ -6,9 +6,9 @@ from sidecar.config import RetriesConfig
 from sidecar.errors import UpstreamConnectFailure, UpstreamReset, UpstreamTimeout
 from sidecar.http import Headers, Response
 from sidecar.resilience.budget import RetryBudget
-from sidecar.resilience.deadline import EXPECTED_TIMEOUT_HEADER
 from sidecar.resilience.retry import RetryLayer, backoff_delay
 from sidecar.stack import Handler
+from sidecar.vocab.headers import EXPECTED_TIMEOUT_HEADER
 from tests.unit.resilience.fakes import (
     FakeClock,
     RecordingObserver,

@@ -5,17 +5,19 @@ import random
 from sidecar.balance.cluster import Cluster
 from sidecar.balance.factory import make_balancer
 from sidecar.config import LimitsConfig, UpstreamConfig
-from sidecar.discovery.endpoints import Endpoint, EndpointSet
+from sidecar.discovery.endpoints import EndpointSet
 from sidecar.errors import SidecarError
 from sidecar.http import Request, Response
 from sidecar.resilience.balance_layer import BalanceLayer
 from sidecar.resilience.breaker import CircuitBreakerLayer, breaker_for
 from sidecar.resilience.concurrency import ConcurrencyLimitLayer
-from sidecar.resilience.deadline import EXPECTED_TIMEOUT_HEADER, DeadlineLayer
+from sidecar.resilience.deadline import DeadlineLayer
 from sidecar.resilience.fallback import FallbackLayer
 from sidecar.resilience.outlier import OutlierDetector
 from sidecar.resilience.retry import RetryLayer
 from sidecar.stack import Handler, compose
+from sidecar.vocab.endpoint import Endpoint
+from sidecar.vocab.headers import EXPECTED_TIMEOUT_HEADER
 from tests.unit.resilience.fakes import FakeClock, RecordingObserver, make_request, response
 
 

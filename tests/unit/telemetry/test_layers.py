@@ -11,7 +11,6 @@ from opentelemetry.sdk.trace import ReadableSpan
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from sidecar.config import TracingConfig
-from sidecar.discovery.endpoints import Endpoint
 from sidecar.errors import CircuitOpen, UpstreamReset
 from sidecar.http import BytesBody, Headers, Request, Response
 from sidecar.stack import Handler, compose
@@ -19,6 +18,7 @@ from sidecar.telemetry.access_log import AccessLog
 from sidecar.telemetry.layers import ClientTelemetryLayer, ServerTelemetryLayer
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.tracing import Tracing, build_tracing
+from sidecar.vocab.endpoint import Endpoint
 from tests.unit.telemetry.fakes import FakeClock
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"

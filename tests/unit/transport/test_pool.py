@@ -7,9 +7,9 @@ import asyncio
 import select
 import socket
 
-from sidecar.discovery.endpoints import Endpoint
 from sidecar.transport.budget import ConnectionBudget
 from sidecar.transport.client import STALE_CHECK_AFTER, EndpointPool
+from sidecar.vocab.endpoint import Endpoint
 
 
 async def _server() -> tuple[asyncio.Server, list[asyncio.StreamWriter]]:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from sidecar.config import TlsConfig
-from sidecar.discovery.endpoints import Endpoint, parse_endpoint_address
 from sidecar.transport.tls import build_tls, default_tls
+from sidecar.vocab.endpoint import Endpoint, parse_endpoint_address
 
 
 def test_server_name_is_configured_else_endpoint_name_else_upstream() -> None:
