@@ -21,7 +21,8 @@ from typing import Any
 
 from sidecar.balance.cluster import Cluster
 from sidecar.clock import SystemClock
-from sidecar.discovery.endpoints import Endpoint, EndpointSet
+from sidecar.discovery.endpoints import EndpointSet
+from sidecar.vocab.endpoint import Endpoint
 
 SIZES = (3, 100, 1000)
 POLICIES = ("round_robin", "random", "least_request", "ewma")
