@@ -29,12 +29,12 @@ import pytest_asyncio
 
 from sidecar.app import Sidecar
 from sidecar.config import build_config, load_config
+from sidecar.vocab.names import BALANCERS
 from tests.conftest import free_port
 from tests.doubles.fault_upstream import FaultServer, RefusingPort
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-BALANCERS = ["round_robin", "random", "least_request", "ewma"]
 KINDS = ["refused", "reset", "503", "blackhole"]
 SIZES = [2, 3, 10]
 SLOW = 0.100

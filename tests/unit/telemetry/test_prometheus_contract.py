@@ -49,3 +49,22 @@ def test_exemplars_reach_openmetrics_on_the_observed_bucket() -> None:
     text = generate_openmetrics(ours).decode()
     line = next(x for x in text.splitlines() if 'le="0.025"' in x)
     assert '# {trace_id="4bf92f3577b34da6a3ce929d0e0e4736"} 0.02' in line
+
+
+def test_the_created_series_switch_is_the_one_prometheus_client_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HistogramCell reads `prometheus_client.metrics._use_created` (set from
+    PROMETHEUS_DISABLE_CREATED_SERIES): with it off, both expositions drop `_created` alike."""
+    import prometheus_client.metrics as prom_metrics
+
+    assert isinstance(prom_metrics._use_created, bool)
+    monkeypatch.setattr(prom_metrics, "_use_created", False)
+    ours, a, theirs, b = _pair()
+    cell = HistogramCell(a.labels("user-service"))
+    child = b.labels("user-service")
+    for value in OBSERVATIONS:
+        cell.observe(value)
+        child.observe(value)
+    assert b"_created" not in generate_latest(ours)
+    assert generate_latest(ours) == generate_latest(theirs)

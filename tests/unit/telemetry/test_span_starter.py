@@ -14,15 +14,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFl
 
 from sidecar.config import TracingConfig
 from sidecar.telemetry.tracing import SpanStarter, build_tracing
-
-SAMPLERS = [
-    "parentbased_traceidratio",
-    "traceidratio",
-    "always_on",
-    "always_off",
-    "parentbased_always_on",
-    "parentbased_always_off",
-]
+from sidecar.vocab.names import SAMPLERS
 
 
 def _starter(sampler: Any, ratio: float) -> tuple[SpanStarter, object]:
