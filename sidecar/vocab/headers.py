@@ -1,4 +1,6 @@
-"""Header names the sidecar reads or writes, and the hop-by-hop rules (RFC 9110 §7.6.1).
+"""The sidecar's own headers (x-request-id, x-sidecar-*), the gRPC ones several layers read,
+and the hop-by-hop rules (RFC 9110 §7.6.1). Names only one module handles stay there: trace
+context in sidecar/telemetry/propagation.py, forwarding headers in sidecar/proxy/prepare.py.
 
 All lower case: `Headers` stores names lower-cased, so these compare with `==`."""
 
@@ -17,28 +19,10 @@ ATTEMPT_HEADER: Final = "x-sidecar-attempt"
 # The caller's remaining deadline in ms, forwarded so the next hop gives up in time too.
 EXPECTED_TIMEOUT_HEADER: Final = "x-sidecar-expected-timeout-ms"
 
-# ---- trace context propagation
-TRACEPARENT_HEADER: Final = "traceparent"
-TRACESTATE_HEADER: Final = "tracestate"
-BAGGAGE_HEADER: Final = "baggage"
-B3_HEADER: Final = "b3"
-B3_TRACE_ID_HEADER: Final = "x-b3-traceid"
-B3_SPAN_ID_HEADER: Final = "x-b3-spanid"
-B3_PARENT_SPAN_ID_HEADER: Final = "x-b3-parentspanid"
-B3_SAMPLED_HEADER: Final = "x-b3-sampled"
-B3_FLAGS_HEADER: Final = "x-b3-flags"
-JAEGER_HEADER: Final = "uber-trace-id"
-
 # ---- gRPC
 GRPC_TIMEOUT_HEADER: Final = "grpc-timeout"
 GRPC_STATUS_HEADER: Final = "grpc-status"
 GRPC_MESSAGE_HEADER: Final = "grpc-message"
-
-# ---- forwarding
-FORWARDED_HEADER: Final = "forwarded"
-X_FORWARDED_FOR_HEADER: Final = "x-forwarded-for"
-X_FORWARDED_HOST_HEADER: Final = "x-forwarded-host"
-X_FORWARDED_PROTO_HEADER: Final = "x-forwarded-proto"
 
 # ---- hop-by-hop: meaningful for one connection only, never forwarded
 HOP_BY_HOP: Final = frozenset(
