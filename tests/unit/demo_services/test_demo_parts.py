@@ -8,10 +8,10 @@ import math
 import pytest
 
 from sidecar.config import build_config
-from sidecar.demo import export_from_args
-from sidecar.demo_load import PhaseResult, parse_server_timing, percentile
-from sidecar.demo_topology import Export, plan, sidecar_config
-from sidecar.demo_traces import merge_traces, server_timing_breakdown
+from sidecar.demo.command import export_from_args
+from sidecar.demo.load import PhaseResult, parse_server_timing, percentile
+from sidecar.demo.topology import Export, plan, sidecar_config
+from sidecar.demo.traces import merge_traces, server_timing_breakdown
 
 
 def test_plan_gives_every_listener_its_own_port_and_points_bff_at_its_sidecar():

@@ -29,9 +29,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from sidecar.demo_load import PhaseResult, drive
-from sidecar.demo_procs import ChildExited, Supervisor
-from sidecar.demo_topology import (
+from sidecar.demo.load import PhaseResult, drive
+from sidecar.demo.procs import ChildExited, Supervisor
+from sidecar.demo.topology import (
     ENTRY_SERVICE,
     INJECTED_FAULT,
     OPERATION,
@@ -41,7 +41,7 @@ from sidecar.demo_topology import (
     plan,
     sidecar_config,
 )
-from sidecar.demo_traces import (
+from sidecar.demo.traces import (
     Breakdown,
     collect,
     collect_from_jaeger,
