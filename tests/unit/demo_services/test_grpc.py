@@ -15,6 +15,7 @@ from demo_services.faults import Faults, FaultSpec
 from demo_services.grpc_client import Channel
 from demo_services.grpc_wire import Code, format_timeout, parse_timeout
 from demo_services.retrieval_service import RETRIEVE
+from tests.conftest import require_binary
 
 
 @pytest.fixture
@@ -81,7 +82,7 @@ async def test_latency_past_the_deadline_is_deadline_exceeded(retrieval, channel
 
 async def curl_h2(url: str) -> str:
     proc = await asyncio.create_subprocess_exec(
-        "curl", "-s", "-o", "/dev/null", "-w", "%{http_version} %{http_code}",
+        require_binary("curl"), "-s", "-o", "/dev/null", "-w", "%{http_version} %{http_code}",
         "--http2-prior-knowledge", url, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, _ = await proc.communicate()
