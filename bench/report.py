@@ -13,6 +13,11 @@ LABELS = {
     "minimal": "minimal aiohttp proxy (uvloop)",
     "sidecar": "sidecar (outbound, realistic config)",
 }
+H2_LABELS = {
+    "direct": "direct (h2load → h2c nginx)",
+    "envoy": "Envoy, HTTP/2 (1 worker, h2c upstream)",
+    "sidecar": "sidecar, HTTP/2 (outbound, h2c upstream)",
+}
 MIB = 1024 * 1024
 
 
@@ -123,6 +128,17 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "ok": spread <= 2.0,
             }
         )
+    h2_targets = results.get("h2", {}).get("targets", {})
+    side_h2 = h2_targets.get("sidecar", {}).get("best", {}).get("rps")
+    envoy_h2 = h2_targets.get("envoy", {}).get("best", {}).get("rps")
+    if side_h2 and envoy_h2:
+        checks.append(
+            {
+                "target": "HTTP/2: sidecar rps ≥ 0.4x Envoy's (floor; aim 1.0x)",
+                "measured": f"{side_h2 / envoy_h2:.2f}x",
+                "ok": side_h2 / envoy_h2 >= 0.4,
+            }
+        )
     errors = results.get("errors", [])
     checks.append(
         {
@@ -186,6 +202,28 @@ def added_latency(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def h2_table(results: dict[str, Any]) -> str:
+    h2 = results.get("h2", {})
+    targets = h2.get("targets", {})
+    lines = [
+        "| target | rps | mean latency ms | rps vs Envoy | CPU µs / request |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    envoy = targets.get("envoy", {}).get("best", {}).get("rps")
+    for name, label in H2_LABELS.items():
+        data = targets.get(name)
+        if not data or "best" not in data:
+            continue
+        best = data["best"]
+        cpu = data.get("cpu_us_per_request")
+        lines.append(
+            f"| {label} | {best['rps']:,.0f} | {best['mean_us'] / 1000:.3f} | "
+            f"{_ratio(best['rps'], envoy) if name != 'direct' else '-'} | "
+            f"{'-' if cpu is None else f'{cpu:.1f}'} |"
+        )
+    return "\n".join(lines)
+
+
 def pick_table(results: dict[str, Any]) -> str:
     lines = [
         "| balancer | endpoints | pick ns | pick+observe ns | available()+pick ns |",
@@ -226,6 +264,17 @@ def render(results: dict[str, Any]) -> str:
         f"| {c['target']} | {c['measured']} | {'yes' if c['ok'] else '**NO**'} |"
         for c in results["checks"]
     ]
+    h2 = results.get("h2")
+    if h2 and h2.get("targets"):
+        out += [
+            "",
+            f"HTTP/2 (h2load `-t1 -c{h2['clients']} -m{h2['streams']}`: {h2['clients']} "
+            f"connections x {h2['streams']} concurrent streams, same run, same cores; the "
+            "upstream is nginx `listen … http2` in cleartext). CPU is the proxy's (the "
+            "upstream's for direct):",
+            "",
+            h2_table(results),
+        ]
     out += [
         "",
         f"Balancer pick cost (found via {results.get('pick_source', '?')}; best of repeats):",

@@ -6,11 +6,13 @@ extra): one worker, the same upstream and resilience settings as the sidecar.
     python -m bench.run --quick         # 1 round x 3 s per point
     python -m bench.run --smoke --out /tmp/x   # seconds; used by the test suite
     python -m bench.run --profile       # also py-spy the sidecar under load
+    python -m bench.run --no-h2         # without the HTTP/2 row (h2load, bench/h2.py)
 
 Layout on a 2-core machine: the proxy under test on core 1; wrk and the upstream nginx
 (`return 200 "ok"`, keep-alive) share core 0. "direct" is wrk → upstream on core 0.
-Writes <out>/latest.md and <out>/latest.json; exits 1 if any response was not 2xx or any
-socket error occurred."""
+The HTTP/2 row (bench/h2.py) follows: h2load through the sidecar and through Envoy to an h2c
+nginx, same layout. Writes <out>/latest.md and <out>/latest.json; exits 1 if any response was
+not 2xx or any socket error occurred."""
 
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import idle, procs, profile, report
+from bench import h2, idle, procs, profile, report
 from bench.wrk import Wrk, WrkError, WrkResult
 
 UPSTREAM_NAME = "bench-upstream"
@@ -57,6 +59,7 @@ class Settings:
     targets: tuple[str, ...]
     proxy_core: int | None
     load_core: int | None
+    h2: bool = True
 
 
 def parse_args(argv: list[str] | None) -> Settings:
@@ -83,6 +86,7 @@ def parse_args(argv: list[str] | None) -> Settings:
         "--targets", default=",".join(report.TARGET_ORDER), help="comma-separated subset"
     )
     p.add_argument("--no-pin", action="store_true", help="don't pin processes to cores")
+    p.add_argument("--no-h2", action="store_true", help="skip the HTTP/2 (h2load) row")
     p.add_argument(
         "--sidecar-root",
         type=Path,
@@ -117,6 +121,7 @@ def parse_args(argv: list[str] | None) -> Settings:
         targets=targets,
         proxy_core=1 if pin else None,
         load_core=0 if pin else None,
+        h2=not a.no_h2,
     )
 
 
@@ -435,6 +440,95 @@ class Bench:
         }
         self.log(f"profile: {prof.samples} samples → {self.s.out / 'profile-sidecar.md'}")
 
+    # ---------------------------------------------------------------- HTTP/2
+    def measure_h2(self) -> None:
+        """h2load → {upstream, Envoy, sidecar} → one h2c nginx: the HTTP/2 row."""
+        s = self.s
+        names = [n for n in h2.H2_TARGETS if n in s.targets]
+        if not s.h2 or not names:
+            return
+        binary = shutil.which("h2load")
+        if binary is None:
+            self.errors.append("h2: h2load not found (Debian nghttp2-client)")
+            return
+        runner = h2.H2load(binary, s.load_core)
+        up_port = procs.free_port()
+        up_dir = self.tmp / "upstream-h2"
+        upstream = procs.start_nginx(
+            self.nginx_bin, "upstream-h2", up_dir, h2.upstream_conf(up_dir, up_port), up_port,
+            s.load_core,
+        )  # fmt: skip
+        started: list[tuple[str, procs.Service | None, int, str | None]] = []
+        data: dict[str, Any] = {"clients": h2.CLIENTS, "streams": h2.STREAMS, "targets": {}}
+        self.results["h2"] = data
+        try:
+            upstream.wait_listening()
+            for name in names:
+                port = procs.free_port()
+                if name == "direct":
+                    started.append((name, None, up_port, None))
+                elif name == "envoy":
+                    envoy = procs.envoy_binary()
+                    if envoy is None:
+                        self.errors.append("h2 envoy: envoy not installed")
+                        continue
+                    envoy_svc = h2.start_envoy(
+                        envoy, self.tmp / "envoy-h2", port, UPSTREAM_NAME, up_port, s.proxy_core
+                    )
+                    started.append((name, envoy_svc, port, UPSTREAM_NAME))
+                else:
+                    ports = {"inbound": procs.free_port(), "outbound": port,
+                             "admin": procs.free_port()}  # fmt: skip
+                    config = h2.sidecar_config(ports, UPSTREAM_NAME, up_port)
+                    side_svc = procs.start_sidecar(
+                        self.tmp / "sidecar-h2", config, port, s.proxy_core, root=s.sidecar_root
+                    )
+                    started.append((name, side_svc, port, UPSTREAM_NAME))
+            ready = []
+            for name, svc, port, authority in started:
+                url = f"http://127.0.0.1:{port}/"
+                try:
+                    if svc is not None:
+                        svc.wait_listening()
+                    check = runner.run(url, 0, authority)  # 200 requests, must all be 2xx
+                    if check.errors or check.requests == 0:
+                        raise h2.H2loadError(f"sanity run: {check}")
+                    if s.warmup:
+                        runner.run(url, s.warmup, authority)
+                except (h2.H2loadError, RuntimeError, OSError) as exc:
+                    self.errors.append(f"h2 {name}: {exc}")
+                    self.log(f"h2 {name} FAILED: {exc}")
+                    continue
+                ready.append((name, svc, url, authority))
+                data["targets"][name] = {"rounds": []}
+            for _ in range(s.rounds):
+                for name, svc, url, authority in ready:
+                    measured = svc or upstream
+                    cpu0 = procs.cpu_seconds(measured.pid)
+                    res = runner.run(url, s.duration, authority)
+                    cpu = procs.cpu_seconds(measured.pid) - cpu0
+                    run = {**res.to_json(), "cpu_s": round(cpu, 3)}
+                    data["targets"][name]["rounds"].append(run)
+                    if res.errors:
+                        self.errors.append(f"h2 {name}: {res.errors} failed requests")
+                    self.log(
+                        f"h2 {name:8s} {res.rps:>9,.0f} rps  mean {res.mean_us / 1000:.3f} ms  "
+                        f"cpu {cpu:.2f}s  errors: {res.errors}"
+                    )
+            for target in data["targets"].values():
+                if target["rounds"]:
+                    best = max(target["rounds"], key=lambda r: r["rps"])
+                    target["best"] = best
+                    if best["requests"]:
+                        target["cpu_us_per_request"] = round(
+                            best["cpu_s"] / best["requests"] * 1e6, 1
+                        )
+        finally:
+            for _, svc, _, _ in started:
+                if svc is not None:
+                    svc.stop()
+            upstream.stop()
+
     # ---------------------------------------------------------------- whole run
     def run(self) -> int:
         s = self.s
@@ -449,6 +543,7 @@ class Bench:
         finally:
             upstream.stop()
             self.wrk.close()
+        self.measure_h2()
         self.log("balancer pick cost")
         # Imported here so that --sidecar-root decides which `sidecar` package is measured.
         from bench import pick

@@ -220,6 +220,9 @@ def dashboard(uid: str, title: str, description: str, layout: Layout) -> Json:
 
 SERVER = "http_server_request_duration_seconds"
 CLIENT = "http_client_request_duration_seconds"
+RPC_SERVER = "rpc_server_duration_seconds"
+RPC_CLIENT = "rpc_client_duration_seconds"
+GRPC_METHOD = "{{rpc_service}}/{{rpc_method}}"  # a legend
 
 
 def overview() -> Json:
@@ -410,11 +413,83 @@ def overview() -> Json:
         ),
         w=12,
     )
+    grpc_row(lay)
     return dashboard(
         "sidecar-overview",
         "Sidecar / Service overview",
         "Rate, errors and duration per inbound route and per upstream, with exemplars to traces.",
         lay,
+    )
+
+
+def grpc_row(lay: Layout) -> None:
+    """gRPC calls by method and status code, from the RPC histograms (OTel RPC conventions).
+    The HTTP panels above count the same calls by HTTP status, where a gRPC failure is
+    usually a 200."""
+    method = "rpc_service, rpc_method"
+    lay.row("gRPC: methods $service serves and calls, by status code")
+    lay.add(
+        timeseries(
+            "gRPC calls received by method and status",
+            "Inbound gRPC calls per second per method and grpc-status code (0 OK, 4 "
+            "DEADLINE_EXCEEDED, 14 UNAVAILABLE, ...).",
+            [
+                target(
+                    f"sum by ({method}, rpc_grpc_status_code) "
+                    f"({rate(RPC_SERVER + '_count', SVC)})",
+                    "{{rpc_service}}/{{rpc_method}} {{rpc_grpc_status_code}}",
+                )
+            ],
+            "reqps",
+            stack=True,
+        ),
+        w=12,
+    )
+    lay.add(
+        timeseries(
+            "gRPC server latency by method (p50 / p99)",
+            "Inbound gRPC call duration to the end of the response stream (trailers).",
+            [
+                target(quantile(q, RPC_SERVER, SVC, method), f"{p} {GRPC_METHOD}")
+                for q, p in ((0.5, "p50"), (0.99, "p99"))
+            ],
+            "s",
+        ),
+        w=12,
+    )
+    lay.add(
+        timeseries(
+            "gRPC calls to upstreams by method and status",
+            "Outbound gRPC attempts per second per upstream, method and grpc-status code.",
+            [
+                target(
+                    f"sum by (upstream, {method}, rpc_grpc_status_code) "
+                    f"({rate(RPC_CLIENT + '_count', UP)})",
+                    "{{upstream}} {{rpc_service}}/{{rpc_method}} {{rpc_grpc_status_code}}",
+                )
+            ],
+            "reqps",
+            stack=True,
+        ),
+        w=12,
+    )
+    lay.add(
+        timeseries(
+            "gRPC calls to upstreams not OK",
+            "Share of outbound gRPC attempts per upstream and method whose status was not OK.",
+            [
+                target(
+                    ratio_or_zero(
+                        rate(RPC_CLIENT + "_count", UP + ', rpc_grpc_status_code!="0"'),
+                        rate(RPC_CLIENT + "_count", UP),
+                        f"upstream, {method}",
+                    ),
+                    "{{upstream}} {{rpc_service}}/{{rpc_method}}",
+                )
+            ],
+            "percentunit",
+        ),
+        w=12,
     )
 
 

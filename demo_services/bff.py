@@ -1,6 +1,9 @@
 """bff: the backend-for-frontend of an AI agent. `GET /context/{user_id}?q=...` assembles the
 agent's context from user-service (profile), document-service (the user's documents) and
-retrieval-service (passages for the query, the model-serving stand-in).
+retrieval-service (passages for the query, the model-serving stand-in). retrieval-service is
+called over gRPC (unary `/demo.retrieval.v1.Retrieval/Retrieve`, HTTP/2 cleartext, one
+multiplexed connection); `BFF_RETRIEVAL_PROTOCOL=http` calls its HTTP/1.1 `POST /retrieve`
+instead. A gRPC failure degrades the answer like an HTTP one.
 
 Calls go through the local sidecar's outbound listener (`SIDECAR_OUTBOUND`, default
 http://127.0.0.1:15001) with `Host: <upstream name>`; `UPSTREAM_<NAME>` (e.g.
@@ -21,12 +24,16 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
 
 from demo_services import common
 from demo_services.faults import Faults
+from demo_services.grpc_client import Channel
+from demo_services.grpc_wire import code_name
+from demo_services.retrieval_service import RETRIEVE
 
 NAME = "bff"
 MODES = ("sequential", "concurrent")
@@ -49,6 +56,7 @@ PROPAGATED_HEADERS = (
     "x-request-id",
 )
 DEADLINE_HEADER = "x-sidecar-expected-timeout-ms"
+PROTOCOLS = ("grpc", "http")
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,7 @@ class Call:
     data: Any
     duration_ms: float
     error: str | None = None
+    grpc_status: int | None = None  # gRPC calls: the call's status code
 
     @property
     def ok(self) -> bool:
@@ -102,12 +111,28 @@ class ModeError(ValueError):
 
 class Bff:
     def __init__(
-        self, targets: Mapping[str, Target], mode: str = "sequential", timeout_s: float = 10.0
+        self,
+        targets: Mapping[str, Target],
+        mode: str = "sequential",
+        timeout_s: float = 10.0,
+        retrieval_protocol: str = "grpc",
     ) -> None:
         self.targets = dict(targets)
         self.mode = self._check_mode(mode)
+        if retrieval_protocol not in PROTOCOLS:
+            raise ValueError(
+                f"BFF_RETRIEVAL_PROTOCOL must be one of {', '.join(PROTOCOLS)}, "
+                f"not {retrieval_protocol!r}"
+            )
+        self._timeout_s = timeout_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
+        self._retrieval: Channel | None = None
+        if retrieval_protocol == "grpc":
+            target = self.targets["retrieval-service"]
+            url = urlsplit(target.base_url)
+            host, port = url.hostname or "127.0.0.1", url.port or 80
+            self._retrieval = Channel(host, port, target.host or f"{host}:{port}")
 
     @staticmethod
     def _check_mode(mode: str) -> str:
@@ -125,6 +150,8 @@ class Bff:
         yield
         await self._session.close()
         self._session = None
+        if self._retrieval is not None:
+            self._retrieval.close()
 
     async def _call(
         self, upstream: str, method: str, path: str, headers: dict[str, str], **kw: Any
@@ -147,17 +174,29 @@ class Bff:
         error = None if 200 <= status < 300 else f"status {status}"
         return Call(upstream, status, data, elapsed, error)
 
+    async def _grpc_call(
+        self, channel: Channel, message: dict[str, Any], headers: dict[str, str]
+    ) -> Call:
+        budget_ms = headers.get(DEADLINE_HEADER)
+        timeout_s = self._timeout_s
+        if budget_ms is not None:
+            timeout_s = min(timeout_s, int(budget_ms) / 1000.0)
+        start = time.perf_counter()
+        reply = await channel.unary(RETRIEVE, message, headers, timeout_s)
+        elapsed = (time.perf_counter() - start) * 1000
+        error = None if reply.ok else f"grpc-status {reply.code} {code_name(reply.code)}"
+        return Call("retrieval-service", 200, reply.data, elapsed, error, grpc_status=reply.code)
+
     def _calls(self, user_id: str, query: str, headers: dict[str, str]) -> list[Awaitable[Call]]:
+        message = {"query": query, "user": user_id, "k": 3}
+        if self._retrieval is not None:
+            retrieval = self._grpc_call(self._retrieval, message, headers)
+        else:
+            retrieval = self._call("retrieval-service", "POST", "/retrieve", headers, json=message)
         return [
             self._call("user-service", "GET", f"/users/{user_id}", headers),
             self._call("document-service", "GET", f"/documents?user={user_id}&limit=3", headers),
-            self._call(
-                "retrieval-service",
-                "POST",
-                "/retrieve",
-                headers,
-                json={"query": query, "user": user_id, "k": 3},
-            ),
+            retrieval,
         ]
 
     async def context(self, request: web.Request) -> web.Response:
@@ -218,6 +257,7 @@ def create_app(faults: Faults, env: Mapping[str, str] | None = None) -> web.Appl
         targets_from_env(env),
         mode=env.get("BFF_MODE", "sequential"),
         timeout_s=float(env.get("BFF_UPSTREAM_TIMEOUT_S", "10")),
+        retrieval_protocol=env.get("BFF_RETRIEVAL_PROTOCOL", "grpc"),
     )
     routes = [
         web.get("/context/{user_id}", bff.context),

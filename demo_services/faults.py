@@ -16,6 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
+from demo_services.grpc_wire import Code, GrpcError, Interceptor
+
 Monotonic = Callable[[], float]
 
 # Paths the faults never touch: the knobs themselves must stay reachable while the service
@@ -179,3 +181,26 @@ def fault_routes(faults: Faults) -> list[web.RouteDef]:
         web.post("/faults", post_faults),
         web.get("/healthz", healthz),
     ]
+
+
+def grpc_interceptor(faults: Faults) -> Interceptor:
+    """The same knobs on gRPC calls; a failure is UNAVAILABLE, what a gRPC server that cannot
+    serve answers (and what callers and the sidecar retry)."""
+
+    async def intercept(path: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        if faults.starting():
+            raise GrpcError(Code.UNAVAILABLE, "service is warming up (slow start fault)")
+        await faults.hang_while_set()
+        delay = faults.delay_s()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if faults.should_fail():
+            raise GrpcError(Code.UNAVAILABLE, "error injected by FAULT_ERROR_RATE")
+        return await call()
+
+    return intercept
+
+
+def health(faults: Faults) -> tuple[int, dict[str, str]]:
+    """/healthz as (status, body), for servers that are not the aiohttp app."""
+    return (503, {"status": "starting"}) if faults.starting() else (200, {"status": "ok"})

@@ -1,20 +1,27 @@
 """retrieval-service: the model-serving stand-in (embedding + vector search) that finds
-passages relevant to the agent's query. POST /retrieve {"query", "user", "k"} or
-GET /retrieve?q=...&user=...&k=..."""
+passages relevant to the agent's query. Model servers commonly speak gRPC, and so does this
+one: the unary method `/demo.retrieval.v1.Retrieval/Retrieve` ({"query", "user", "k"} →
+{"model", "query", "passages"}, JSON-coded: `application/grpc+json`) over HTTP/2 cleartext.
+The same port also answers HTTP/1.1: POST /retrieve, GET /retrieve?q=...&user=...&k=...,
+/healthz and /faults. Faults apply to gRPC calls too (an injected error is UNAVAILABLE)."""
 
 from __future__ import annotations
 
 import sys
 import zlib
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from aiohttp import web
 
 from demo_services import common
-from demo_services.faults import Faults
+from demo_services.faults import Faults, grpc_interceptor, health
+from demo_services.grpc_wire import Code, GrpcError
 
 NAME = "retrieval-service"
 MODEL = "demo-embed-small-v1"
+GRPC_SERVICE = "demo.retrieval.v1.Retrieval"
+RETRIEVE = f"/{GRPC_SERVICE}/Retrieve"
 
 
 def retrieve(query: str, user: str, k: int) -> dict[str, object]:
@@ -66,9 +73,28 @@ async def retrieve_get(request: web.Request) -> web.Response:
     return web.json_response(retrieve(query, request.query.get("user", ""), k))
 
 
+async def retrieve_grpc(message: Any, metadata: Mapping[str, str]) -> dict[str, object]:
+    if not isinstance(message, dict) or not isinstance(message.get("query"), str):
+        raise GrpcError(Code.INVALID_ARGUMENT, 'expected {"query": "...", "user": "...", "k": 3}')
+    k = _k(message.get("k", 3))
+    if k is None:
+        raise GrpcError(Code.INVALID_ARGUMENT, "k must be an integer between 1 and 50")
+    return retrieve(message["query"], str(message.get("user", "")), k)
+
+
 def create_app(faults: Faults, env: Mapping[str, str] | None = None) -> web.Application:
     routes = [web.post("/retrieve", retrieve_post), web.get("/retrieve", retrieve_get)]
-    return common.build_app(routes, faults)
+    app = common.build_app(routes, faults)
+
+    def http(method: str, path: str) -> tuple[int, object]:
+        if path.split("?")[0] == "/healthz":
+            return health(faults)
+        return 404, {"error": "not_found", "message": "over HTTP/2 this port serves gRPC"}
+
+    app[common.GRPC_KEY] = common.GrpcMethods(
+        {RETRIEVE: retrieve_grpc}, grpc_interceptor(faults), http
+    )
+    return app
 
 
 def main(argv: Sequence[str] | None = None) -> int:

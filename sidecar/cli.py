@@ -138,7 +138,7 @@ def cmd_version(args: argparse.Namespace) -> int:
 _LAZY_COMMANDS = (
     ("diagnose", "sidecar.diagnose.command", "latency diagnosis from traces (Jaeger, admin, file)"),
     ("top", "sidecar.top.command", "live traffic view over sidecars' admin ports"),
-    ("demo", "sidecar.demo", "run the embedded demo (the whole product in one command)"),
+    ("demo", "sidecar.demo.command", "run the embedded demo (the whole product in one command)"),
 )
 
 

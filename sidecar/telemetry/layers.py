@@ -24,7 +24,7 @@ from opentelemetry.trace import (
 
 from sidecar.clock import Clock, SystemClock
 from sidecar.errors import SidecarError, error_response
-from sidecar.grpc import is_grpc
+from sidecar.grpc import is_grpc, status_for_error
 from sidecar.http import Request, Response
 from sidecar.resilience.classify import error_type_of_exception, error_type_of_status
 from sidecar.stack import Handler
@@ -277,6 +277,11 @@ class ClientTelemetryLayer:
                     elapsed,
                     trace_id_hex(span) if sampled else "",
                 )
+                if call is not None:
+                    # No reply (connect failure, reset, timeout): the attempt still counts,
+                    # with the status a gRPC client sees for it (UNAVAILABLE, ...).
+                    code = int(status_for_error(error_type))
+                    metrics.rpc.observe_client(upstream, call, code, elapsed)
                 if recording:
                     span.set_attribute("error.type", error_type)
                     span.set_status(_ERROR)

@@ -20,13 +20,27 @@ REJECTED = "sidecar_requests_rejected_total"
 INFLIGHT = "sidecar_inflight_requests"
 BREAKER = "sidecar_circuit_breaker_state"
 ENDPOINTS = "sidecar_upstream_endpoints"
+RPC_CLIENT = "rpc_client_duration_seconds"
+RPC_SERVER = "rpc_server_duration_seconds"
 
 BREAKER_STATES = {0: "closed", 1: "half_open", 2: "open"}
 BREAKER_RANK = {"open": 2, "half_open": 1}
 
 # Row kinds: an upstream the local app calls, the local app behind the inbound listener, and
-# one route template as received on the sidecar's listeners.
+# one route template as received on the sidecar's listeners; for gRPC, one method called on an
+# upstream and one method received.
 UPSTREAM, INBOUND, ROUTE = "upstream", "inbound", "route"
+RPC_OUT, RPC_IN = "rpc_out", "rpc_in"
+
+GRPC_STATUS_NAMES = (
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+    "UNAUTHENTICATED",
+)  # fmt: skip
+# The codes that are the callee's failure (OTel RPC conventions for a server span); the
+# others (OK, NOT_FOUND, INVALID_ARGUMENT, ...) are answers, like an HTTP 4xx.
+GRPC_FAILURES = frozenset({"2", "4", "12", "13", "14", "15"})
 SORT_KEYS = ("health", "rps", "p99", "p50", "success", "name")
 
 
@@ -46,6 +60,8 @@ class Row:
     endpoints_ejected: int | None = None
     retries_per_s: float | None = None
     rejected_per_s: float | None = None
+    # gRPC rows: calls per second by status name, most frequent first
+    grpc_status: tuple[tuple[str, float], ...] | None = None
 
 
 def _get(labels: Labels, key: str) -> str:
@@ -112,8 +128,21 @@ def _is_success(labels: Labels) -> bool:
     ).startswith("5")
 
 
+def _grpc_ok(labels: Labels) -> bool:
+    return _get(labels, "rpc_grpc_status_code") not in GRPC_FAILURES
+
+
+def grpc_status_name(code: str) -> str:
+    n = int(code) if code.isdigit() else -1
+    return GRPC_STATUS_NAMES[n] if 0 <= n < len(GRPC_STATUS_NAMES) else code
+
+
 def histogram_deltas(
-    prev: Scrape, cur: Scrape, name: str, group: Callable[[Labels], str | None]
+    prev: Scrape,
+    cur: Scrape,
+    name: str,
+    group: Callable[[Labels], str | None],
+    success: Callable[[Labels], bool] = _is_success,
 ) -> dict[str, HistogramDelta]:
     """Bucket and count deltas of histogram `name`, summed per group (`group` returns None to
     skip a series). A series whose count went down was reset: all its current buckets count."""
@@ -138,7 +167,7 @@ def histogram_deltas(
         delta = max(0.0, value - before)
         h = out.setdefault(key, HistogramDelta({}))
         h.count += delta
-        if _is_success(series):
+        if success(series):
             h.ok += delta
     return out
 
@@ -271,12 +300,68 @@ def inbound_rows(prev: Scrape, cur: Scrape, dt: float) -> list[Row]:
     return rows
 
 
+def _method(labels: Labels) -> str:
+    return f"{_get(labels, 'rpc_service')}/{_get(labels, 'rpc_method')}"
+
+
+def _status_rates(
+    prev: Scrape, cur: Scrape, name: str, group: Callable[[Labels], str | None], dt: float
+) -> dict[str, tuple[tuple[str, float], ...]]:
+    """Per group: calls per second by gRPC status name, most frequent first."""
+    deltas = counter_deltas(prev.samples(f"{name}_count"), cur.samples(f"{name}_count"))
+    by_group: dict[str, dict[str, float]] = {}
+    for labels, delta in deltas.items():
+        key = group(labels)
+        if key is None or delta <= 0:
+            continue
+        status = grpc_status_name(_get(labels, "rpc_grpc_status_code"))
+        counts = by_group.setdefault(key, {})
+        counts[status] = counts.get(status, 0.0) + delta / dt
+    return {
+        key: tuple(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+        for key, counts in by_group.items()
+    }
+
+
+def rpc_rows(prev: Scrape, cur: Scrape, dt: float) -> list[Row]:
+    """gRPC methods, from the RPC histograms: one row per (upstream, method) the local app
+    calls and one per method it serves, with calls per status code. A call succeeded unless
+    its status is one of the callee's failures (UNAVAILABLE, INTERNAL, DEADLINE_EXCEEDED...)."""
+    service = service_of(cur)
+
+    def called(labels: Labels) -> str | None:
+        upstream = _get(labels, "upstream")
+        return f"{upstream} {_method(labels)}" if upstream and upstream != service else None
+
+    def served(labels: Labels) -> str | None:
+        return _method(labels) if _get(labels, "rpc_method") else None
+
+    rows = []
+    for kind, name, group in ((RPC_OUT, RPC_CLIENT, called), (RPC_IN, RPC_SERVER, served)):
+        statuses = _status_rates(prev, cur, name, group, dt)
+        for key, h in sorted(histogram_deltas(prev, cur, name, group, _grpc_ok).items()):
+            rows.append(
+                Row(
+                    admin=cur.admin,
+                    service=service,
+                    kind=kind,
+                    name=key,
+                    rps=h.count / dt,
+                    success_rate=h.ok / h.count if h.count > 0 else None,
+                    p50_s=h.quantile(0.5),
+                    p99_s=h.quantile(0.99),
+                    grpc_status=statuses.get(key, ()),
+                )
+            )
+    return rows
+
+
 def rows_between(prev: Scrape, cur: Scrape) -> list[Row]:
     """All rows of one sidecar for the window between two of its scrapes."""
     dt = cur.at - prev.at
     if dt <= 0:
         raise ValueError("the second scrape must be later than the first")
-    return upstream_rows(prev, cur, dt) + inbound_rows(prev, cur, dt)
+    return upstream_rows(prev, cur, dt) + inbound_rows(prev, cur, dt) + rpc_rows(prev, cur, dt)
 
 
 def _health_key(r: Row) -> tuple[float, int, int, float, float, str, str, str]:

@@ -12,7 +12,13 @@ from rich.text import Text
 from sidecar.top.model import Row, Snapshot
 
 JSON_VERSION = 1
-KIND_LABEL = {"upstream": "out", "inbound": "in", "route": "route"}
+KIND_LABEL = {
+    "upstream": "out",
+    "inbound": "in",
+    "route": "route",
+    "rpc_out": "grpc out",
+    "rpc_in": "grpc in",
+}
 
 
 def _ms(seconds: float | None) -> str:
@@ -54,6 +60,19 @@ def _ejected(row: Row) -> Text:
     return Text(f"{row.endpoints_ejected}/{total}", style=style)
 
 
+def _grpc_status(row: Row) -> Text:
+    if row.grpc_status is None:
+        return Text("")
+    if not row.grpc_status:
+        return Text("-", style="dim")
+    text = Text()
+    for i, (name, rps) in enumerate(row.grpc_status):
+        if i:
+            text.append(" · ")
+        text.append(f"{name} {_rate(rps)}", style="" if name == "OK" else "yellow")
+    return text
+
+
 def _sidecar_names(snapshot: Snapshot) -> dict[str, str]:
     """Rows name their sidecar by service; by admin address too when two share a service."""
     services: dict[str, set[str]] = {}
@@ -80,10 +99,13 @@ def render_table(snapshot: Snapshot) -> RenderableType:
     table.add_column("NAME", overflow="fold")
     for col in ("RPS", "SUCCESS", "P50", "P99", "INFLIGHT", "BREAKER", "EJECTED", "RETRY/S"):
         table.add_column(col, justify="right", no_wrap=True)
+    grpc = any(r.grpc_status is not None for r in snapshot.rows)
+    if grpc:
+        table.add_column("GRPC STATUS/S", overflow="fold")
     names = _sidecar_names(snapshot)
     for r in snapshot.rows:
         idle = r.success_rate is None
-        table.add_row(
+        cells: list[Text | str] = [
             names[r.admin],
             KIND_LABEL.get(r.kind, r.kind),
             Text(r.name, style="dim" if idle else "bold"),
@@ -95,7 +117,10 @@ def render_table(snapshot: Snapshot) -> RenderableType:
             _breaker(r.breaker),
             _ejected(r),
             _rate(r.retries_per_s),
-        )
+        ]
+        if grpc:
+            cells.append(_grpc_status(r))
+        table.add_row(*cells)
     parts: list[RenderableType] = [table]
     if not snapshot.rows and snapshot.window_s:
         parts.append(Text("no traffic and no upstreams seen yet", style="dim"))
@@ -129,6 +154,9 @@ def row_json(r: Row) -> dict[str, Any]:
         ),
         "retries_per_s": rnd(r.retries_per_s),
         "rejected_per_s": rnd(r.rejected_per_s),
+        "grpc_status": (
+            {name: rnd(rps) for name, rps in r.grpc_status} if r.grpc_status is not None else None
+        ),
     }
 
 

@@ -27,6 +27,7 @@ from tests.e2e.demo_run import (
 
 ROUTE = "/context/{user_id}"
 ROUTE_OP = "GET /context/{user_id}"
+GRPC_METHOD = "demo.retrieval.v1.Retrieval/Retrieve"
 
 
 def test_quick_demo_names_the_slow_hop_and_measures_the_fix(tmp_path: Path) -> None:
@@ -75,6 +76,22 @@ def test_quick_demo_names_the_slow_hop_and_measures_the_fix(tmp_path: Path) -> N
     html = report.read_text()
     assert html.lstrip().lower().startswith("<!doctype html") and "document-service" in html
 
+    # The retrieval hop is gRPC: diagnosis and report name the method; the spans carry the
+    # status code; the sidecars' rpc histograms counted every call as OK.
+    assert f"retrieval-service {GRPC_METHOD}" in text and GRPC_METHOD in html
+    grpc_codes = {
+        tag["value"]
+        for trace in json.loads((workdir / "traces.json").read_text())["data"]
+        for span in trace["spans"]
+        for tag in span.get("tags", [])
+        if tag["key"] == "rpc.grpc.status_code"
+    }
+    assert grpc_codes == {0}
+    bff_grpc = {c["status"]: c["calls"] for c in result["grpc"]
+                if c["service"] == "bff" and c["side"] == "client"}
+    assert set(bff_grpc) == {"OK"} and bff_grpc["OK"] >= before["requests"] + after["requests"]
+    assert "gRPC calls as the sidecars counted them" in text
+
     # Every hop is counted once per request, not once per sidecar it crossed.
     diag = subprocess.run(
         [sys.executable, "-m", "sidecar.cli", "diagnose", "--file", str(workdir / "traces.json"),
@@ -85,6 +102,7 @@ def test_quick_demo_names_the_slow_hop_and_measures_the_fix(tmp_path: Path) -> N
     traces = doc["latency_ms"]["count"]
     assert {h["service"]: h["count"] for h in doc["hops"]} == {
         "user-service": traces, "document-service": traces, "retrieval-service": traces}
+    assert f"retrieval-service {GRPC_METHOD}" in {h["name"] for h in doc["hops"]}
 
     # The same diagnosis piped into an 80-column CI log keeps every hop name whole.
     narrow = subprocess.run(

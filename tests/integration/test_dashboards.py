@@ -316,3 +316,22 @@ def test_provisioning_loads_the_mounted_dashboards_folder() -> None:
     mounts = compose["services"]["grafana"]["volumes"]
     assert f"../dashboards:{provider['options']['path']}:ro" in mounts
     assert provider["type"] == "file"
+
+
+def test_overview_shows_grpc_methods_with_their_status_codes() -> None:
+    overview = load_dashboards()["sidecar-overview.json"]
+    grpc = [
+        (p["title"], t["expr"])
+        for p in panels(overview)
+        for t in p.get("targets", [])
+        if metric_names(t["expr"]) & {"rpc_server_duration_seconds_count",
+                                      "rpc_server_duration_seconds_bucket",
+                                      "rpc_client_duration_seconds_count"}
+    ]  # fmt: skip
+    served = [e for _, e in grpc if "rpc_server_duration_seconds_count" in e]
+    called = [e for _, e in grpc if "rpc_client_duration_seconds_count" in e]
+    # Calls per method and status code, both the methods served and those called upstream.
+    assert any("rpc_method" in e and "rpc_grpc_status_code" in e for e in served), grpc
+    assert any("upstream" in e and "rpc_grpc_status_code" in e for e in called), grpc
+    assert any("rpc_server_duration_seconds_bucket" in e for _, e in grpc), "gRPC latency"
+    assert any('rpc_grpc_status_code!="0"' in e for e in called), "gRPC error ratio"

@@ -10,10 +10,10 @@ import aiohttp
 from aiohttp import web
 from rich.console import Console
 
-from sidecar import demo
-from sidecar.demo_load import PhaseResult
-from sidecar.demo_topology import ServicePlan
-from sidecar.demo_traces import collect_from_jaeger
+from sidecar.demo import command as demo
+from sidecar.demo.load import PhaseResult
+from sidecar.demo.topology import ServicePlan
+from sidecar.demo.traces import collect_from_jaeger
 from tests.conftest import free_port
 from tests.doubles.jaeger import JaegerDouble
 from tests.unit.diagnose.builder import (

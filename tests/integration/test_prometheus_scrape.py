@@ -20,7 +20,7 @@ from sidecar.app import Sidecar
 from sidecar.config import split_host_port
 from tests.conftest import free_port, require_binary
 from tests.integration.test_dashboards import all_queries, load_dashboards, panels, substitute
-from tests.integration.top_traffic import drive
+from tests.integration.top_traffic import drive, drive_grpc, grpc_upstream
 
 SERVICE = "bff"
 RATE_INTERVAL = "10s"  # Grafana would use 4 x the 1 s scrape interval; a little more is steadier
@@ -28,7 +28,9 @@ RATE_INTERVAL = "10s"  # Grafana would use 4 x the 1 s scrape interval; a little
 
 async def traffic(inbound: str, outbound: str, stop: asyncio.Event) -> None:
     """Inbound requests (200s and 503s from the app) and outbound calls to a healthy and a
-    dead upstream, until `stop`."""
+    dead upstream; gRPC calls both ways (outbound to a gRPC upstream and to the dead one;
+    inbound to the app, which speaks only HTTP/1.1, so the sidecar answers UNAVAILABLE),
+    until `stop`."""
     calls = [
         (inbound + "/users/7", {}),
         (inbound + "/status/503", {}),
@@ -36,12 +38,24 @@ async def traffic(inbound: str, outbound: str, stop: asyncio.Event) -> None:
         (outbound + "/users/7", {"Host": "broken"}),
         (outbound + "/users/7", {"Host": "flaky"}),
     ]
-    await drive(calls, stop, pause=0.02)
+    await asyncio.gather(
+        drive(calls, stop, pause=0.02),
+        drive_grpc(outbound, "models", stop, pause=0.02),
+        drive_grpc(outbound, "broken", stop, pause=0.02),  # the sidecar answers UNAVAILABLE
+        drive_grpc(inbound, SERVICE, stop, pause=0.05),
+    )
+
+
+@pytest.fixture
+async def models() -> AsyncIterator[int]:
+    """A gRPC upstream (the demo's retrieval-service): the gRPC panels get their series."""
+    async with grpc_upstream() as port:
+        yield port
 
 
 @pytest.fixture
 async def busy_sidecar(
-    upstreams: Callable[[str], Any], sidecar_factory: Callable[..., Any]
+    upstreams: Callable[[str], Any], sidecar_factory: Callable[..., Any], models: int
 ) -> AsyncIterator[Sidecar]:
     app = await upstreams("app")
     good = await upstreams("good")
@@ -51,6 +65,7 @@ async def busy_sidecar(
             "good": [f"127.0.0.1:{good.port}"],
             "broken": [dead[0]],  # down for good: the breaker opens, the fallback answers
             "flaky": [f"127.0.0.1:{good.port}", dead[1]],  # one bad endpoint gets ejected
+            "models": [f"127.0.0.1:{models}"],  # gRPC
         }
     }
     # A Consul that refuses connections: the "Discovery errors" panel gets its series.

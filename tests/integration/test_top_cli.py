@@ -22,7 +22,7 @@ import pytest
 
 from sidecar.top import command
 from tests.conftest import free_port
-from tests.integration.top_traffic import Busy, busy
+from tests.integration.top_traffic import Busy, busy, drive_grpc, grpc_upstream
 
 ROOT = Path(__file__).resolve().parents[2]
 # The `sidecar` console script of the venv running the tests.
@@ -200,3 +200,42 @@ async def test_live_view_refreshes_and_ctrl_c_exits_cleanly(bff: Busy) -> None:
         os.close(master)
     assert code == 0
     assert "Traceback" not in screen + rest and "KeyboardInterrupt" not in screen + rest
+
+
+async def test_grpc_calls_show_per_method_with_status_codes(
+    sidecar_factory: Callable[..., Any], upstreams: Callable[[str], Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    app = await upstreams("app")
+    async with grpc_upstream(error_rate=0.3) as models:
+        config = {
+            "service": {"name": "bff", "port": app.port},
+            "discovery": {"static": {"models": [f"127.0.0.1:{models}"]}},
+            # Every UNAVAILABLE reaches the caller (and top): no retries, no breaker trips.
+            "upstreams": {"models": {
+                "retries": {"attempts": 0},
+                "circuit_breaker": {"consecutive_failures": 1000, "failure_ratio": 1.0},
+                "outlier_detection": {"enabled": False},
+            }},
+        }  # fmt: skip
+        sc = await sidecar_factory(config)
+        outbound = f"http://127.0.0.1:{sc.bound_port('listeners.outbound')}"
+        stop = asyncio.Event()
+        task = asyncio.create_task(drive_grpc(outbound, "models", stop))
+        try:
+            ns = args("--admin", f"http://{sc.config.listeners.admin}", "--json", "--interval", "1")
+            code = await asyncio.to_thread(command.main, ns)
+        finally:
+            stop.set()
+            await task
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    rows = json.loads(out)["rows"]
+    (grpc,) = [r for r in rows if r["kind"] == "rpc_out"]
+    assert grpc["name"] == "models demo.retrieval.v1.Retrieval/Retrieve"
+    assert grpc["rps"] > 0 and grpc["p99_ms"] is not None
+    assert set(grpc["grpc_status"]) == {"OK", "UNAVAILABLE"}, grpc
+    assert 0.4 < grpc["success_rate"] < 0.95  # ~70 % OK
+    # The same calls as HTTP: 200s, so the HTTP row does not see the failures.
+    http = next(r for r in rows if r["kind"] == "upstream" and r["name"] == "models")
+    assert http["success_rate"] == 1.0 and http["grpc_status"] is None

@@ -11,6 +11,10 @@ from typing import Any
 
 import aiohttp
 
+from demo_services import common, retrieval_service
+from demo_services.faults import Faults, FaultSpec
+from demo_services.grpc_client import Channel
+from demo_services.retrieval_service import RETRIEVE
 from sidecar.app import Sidecar
 
 
@@ -34,6 +38,30 @@ async def drive(calls: list[tuple[str, dict[str, str]]], stop: asyncio.Event,
                         await resp.read()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), pause)  # pacing
+
+
+@contextlib.asynccontextmanager
+async def grpc_upstream(error_rate: float = 0.0) -> AsyncIterator[int]:
+    """The demo's retrieval-service (gRPC over h2c) on a free port; yields the port."""
+    app = retrieval_service.create_app(Faults(FaultSpec(error_rate=error_rate)))
+    serving = await common.start(app, "127.0.0.1", 0)
+    try:
+        yield serving.port
+    finally:
+        await serving.close()
+
+
+async def drive_grpc(url: str, authority: str, stop: asyncio.Event, pause: float = 0.01) -> None:
+    """Unary gRPC calls to `url` (a sidecar listener) with `authority`, until `stop`."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    channel = Channel(host, int(port), authority)
+    try:
+        while not stop.is_set():
+            await channel.unary(RETRIEVE, {"query": "q", "user": "7", "k": 1}, {}, 5.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), pause)  # pacing
+    finally:
+        channel.close()
 
 
 @contextlib.asynccontextmanager

@@ -1,6 +1,7 @@
 """Smoke of the benchmark harness: `python -m bench.run --smoke` runs every scenario for a
-second each against real nginx, Envoy, wrk, the minimal proxy and the sidecar, and writes the
-table and JSON. The full run (`make bench`) is not part of the test suite."""
+second each against real nginx, Envoy, wrk, the minimal proxy and the sidecar, plus the HTTP/2
+row (h2load through the sidecar and Envoy to an h2c nginx), and writes the table and JSON. The
+full run (`make bench`) is not part of the test suite."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ from pathlib import Path
 from tests.conftest import require_binary
 
 ROOT = Path(__file__).resolve().parents[3]
+H2_ROWS = (
+    "direct (h2load → h2c nginx)",
+    "Envoy, HTTP/2 (1 worker, h2c upstream)",
+    "sidecar, HTTP/2 (outbound, h2c upstream)",
+)
 ROWS = (
     "direct (wrk → upstream nginx)",
     "nginx proxy_pass (1 worker, keepalive)",
@@ -24,6 +30,7 @@ ROWS = (
 def test_smoke_run_writes_table_and_json_with_every_scenario(tmp_path: Path) -> None:
     require_binary("wrk")
     require_binary("nginx")
+    require_binary("h2load")
     proc = subprocess.run(
         [sys.executable, "-m", "bench.run", "--smoke", "--out", str(tmp_path)],
         cwd=ROOT,
@@ -60,4 +67,19 @@ def test_smoke_run_writes_table_and_json_with_every_scenario(tmp_path: Path) -> 
         "every response 2xx under load",
         "sidecar rps ≥ 1.0x Envoy's at c=32 (must; aim 1.5x)",
         "sidecar CPU µs/request ≤ Envoy's",
+    }
+
+    # The HTTP/2 row: every h2load request answered 2xx through each target, CPU per request.
+    for row in H2_ROWS:
+        assert f"| {row} |" in table
+    h2 = results["h2"]["targets"]
+    assert set(h2) == {"direct", "envoy", "sidecar"}
+    for name, target in h2.items():
+        best = target["best"]
+        # With -D, h2load may count one 2xx more than "done" (a reply at the deadline).
+        assert best["succeeded"] >= best["requests"] > 0, (name, best)
+        assert best["failed"] == best["errored"] == best["timeout"] == 0, (name, best)
+        assert best["rps"] > 0 and target["cpu_us_per_request"] > 0, (name, target)
+    assert "HTTP/2: sidecar rps ≥ 0.4x Envoy's (floor; aim 1.0x)" in {
+        c["target"] for c in results["checks"]
     }

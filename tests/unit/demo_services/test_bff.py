@@ -1,5 +1,6 @@
 """The bff: aggregation, sequential vs concurrent, trace-header forwarding, routing via the
-sidecar's outbound port (Host header) or straight to an upstream URL."""
+sidecar's outbound port (Host header / :authority) or straight to an upstream URL; retrieval
+over gRPC (the double answers it on the same port, as a sidecar's outbound listener does)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from demo_services import bff as bff_module
 from demo_services.bff import propagation_headers, targets_from_env
 from demo_services.faults import Faults, FaultSpec
+from demo_services.grpc_wire import Code, DetectingProtocol, GrpcError, GrpcServerProtocol
+from demo_services.retrieval_service import RETRIEVE
 
 UPSTREAMS = ("user-service", "document-service", "retrieval-service")
 
@@ -28,6 +31,7 @@ class Downstream:
     status: dict[str, int] = field(default_factory=dict)
     seen: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    messages: list[object] = field(default_factory=list)
 
     def name_of(self, request: web.Request) -> str:
         path = request.path
@@ -53,18 +57,42 @@ class Downstream:
         }[name]
         return web.json_response(payload if status == 200 else {"error": "x"}, status=status)
 
+    async def retrieve(self, message: object, metadata: dict[str, str]) -> object:
+        """retrieval-service's gRPC method; a non-200 `status` is UNAVAILABLE."""
+        name = "retrieval-service"
+        start = time.monotonic()
+        headers = {**metadata, "host": metadata[":authority"]}
+        self.seen.append((name, metadata[":path"], headers))
+        self.messages.append(message)
+        await asyncio.sleep(self.delay.get(name, 0.0))
+        self.intervals[name] = (start, time.monotonic())
+        if self.status.get(name, 200) != 200:
+            raise GrpcError(Code.UNAVAILABLE, "double says no")
+        return {"passages": [{"doc_id": "7-0", "score": 0.9}]}
+
 
 @pytest.fixture
 async def world():
     """Start a downstream double and a bff whose calls all go to it."""
-    started: list[TestClient | TestServer] = []
+    started: list[TestClient | web.AppRunner] = []
+    servers: list[asyncio.Server] = []
 
     async def make(downstream: Downstream, env: dict[str, str]) -> TestClient:
-        server = TestServer(web.Application(), host="127.0.0.1")
-        server.app.router.add_route("*", "/{tail:.*}", downstream.handle)
-        await server.start_server()
-        started.append(server)
-        base = f"http://127.0.0.1:{server.port}"
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", downstream.handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        started.append(runner)
+        http1 = runner.server
+        assert http1 is not None
+
+        def h2c() -> GrpcServerProtocol:
+            return GrpcServerProtocol({RETRIEVE: downstream.retrieve})
+
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: DetectingProtocol(http1, h2c), "127.0.0.1", 0)
+        servers.append(server)
+        base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
         full_env = {k: v.replace("{double}", base) for k, v in env.items()}
         app = bff_module.create_app(Faults(FaultSpec()), full_env)
         client = TestClient(TestServer(app, host="127.0.0.1"))
@@ -73,8 +101,10 @@ async def world():
         return client
 
     yield make
+    for server in servers:
+        server.close()
     for s in reversed(started):
-        await s.close()
+        await (s.close() if isinstance(s, TestClient) else s.cleanup())
 
 
 def direct_env(**extra: str) -> dict[str, str]:
@@ -214,3 +244,44 @@ async def test_one_client_session_per_process(world):
     for _ in range(3):
         await client.get("/context/7")
     assert bff._session is session and session is not None and not session.closed
+
+
+async def test_retrieval_is_a_grpc_call_with_the_query_and_a_deadline(world):
+    down = Downstream()
+    client = await world(down, {"SIDECAR_OUTBOUND": "{double}"})
+    incoming = {
+        "x-sidecar-expected-timeout-ms": "2000",
+        "traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01",
+    }
+    resp = await client.get("/context/7", params={"q": "refunds"}, headers=incoming)
+    assert resp.status == 200
+    (grpc_call,) = [h for name, _, h in down.seen if name == "retrieval-service"]
+    assert grpc_call[":path"] == "/demo.retrieval.v1.Retrieval/Retrieve"
+    assert grpc_call["content-type"] == "application/grpc+json"
+    assert grpc_call[":authority"] == "retrieval-service"
+    assert grpc_call["traceparent"] == incoming["traceparent"]
+    # The caller's budget, minus what the bff spent, becomes the gRPC deadline.
+    timeout = grpc_call["grpc-timeout"]
+    assert timeout.endswith("m") and 1000 < int(timeout[:-1]) <= 2000
+    assert down.messages == [{"query": "refunds", "user": "7", "k": 3}]
+
+
+async def test_grpc_unavailable_degrades_the_answer(world):
+    client = await world(Downstream(status={"retrieval-service": 503}), direct_env())
+    resp = await client.get("/context/7")
+    body = await resp.json()
+    assert resp.status == 200 and body["degraded"] == ["retrieval-service"]
+    assert body["passages"] == [] and body["user"]["name"] == "Ada"
+
+
+async def test_http_retrieval_is_still_available(world):
+    down = Downstream()
+    client = await world(down, direct_env(BFF_RETRIEVAL_PROTOCOL="http"))
+    assert (await (await client.get("/context/7")).json())["passages"]
+    assert down.seen[-1][:2] == ("retrieval-service", "/retrieve", )
+    assert down.messages == []
+
+
+def test_unknown_retrieval_protocol_is_refused():
+    with pytest.raises(ValueError, match="BFF_RETRIEVAL_PROTOCOL"):
+        bff_module.create_app(Faults(FaultSpec()), {"BFF_RETRIEVAL_PROTOCOL": "grpc-web"})

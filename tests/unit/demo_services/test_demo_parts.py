@@ -8,10 +8,11 @@ import math
 import pytest
 
 from sidecar.config import build_config
-from sidecar.demo import export_from_args
-from sidecar.demo_load import PhaseResult, parse_server_timing, percentile
-from sidecar.demo_topology import Export, plan, sidecar_config
-from sidecar.demo_traces import merge_traces, server_timing_breakdown
+from sidecar.demo import grpc_calls
+from sidecar.demo.command import export_from_args
+from sidecar.demo.load import PhaseResult, parse_server_timing, percentile
+from sidecar.demo.topology import Export, plan, sidecar_config
+from sidecar.demo.traces import merge_traces, server_timing_breakdown
 
 
 def test_plan_gives_every_listener_its_own_port_and_points_bff_at_its_sidecar():
@@ -49,6 +50,10 @@ def test_generated_sidecar_configs_are_valid(consul):
         assert config.discovery.static["document-service"] == [f"127.0.0.1:{doc.inbound}"]
     else:
         assert config.discovery.consul is not None and not config.discovery.static
+    # The gRPC hop retries UNAVAILABLE like a 503; the HTTP hops keep the defaults.
+    retries_on = config.policy("retrieval-service").retries.on
+    assert "unavailable" in retries_on and 503 in retries_on
+    assert "unavailable" not in config.policy("document-service").retries.on
     leaf = build_config(sidecar_config(ups[0], [], Export("otlp_grpc", "http://h:4317")), env={})
     assert leaf.tracing.exporter == "otlp_grpc" and leaf.tracing.endpoint == "http://h:4317"
 
@@ -125,3 +130,41 @@ def test_merge_completes_entry_traces_and_keeps_processes_apart():
     assert sorted(s["spanID"] for s in trace["spans"]) == ["a", "b", "c"]
     services = {trace["processes"][s["processID"]]["serviceName"] for s in trace["spans"]}
     assert services == {"bff", "document-service"}
+
+
+METRICS = """\
+# HELP rpc_client_duration_seconds x
+# TYPE rpc_client_duration_seconds histogram
+rpc_client_duration_seconds_bucket{service="bff",upstream="retrieval-service",rpc_system="grpc",\
+rpc_service="demo.retrieval.v1.Retrieval",rpc_method="Retrieve",rpc_grpc_status_code="0",le="+Inf"} 40
+rpc_client_duration_seconds_count{service="bff",upstream="retrieval-service",rpc_system="grpc",\
+rpc_service="demo.retrieval.v1.Retrieval",rpc_method="Retrieve",rpc_grpc_status_code="0"} 40
+rpc_client_duration_seconds_count{service="bff",upstream="retrieval-service",rpc_system="grpc",\
+rpc_service="demo.retrieval.v1.Retrieval",rpc_method="Retrieve",rpc_grpc_status_code="14"} 3
+rpc_client_duration_seconds_count{service="retrieval-service",upstream="retrieval-service",\
+rpc_system="grpc",rpc_service="demo.retrieval.v1.Retrieval",rpc_method="Retrieve",\
+rpc_grpc_status_code="0"} 43
+# HELP rpc_server_duration_seconds x
+# TYPE rpc_server_duration_seconds histogram
+rpc_server_duration_seconds_count{service="retrieval-service",rpc_system="grpc",\
+rpc_service="demo.retrieval.v1.Retrieval",rpc_method="Retrieve",rpc_grpc_status_code="0"} 43
+# HELP http_server_duration_seconds x
+# TYPE http_server_duration_seconds histogram
+http_server_duration_seconds_count{service="bff"} 99
+"""
+
+
+def test_grpc_counts_name_methods_and_status_codes():
+    counts = grpc_calls.parse_counts(METRICS)
+    by = {(c.side, c.service, c.status): c for c in counts}
+    assert by[("client", "bff", "OK")].calls == 40
+    assert by[("client", "bff", "UNAVAILABLE")].calls == 3
+    assert by[("server", "retrieval-service", "OK")].method == (
+        "demo.retrieval.v1.Retrieval/Retrieve"
+    )
+    assert len(counts) == 4  # the HTTP histogram is not a gRPC count
+    assert grpc_calls.rows(counts) == [
+        ("bff", "client", "Retrieval/Retrieve", "OK", "40"),
+        ("bff", "client", "Retrieval/Retrieve", "UNAVAILABLE", "3"),
+        ("retrieval-service", "server", "Retrieval/Retrieve", "OK", "43"),
+    ]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from sidecar import demo
+from sidecar.demo import command as demo
 from sidecar.diagnose import report
 from sidecar.diagnose.analysis import diagnose
 from tests.unit.diagnose.builder import ROOT_OP, TraceBuilder, jaeger_response, meshed

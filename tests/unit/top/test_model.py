@@ -183,3 +183,41 @@ def test_tracker_needs_two_scrapes_and_survives_an_outage() -> None:
     snap = tracker.update([scrape(m, at=4.0)])  # the delta spans the outage
     assert snap.window_s == 4.0 and snap.errors == []
     assert by_name(snap.rows)["users"].rps == pytest.approx(20 / 4)
+
+
+RETRIEVE = ("demo.retrieval.v1.Retrieval", "Retrieve")
+
+
+def test_grpc_methods_get_rows_with_their_status_codes() -> None:
+    m = Metrics("bff")
+    m.rpc.observe_client("retrieval", RETRIEVE, 0, 0.004)  # before the window
+    first = scrape(m, at=10.0)
+    for _ in range(16):
+        m.rpc.observe_client("retrieval", RETRIEVE, 0, 0.004)
+    for _ in range(3):
+        m.rpc.observe_client("retrieval", RETRIEVE, 14, 0.001)  # UNAVAILABLE: a failure
+    m.rpc.observe_client("retrieval", RETRIEVE, 5, 0.002)  # NOT_FOUND: an answer
+    for _ in range(4):
+        m.rpc.observe_server(("demo.Agent", "Ask"), 0, 0.05)
+    m.rpc.observe_client("bff", ("demo.Agent", "Ask"), 0, 0.05)  # the inbound hop: not "out"
+    rows = rows_between(first, scrape(m, at=12.0))
+    out = by_name(rows, "rpc_out")
+    assert set(out) == {"retrieval demo.retrieval.v1.Retrieval/Retrieve"}
+    row = out["retrieval demo.retrieval.v1.Retrieval/Retrieve"]
+    assert row.rps == pytest.approx(20 / 2)
+    assert row.success_rate == pytest.approx(17 / 20)
+    assert row.grpc_status == (("OK", 8.0), ("UNAVAILABLE", 1.5), ("NOT_FOUND", 0.5))
+    assert row.p50_s is not None and 0.0025 <= row.p50_s <= 0.005
+    served = by_name(rows, "rpc_in")["demo.Agent/Ask"]
+    assert served.rps == pytest.approx(2.0) and served.success_rate == 1.0
+    assert served.grpc_status == (("OK", 2.0),)
+    # HTTP rows are unchanged by gRPC traffic, and carry no gRPC status.
+    assert all(r.grpc_status is None for r in rows if r.kind in ("upstream", "inbound", "route"))
+
+
+def test_no_grpc_traffic_no_grpc_rows() -> None:
+    m = Metrics("bff")
+    first = scrape(m, at=1.0)
+    ok(m, "users", 0.003, 5)
+    rows = rows_between(first, scrape(m, at=2.0))
+    assert not [r for r in rows if r.kind in ("rpc_out", "rpc_in")]

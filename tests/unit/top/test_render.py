@@ -43,6 +43,29 @@ def test_json_is_stable_and_in_milliseconds() -> None:
         "admin": A, "service": "bff", "kind": "upstream", "name": "docs", "rps": 12.5,
         "success_rate": 0.5, "p50_ms": 4.0, "p99_ms": 1200.0, "inflight": 3, "breaker": "open",
         "endpoints": {"healthy": 1, "ejected": 1}, "retries_per_s": 2.0, "rejected_per_s": 6.0,
+        "grpc_status": None,
     }
     assert doc["rows"][2]["success_rate"] is None and doc["rows"][2]["endpoints"] is None
     assert doc["errors"] == [{"admin": "http://127.0.0.1:3", "error": "cannot reach it"}]
+
+
+def test_grpc_rows_show_status_codes_in_table_and_json() -> None:
+    grpc = Row(
+        A, "bff", "rpc_out", "retrieval demo.retrieval.v1.Retrieval/Retrieve", 10.0, 0.85,
+        0.004, 0.009, grpc_status=(("OK", 8.5), ("UNAVAILABLE", 1.5)),
+    )  # fmt: skip
+    snap = Snapshot([grpc, *snapshot().rows], [], [A, B], 1.0)
+    console = Console(record=True, width=220, color_system=None)
+    console.print(render_table(snap))
+    text = console.export_text()
+    assert "GRPC STATUS/S" in text and "grpc out" in text
+    assert "OK 8.5 · UNAVAILABLE 1.5" in text
+    doc = json.loads(render_json(snap))
+    assert doc["rows"][0]["grpc_status"] == {"OK": 8.5, "UNAVAILABLE": 1.5}
+    assert doc["rows"][1]["grpc_status"] is None
+
+
+def test_http_only_table_has_no_grpc_column() -> None:
+    console = Console(record=True, width=160, color_system=None)
+    console.print(render_table(snapshot()))
+    assert "GRPC" not in console.export_text()

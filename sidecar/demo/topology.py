@@ -27,6 +27,17 @@ BASELINE_FAULTS: Mapping[str, Mapping[str, str]] = {
     "document-service": {"FAULT_LATENCY_MS": "20", "FAULT_JITTER_MS": "10"},
     "retrieval-service": {"FAULT_LATENCY_MS": "60", "FAULT_JITTER_MS": "25"},
 }
+# How each app is called by the sidecar in front of it: the model-serving stand-in speaks gRPC
+# (HTTP/2 cleartext), the others HTTP/1.1, so the demo's traces cross both kinds of hop.
+PROTOCOLS: Mapping[str, str] = {
+    "bff": "HTTP/1.1",
+    "user-service": "HTTP/1.1",
+    "document-service": "HTTP/1.1",
+    "retrieval-service": "gRPC (h2c)",
+}
+GRPC_SERVICE = "retrieval-service"
+# A gRPC UNAVAILABLE is retried like a 503 (retries.on takes gRPC status names).
+GRPC_RETRIES_ON = ["connect_failure", "reset", 502, 503, "unavailable"]
 # What the demo injects into document-service once traffic flows (POST /faults).
 INJECTED_FAULT: Mapping[str, float] = {"latency_ms": 180.0, "jitter_ms": 120.0}
 
@@ -40,6 +51,10 @@ class ServicePlan:
     outbound: int
     admin: int
     env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def protocol(self) -> str:
+        return PROTOCOLS.get(self.name, "HTTP/1.1")
 
     @property
     def app_url(self) -> str:
@@ -120,6 +135,11 @@ def sidecar_config(
         discovery["consul"] = {"address": consul}
     else:
         discovery["static"] = {up.name: [f"127.0.0.1:{up.inbound}"] for up in upstreams}
+    # Listing the names makes them routable before Consul has answered.
+    policies: dict[str, Any] = {up.name: {} for up in upstreams} if consul else {}
+    for up in upstreams:
+        if up.name == GRPC_SERVICE:
+            policies[up.name] = {"retries": {"on": list(GRPC_RETRIES_ON)}}
     return {
         "service": {
             "name": service.name,
@@ -133,8 +153,7 @@ def sidecar_config(
             "admin": f"127.0.0.1:{service.admin}",
         },
         "discovery": discovery,
-        # Listing the names makes them routable before Consul has answered.
-        "upstreams": {up.name: {} for up in upstreams} if consul else {},
+        "upstreams": policies,
         "tracing": tracing,
         "metrics": {"enabled": True, "route_templates": list(ROUTE_TEMPLATES)},
         "logging": {"level": "warning", "access_log": False, "format": "text"},

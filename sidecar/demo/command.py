@@ -29,9 +29,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from sidecar.demo_load import PhaseResult, drive
-from sidecar.demo_procs import ChildExited, Supervisor
-from sidecar.demo_topology import (
+from sidecar.demo import grpc_calls
+from sidecar.demo.load import PhaseResult, drive
+from sidecar.demo.procs import ChildExited, Supervisor
+from sidecar.demo.topology import (
     ENTRY_SERVICE,
     INJECTED_FAULT,
     OPERATION,
@@ -41,7 +42,7 @@ from sidecar.demo_topology import (
     plan,
     sidecar_config,
 )
-from sidecar.demo_traces import (
+from sidecar.demo.traces import (
     Breakdown,
     collect,
     collect_from_jaeger,
@@ -199,10 +200,12 @@ def fmt_ms(v: float) -> str:
 
 def topology_table(plans: list[ServicePlan]) -> Table:
     t = Table(title="Topology (each service behind its own sidecar, all on 127.0.0.1)")
-    for col in ("service", "app", "sidecar inbound", "sidecar outbound", "admin"):
+    for col in ("service", "speaks", "app", "sidecar in", "sidecar out", "admin"):
         t.add_column(col)
     for p in plans:
-        t.add_row(p.name, str(p.app_port), str(p.inbound), str(p.outbound), str(p.admin))
+        t.add_row(
+            p.name, p.protocol, str(p.app_port), str(p.inbound), str(p.outbound), str(p.admin)
+        )
     return t
 
 
@@ -222,6 +225,15 @@ def results_table(phases: list[PhaseResult]) -> Table:
         t.add_column(col, justify="left" if col == "phase" else "right")
     for ph in phases:
         t.add_row(ph.name, str(ph.requests), str(ph.errors), fmt_ms(ph.p(50)), fmt_ms(ph.p(99)))
+    return t
+
+
+def grpc_table(counts: list[grpc_calls.RpcCount]) -> Table:
+    t = Table(title="gRPC calls as the sidecars counted them (rpc_*_duration_seconds)")
+    for col in ("sidecar", "side", "method", "status", "calls"):
+        t.add_column(col, justify="right" if col == "calls" else "left")
+    for row in grpc_calls.rows(counts):
+        t.add_row(*row)
     return t
 
 
@@ -383,8 +395,11 @@ async def run_demo(args: argparse.Namespace, supervisor: Supervisor, console: Co
         )
         await post_json(session, f"{bff.app_url}/mode", {"mode": "concurrent"})
         after = await phase("after: concurrent calls", phase_s)
+        rpc_counts = await grpc_calls.collect(session, [p.admin_url for p in plans])
 
     console.rule("[bold]Before / after[/]")
+    if rpc_counts:
+        console.print(grpc_table(rpc_counts))
     console.print(results_table([warm, before, after]))
     gain50, gain99 = before.p(50) - after.p(50), before.p(99) - after.p(99)
     console.print(
@@ -401,6 +416,7 @@ async def run_demo(args: argparse.Namespace, supervisor: Supervisor, console: Co
         "warmup": phase_json(warm),
         "before": phase_json(before),
         "after": phase_json(after),
+        "grpc": [c.as_json() for c in rpc_counts],
     }
     (workdir / "result.json").write_text(json.dumps(result, indent=2))
     if diagnosis.report:

@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 
-from sidecar.demo_load import PhaseResult, percentile
+from sidecar.demo.load import PhaseResult, percentile
 
 JaegerPayload = dict[str, Any]
 

@@ -1,0 +1,5 @@
+import sys
+
+from sidecar.demo.command import _standalone
+
+sys.exit(_standalone())
