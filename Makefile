@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 NATIVE_STAMP := $(VENV)/.native-stamp
 NATIVE_SOURCES := $(shell grep -v '^\#' native-modules.txt)
 # command=package pairs the test suite needs on the machine
-TEST_SYSTEM_PACKAGES := prometheus=prometheus docker-compose=docker-compose chromium=chromium wrk=wrk nginx=nginx curl=curl
+TEST_SYSTEM_PACKAGES := prometheus=prometheus docker-compose=docker-compose chromium=chromium wrk=wrk nginx=nginx curl=curl h2load=nghttp2-client
 BENCH_SYSTEM_PACKAGES := wrk=wrk nginx=nginx h2load=nghttp2-client
 PYTEST_ARGS ?=
 LINT_PATHS := sidecar tests demo_services bench

@@ -57,11 +57,6 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "sidecar.diagnose",
             "sidecar.top",
             "sidecar.demo",
-            # Top-level demo modules, until they live in the sidecar.demo package.
-            "sidecar.demo_load",
-            "sidecar.demo_procs",
-            "sidecar.demo_topology",
-            "sidecar.demo_traces",
         ),
     ),
 ]
