@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pytest
@@ -57,7 +58,7 @@ class Downstream:
         }[name]
         return web.json_response(payload if status == 200 else {"error": "x"}, status=status)
 
-    async def retrieve(self, message: object, metadata: dict[str, str]) -> object:
+    async def retrieve(self, message: object, metadata: Mapping[str, str]) -> object:
         """retrieval-service's gRPC method; a non-200 `status` is UNAVAILABLE."""
         name = "retrieval-service"
         start = time.monotonic()
