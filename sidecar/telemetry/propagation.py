@@ -254,7 +254,12 @@ class HeaderPropagator:
 
     def inject(self, headers: Headers, context: Context) -> None:
         """Write the span of `context` (and its baggage) in every configured format."""
-        sc = otelfast.span_of(context).get_span_context()
+        self.inject_ids(headers, otelfast.span_of(context).get_span_context())
+        if otelfast.has_baggage(context):
+            self._baggage.inject(headers, context, setter=SETTER)
+
+    def inject_ids(self, headers: Headers, sc: SpanContext) -> None:
+        """Write `sc` in every configured format (no baggage: `inject` adds a context's)."""
         if otelfast.is_valid(sc):
             # Every format's fields in one rebuild of the list (the names are disjoint, so
             # this is the same as injecting each format in turn).
@@ -269,5 +274,3 @@ class HeaderPropagator:
                     names |= n
                     fields += f
                 headers.replace(names, fields)
-        if otelfast.has_baggage(context):
-            self._baggage.inject(headers, context, setter=SETTER)
