@@ -108,7 +108,7 @@ class ServerTelemetryLayer:
 
             parent = propagator.extract(request.headers)
             call = rpc_call(request) if request.http_version == "2" else None
-            sc = starter.dropped(otelfast.span_of(parent).get_span_context())
+            sc = starter.dropped(otelfast.span_context_of(parent))
             span: Span | None = None
             recording = False
             if sc is not None and call is None and not request.upgrade:
@@ -272,7 +272,7 @@ class ClientTelemetryLayer:
                 parent = trace if isinstance(trace, Context) else None
                 if parent is None:
                     parent = propagator.extract(request.headers)
-                parent_sc = otelfast.span_of(parent).get_span_context()
+                parent_sc = otelfast.span_context_of(parent)
             upstream = metrics.upstream(request.upstream or default_upstream)
             method = method_label(request.method)
             route = routes.match(request.path)

@@ -355,7 +355,7 @@ class SpanStarter:
         self._bound = TraceIdRatioBased.get_bound_for_rate(tracing.ratio)
 
     def start(self, name: str, context: Context, kind: SpanKind) -> ApiSpan:
-        dropped = self.dropped(otelfast.span_of(context).get_span_context())
+        dropped = self.dropped(otelfast.span_context_of(context))
         if dropped is not None:
             return NonRecordingSpan(dropped)
         return self.start_sampled(name, context, kind)
