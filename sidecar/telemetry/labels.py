@@ -43,16 +43,12 @@ class RouteMatcher:
     `other`. Templates are compiled once into a segment trie, so a match costs O(segments)
     however many templates are configured; literal segments win over parameters."""
 
-    __slots__ = ("_last_path", "_last_route", "_root")
+    __slots__ = ("_root",)
 
     def __init__(self, templates: Iterable[str]) -> None:
         self._root = _Node()
         for template in templates:
             self._add(template)
-        # The last answer: the server and client telemetry layers ask for the same path one
-        # after the other (a pure function of the path, so it never goes stale).
-        self._last_path = ""
-        self._last_route = self._match("")
 
     def _add(self, template: str) -> None:
         node = self._root
@@ -76,13 +72,6 @@ class RouteMatcher:
             node.template = template
 
     def match(self, path: str) -> str:
-        if path == self._last_path:
-            return self._last_route
-        route = self._match(path)
-        self._last_path, self._last_route = path, route
-        return route
-
-    def _match(self, path: str) -> str:
         q = path.find("?")
         if q >= 0:
             path = path[:q]
