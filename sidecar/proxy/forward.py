@@ -79,7 +79,10 @@ class Forwarder:
             headers = [("host", request.authority), *[(k, v) for k, v in headers if k != "host"]]
         if request.upgrade:
             return await self._upgrade(request, pool, headers)
-        conn, reused = await pool.acquire()
+        conn = pool.take_idle()
+        reused = conn is not None
+        if conn is None:
+            conn, _ = await pool.acquire_fresh()
         try:
             return await conn.send(
                 request.method, request.target, headers, request.body, origin=request

@@ -7,7 +7,7 @@ localhost are refused outright, so the sidecar is never an open proxy or an SSRF
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import httptools
@@ -151,9 +151,12 @@ class OutboundRouter:
             raise NoRoute(f"unknown upstream {name!r}", upstream=name)
         return name
 
-    async def __call__(self, request: Request) -> Response:
+    def __call__(self, request: Request) -> Awaitable[Response]:
+        # Not a coroutine: on the common path this hands back the upstream stack's own
+        # awaitable (one frame fewer per request). A refusal raised here is raised where the
+        # caller awaits the call, as it would be from a coroutine.
         if request.upgrade == CONNECT_UPGRADE and self._connect is not None:
-            return await self._connect(request)
+            return self._connect(request)
         if not request.upstream:
             request.upstream = self.upstream_name(request)
         name = request.upstream
@@ -162,9 +165,13 @@ class OutboundRouter:
             if refused is not None:
                 raise refused
         if self._directory.lookup(name) is None:
-            # First call of a name no source has published yet (e.g. a Consul service used
-            # for the first time): start its watch and wait, bounded, for the first answer.
-            snap = await self._directory.resolve(name, self._resolve_timeout)
-            if snap is None and not self._is_configured(name):
-                raise NoRoute(f"unknown upstream {name!r}", upstream=name)
+            return self._resolve_then_call(name, request)
+        return self._stack_for(name)(request)
+
+    async def _resolve_then_call(self, name: str, request: Request) -> Response:
+        # First call of a name no source has published yet (e.g. a Consul service used for
+        # the first time): start its watch and wait, bounded, for the first answer.
+        snap = await self._directory.resolve(name, self._resolve_timeout)
+        if snap is None and not self._is_configured(name):
+            raise NoRoute(f"unknown upstream {name!r}", upstream=name)
         return await self._stack_for(name)(request)

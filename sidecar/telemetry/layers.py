@@ -16,7 +16,9 @@ from typing import Any
 
 from opentelemetry.context import Context
 from opentelemetry.trace import (
+    NonRecordingSpan,
     Span,
+    SpanContext,
     SpanKind,
     Status,
     StatusCode,
@@ -49,8 +51,7 @@ def span_name(method: str, route: str) -> str:
     return method if route == OTHER else f"{method} {route}"
 
 
-def trace_id_hex(span: Span) -> str:
-    sc = span.get_span_context()
+def trace_id_hex(sc: SpanContext) -> str:
     return f"{sc[otelfast.TRACE_ID]:032x}" if otelfast.is_valid(sc) else ""
 
 
@@ -106,17 +107,38 @@ class ServerTelemetryLayer:
             route = routes.match(request.path)
 
             parent = propagator.extract(request.headers)
-            span = starter.start(span_name(method, route), parent, SpanKind.SERVER)
-            ctx = otelfast.with_span(span, parent)
-            request.trace = ctx
-            recording = span.is_recording()
-            if recording:
-                self._start_attributes(span, request, route, rid)
             call = rpc_call(request) if request.http_version == "2" else None
-            if call is not None and recording:
-                rpc.start_attributes(span, call)
-            if self._inject:
-                propagator.inject(request.headers, ctx)
+            sc = starter.dropped(otelfast.span_context_of(parent))
+            span: Span | None = None
+            recording = False
+            if sc is not None and call is None and not request.upgrade:
+                # Sampled out (nearly every request): ids for propagation only, no span or
+                # Context objects. The client layer takes its parent from `request.trace`.
+                if otelfast.has_baggage(parent):
+                    request.trace = otelfast.with_span(NonRecordingSpan(sc), parent)
+                    if self._inject:
+                        propagator.inject(request.headers, request.trace)
+                else:
+                    request.trace = sc
+                    if self._inject:
+                        propagator.inject_ids(request.headers, sc)
+            else:
+                name = span_name(method, route)
+                span = (
+                    NonRecordingSpan(sc)
+                    if sc is not None
+                    else starter.start_sampled(name, parent, SpanKind.SERVER)
+                )
+                sc = span.get_span_context()
+                ctx = otelfast.with_span(span, parent)
+                request.trace = ctx
+                recording = span.is_recording()
+                if recording:
+                    self._start_attributes(span, request, route, rid)
+                if call is not None and recording:
+                    rpc.start_attributes(span, call)
+                if self._inject:
+                    propagator.inject(request.headers, ctx)
 
             inflight.inc()
             try:
@@ -129,7 +151,7 @@ class ServerTelemetryLayer:
                         metrics.rejected(request.upstream or err.upstream, err.code)
                     response = error_response(
                         err,
-                        trace_id=trace_id_hex(span),
+                        trace_id=trace_id_hex(sc),
                         request_id=rid,
                         grpc=request.http_version == "2" and is_grpc(request.headers),
                     )
@@ -140,28 +162,25 @@ class ServerTelemetryLayer:
                 inflight.dec()
 
             elapsed = clock.monotonic() - start
-            sampled = otelfast.is_sampled(span.get_span_context())
-            trace_hex = trace_id_hex(span) if sampled or self._access_log else ""
+            sampled = otelfast.is_sampled(sc)
+            trace_hex = trace_id_hex(sc) if sampled or self._access_log else ""
             status = response.status
             if server_metrics:
                 metrics.observe_server(
                     method, route, status, error_type, elapsed, trace_hex if sampled else ""
                 )
             metrics.observe_overhead(direction, elapsed - request.upstream_time)
-            if recording:
-                span.set_attribute("http.response.status_code", status)
-                span_error = error_type or error_type_of_status(status)
-                if span_error:
-                    span.set_attribute("error.type", span_error)
-                    span.set_status(_ERROR)
-            if call is not None:
-                response = rpc.on_completion(
-                    response, self._rpc_done(span, call, start if server_metrics else None)
-                )
-            elif request.upgrade and recording:
-                _end_after_tunnel(span, response.body)
-            else:
-                span.end()
+            if span is not None:  # else sampled out: nothing to end
+                if recording:
+                    _end_attributes(span, status, error_type)
+                if call is not None:
+                    response = rpc.on_completion(
+                        response, self._rpc_done(span, call, start if server_metrics else None)
+                    )
+                elif request.upgrade and recording:
+                    _end_after_tunnel(span, response.body)
+                else:
+                    span.end()
             if self._access_log is not None:
                 self._access_log.log(request, status, elapsed, trace_hex, error_type, direction)
             return response
@@ -201,16 +220,17 @@ class ServerTelemetryLayer:
         span.set_attributes(attrs)
 
     def _failed(
-        self, span: Span, exc: BaseException, method: str, route: str, start: float
+        self, span: Span | None, exc: BaseException, method: str, route: str, start: float
     ) -> None:
         """An exception the listener must handle (a bug, or the client went away)."""
         error_type = error_type_of_exception(exc)
-        if span.is_recording():
-            span.set_attribute("error.type", error_type)
-            span.set_status(_ERROR)
-            if isinstance(exc, Exception):
-                span.record_exception(exc)
-        span.end()
+        if span is not None:
+            if span.is_recording():
+                span.set_attribute("error.type", error_type)
+                span.set_status(_ERROR)
+                if isinstance(exc, Exception):
+                    span.record_exception(exc)
+            span.end()
         if isinstance(exc, Exception):
             # The listener answers 500; count it so errors are never invisible in metrics.
             elapsed = self._clock.monotonic() - start
@@ -244,20 +264,42 @@ class ClientTelemetryLayer:
         default_upstream = self._default_upstream
 
         async def handle(request: Request) -> Response:
-            parent = request.trace
-            if not isinstance(parent, Context):
-                parent = propagator.extract(request.headers)
+            trace = request.trace
+            parent: Context | None = None
+            if isinstance(trace, SpanContext):  # the server layer's, sampled out
+                parent_sc = trace
+            else:
+                parent = trace if isinstance(trace, Context) else None
+                if parent is None:
+                    parent = propagator.extract(request.headers)
+                parent_sc = otelfast.span_context_of(parent)
             upstream = metrics.upstream(request.upstream or default_upstream)
             method = method_label(request.method)
             route = routes.match(request.path)
-            span = starter.start(span_name(method, route), parent, SpanKind.CLIENT)
-            propagator.inject(request.headers, otelfast.with_span(span, parent))
-            recording = span.is_recording()
-            if recording:
-                _client_attributes(span, request, upstream, method, route)
             call = rpc_call(request) if request.http_version == "2" else None
-            if call is not None and recording:
-                rpc.start_attributes(span, call)
+            sc = starter.dropped(parent_sc)
+            span: Span | None = None
+            recording = False
+            baggage = parent is not None and otelfast.has_baggage(parent)
+            if sc is not None and call is None and not baggage:
+                # Sampled out: the upstream gets ids to continue the trace, and no span
+                # object is made.
+                propagator.inject_ids(request.headers, sc)
+            else:
+                if parent is None:
+                    parent = otelfast.with_span(NonRecordingSpan(parent_sc), Context())
+                span = (
+                    NonRecordingSpan(sc)
+                    if sc is not None
+                    else starter.start_sampled(span_name(method, route), parent, SpanKind.CLIENT)
+                )
+                sc = span.get_span_context()
+                propagator.inject(request.headers, otelfast.with_span(span, parent))
+                recording = span.is_recording()
+                if recording:
+                    _client_attributes(span, request, upstream, method, route)
+                if call is not None and recording:
+                    rpc.start_attributes(span, call)
 
             inflight = metrics.inflight_gauge(direction, upstream)
             inflight.inc()
@@ -268,24 +310,24 @@ class ClientTelemetryLayer:
                 elapsed = clock.monotonic() - start
                 request.upstream_time += elapsed
                 error_type = error_type_of_exception(exc)
-                sampled = otelfast.is_sampled(span.get_span_context())
                 metrics.observe_client(
                     upstream,
                     method,
                     0,
                     error_type,
                     elapsed,
-                    trace_id_hex(span) if sampled else "",
+                    trace_id_hex(sc) if otelfast.is_sampled(sc) else "",
                 )
                 if call is not None:
                     # No reply (connect failure, reset, timeout): the attempt still counts,
                     # with the status a gRPC client sees for it (UNAVAILABLE, ...).
                     code = int(status_for_error(error_type))
                     metrics.rpc.observe_client(upstream, call, code, elapsed)
-                if recording:
-                    span.set_attribute("error.type", error_type)
-                    span.set_status(_ERROR)
-                span.end()
+                if span is not None:
+                    if recording:
+                        span.set_attribute("error.type", error_type)
+                        span.set_status(_ERROR)
+                    span.end()
                 raise
             finally:
                 inflight.dec()
@@ -294,15 +336,16 @@ class ClientTelemetryLayer:
             request.upstream_time += elapsed
             status = response.status
             error_type = response.error_code or error_type_of_status(status)
-            sampled = otelfast.is_sampled(span.get_span_context())
             metrics.observe_client(
                 upstream,
                 method,
                 status,
                 error_type,
                 elapsed,
-                trace_id_hex(span) if sampled else "",
+                trace_id_hex(sc) if otelfast.is_sampled(sc) else "",
             )
+            if span is None:
+                return response
             if recording:
                 span.set_attribute("http.response.status_code", status)
                 if error_type:
@@ -316,6 +359,14 @@ class ClientTelemetryLayer:
             )
 
         return handle
+
+
+def _end_attributes(span: Span, status: int, error_type: str) -> None:
+    span.set_attribute("http.response.status_code", status)
+    span_error = error_type or error_type_of_status(status)
+    if span_error:
+        span.set_attribute("error.type", span_error)
+        span.set_status(_ERROR)
 
 
 def _end_after_tunnel(span: Span, body: object) -> None:

@@ -13,7 +13,14 @@ from typing import Final, cast
 
 from opentelemetry.baggage import _BAGGAGE_KEY
 from opentelemetry.context import Context
-from opentelemetry.trace import INVALID_SPAN, Span, SpanContext, TraceFlags, TraceState
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    INVALID_SPAN_CONTEXT,
+    Span,
+    SpanContext,
+    TraceFlags,
+    TraceState,
+)
 from opentelemetry.trace.propagation import _SPAN_KEY
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
@@ -35,6 +42,19 @@ def span_of(context: Context) -> Span:
     """`trace.get_current_span(context)`; only spans are ever stored under the span key."""
     span = context.get(_SPAN_KEY)
     return INVALID_SPAN if span is None else cast(Span, span)
+
+
+def span_context_of(context: Context) -> SpanContext:
+    """`trace.get_current_span(context).get_span_context()`; a context without a span (a
+    request that carries no trace) costs no call into the API's interpreted code."""
+    span = context.get(_SPAN_KEY)
+    return INVALID_SPAN_CONTEXT if span is None else cast(Span, span).get_span_context()
+
+
+def has_state(state: TraceState | None) -> bool:
+    """`bool(state)`, with the common empty default answered without `TraceState.__len__`
+    (interpreted code)."""
+    return state is not None and state is not DEFAULT_TRACE_STATE and len(state) > 0
 
 
 def with_span(span: Span, context: Context) -> Context:
@@ -62,6 +82,7 @@ def span_context(
 ) -> SpanContext:
     """`SpanContext(trace_id, span_id, is_remote, TraceFlags(flags), state)`."""
     valid = 0 < trace_id < _TRACE_ID_LIMIT and 0 < span_id < _SPAN_ID_LIMIT
-    state = state or DEFAULT_TRACE_STATE
+    if not has_state(state):
+        state = DEFAULT_TRACE_STATE
     fields = (trace_id, span_id, is_remote, _FLAGS[flags & 0xFF], state, valid)
     return tuple.__new__(SpanContext, fields)

@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace.sampling import (
 )
 from opentelemetry.trace import (
     NonRecordingSpan,
+    SpanContext,
     SpanKind,
     Tracer,
     TraceState,
@@ -354,7 +355,15 @@ class SpanStarter:
         self._bound = TraceIdRatioBased.get_bound_for_rate(tracing.ratio)
 
     def start(self, name: str, context: Context, kind: SpanKind) -> ApiSpan:
-        parent = otelfast.span_of(context).get_span_context()
+        dropped = self.dropped(otelfast.span_context_of(context))
+        if dropped is not None:
+            return NonRecordingSpan(dropped)
+        return self.start_sampled(name, context, kind)
+
+    def dropped(self, parent: SpanContext) -> SpanContext | None:
+        """The span context of a child of `parent` that the sampler drops (ids only: a
+        sampled-out request needs nothing else), or None when the SDK must start the span:
+        then call `start_sampled` next, which uses the trace id drawn here."""
         if otelfast.is_valid(parent):
             trace_id: int = parent[otelfast.TRACE_ID]
             if (
@@ -373,9 +382,12 @@ class SpanStarter:
             if self._root_drop or trace_id & TraceIdRatioBased.TRACE_ID_LIMIT >= self._bound:
                 return _dropped(trace_id, otelfast.RANDOM_TRACE_ID, None)
             self._gen.preset(trace_id)
+        return None
+
+    def start_sampled(self, name: str, context: Context, kind: SpanKind) -> ApiSpan:
         return self._tracer.start_span(name, context, kind=kind)
 
 
-def _dropped(trace_id: int, flags: int, trace_state: TraceState | None) -> ApiSpan:
+def _dropped(trace_id: int, flags: int, trace_state: TraceState | None) -> SpanContext:
     span_id = random.getrandbits(64) or 1
-    return NonRecordingSpan(otelfast.span_context(trace_id, span_id, False, flags, trace_state))
+    return otelfast.span_context(trace_id, span_id, False, flags, trace_state)

@@ -433,6 +433,14 @@ class EndpointPool:
 
     async def acquire(self) -> tuple[UpstreamConnection, bool]:
         """An idle connection (reused=True) or a new one."""
+        conn = self.take_idle()
+        if conn is not None:
+            return conn, True
+        return await self.acquire_fresh()
+
+    def take_idle(self) -> UpstreamConnection | None:
+        """The warmest usable idle connection, or None. Synchronous, so the common case (a
+        pooled connection is there) costs the forwarder no coroutine."""
         now = time.monotonic()
         while self._idle:
             conn = self._idle.pop()  # LIFO: the warmest connection
@@ -442,8 +450,8 @@ class EndpointPool:
             if idle > self.idle_timeout or (idle > STALE_CHECK_AFTER and conn.looks_stale()):
                 conn.close()
                 continue
-            return conn, True
-        return await self.acquire_fresh()
+            return conn
+        return None
 
     async def acquire_fresh(self) -> tuple[UpstreamConnection, bool]:
         loop = asyncio.get_running_loop()

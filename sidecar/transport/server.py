@@ -513,15 +513,62 @@ class ServerConnection(asyncio.Protocol):
             # The request body was not read to the end (e.g. an early error): the connection's
             # framing is unknown from here, so don't reuse it.
             keep_alive = False
-        return await self._write(request, response, keep_alive)
+        sent = self._write_whole(request, response, keep_alive)
+        if sent is None:
+            return await self._stream(request, response, keep_alive)
+        if self._flow.blocked:
+            await self._flow.drain()
+        return sent
 
     async def _write(self, request: Request, response: Response, keep_alive: bool) -> bool:
+        """Send the response; False when the connection must not be reused."""
+        sent = self._write_whole(request, response, keep_alive)
+        if sent is None:
+            return await self._stream(request, response, keep_alive)
+        if self._flow.blocked:
+            # A pipelining client that reads nothing must not have response after
+            # response queued for it in memory.
+            await self._flow.drain()
+        return sent
+
+    def _write_whole(self, request: Request, response: Response, keep_alive: bool) -> bool | None:
+        """The common case without a coroutine: a response whose body is all in memory (or
+        that has none) goes out in one write. None: it streams or switches protocols, and
+        nothing was written."""
         if request.upgrade and isinstance(response.body, Tunnel):
-            return await self._switch(response, response.body)
+            return None
         transport = self._transport
         if transport is None or self._closing:
             _abort_body(response)
             return False
+        body = response.body
+        status = response.status
+        head_only = request.method == "HEAD" or status in _NO_BODY_STATUS or status < 200
+        if isinstance(body, BytesBody):
+            data = body.data
+        elif head_only:
+            data = b""
+        else:
+            complete = body.take_complete() if isinstance(body, StreamBody) else None
+            if complete is None:
+                return None
+            data = complete
+        head, chunked, keep_alive = self._head(request, response, keep_alive)
+        if head_only:
+            transport.write(head)
+            _abort_body(response)
+            return keep_alive
+        # One write (one syscall) for head and body.
+        if chunked:
+            transport.write(head + (_chunk(data) if data else b"") + b"0\r\n\r\n")
+        else:
+            transport.write(head + data)
+        return keep_alive
+
+    def _head(
+        self, request: Request, response: Response, keep_alive: bool
+    ) -> tuple[bytes, bool, bool]:
+        """(status line and fields, chunked, keep_alive) of a response about to be sent."""
         self._responding = True
         if self._state.draining:
             keep_alive = False
@@ -553,25 +600,16 @@ class ServerConnection(asyncio.Protocol):
         elif request.http_version == "1.0":
             parts.append("connection: keep-alive\r\n")
         parts.append("\r\n")
-        head = "".join(parts).encode("latin-1")
-        if head_only:
-            transport.write(head)
-            _abort_body(response)
-            return keep_alive
-        data = body.data if isinstance(body, BytesBody) else None
-        if data is None and isinstance(body, StreamBody):
-            data = body.take_complete()
-        if data is not None:
-            # One write (one syscall) for head and body.
-            if chunked:
-                transport.write(head + (_chunk(data) if data else b"") + b"0\r\n\r\n")
-            else:
-                transport.write(head + data)
-            if self._flow.blocked:
-                # A pipelining client that reads nothing must not have response after
-                # response queued for it in memory.
-                await self._flow.drain()
-            return keep_alive
+        return "".join(parts).encode("latin-1"), chunked, keep_alive
+
+    async def _stream(self, request: Request, response: Response, keep_alive: bool) -> bool:
+        """A response whose body is still arriving (or a protocol switch)."""
+        if request.upgrade and isinstance(response.body, Tunnel):
+            return await self._switch(response, response.body)
+        transport = self._transport
+        assert transport is not None
+        head, chunked, keep_alive = self._head(request, response, keep_alive)
+        body = response.body
         transport.write(head)
         sent = 0
         try:

@@ -374,3 +374,35 @@ async def test_spans_record_the_deadline_given_and_received() -> None:
     assert client.attributes["sidecar.expected_timeout_ms"] == 750
     await handler(req([("x-sidecar-expected-timeout-ms", "soon")]))
     assert "sidecar.expected_timeout_ms" not in env.spans("server")[-1].attributes
+
+
+async def test_sampled_out_ids_reach_the_upstream_in_every_format_with_a_fresh_span_id() -> None:
+    env = Env(sampler="parentbased_always_on")
+    up = Upstream(env.clock)
+    handler = compose([env.server, env.client], up)
+    for _ in range(2):
+        await handler(req([("traceparent", f"00-{CALLER_TRACE}-{CALLER_SPAN}-00")]))
+    first, second = (h.get("traceparent", "").split("-") for h in up.seen)
+    assert first[1] == second[1] == CALLER_TRACE and first[3] == second[3] == "00"
+    assert CALLER_SPAN not in (first[2], second[2]) and first[2] != second[2]
+    assert up.seen[0].get("b3") == f"{CALLER_TRACE}-{first[2]}-0"
+    assert len(env.tracing.buffer) == 0
+
+
+async def test_sampled_out_requests_keep_baggage_and_the_trace_id_in_error_replies() -> None:
+    env = Env(sampler="parentbased_always_on")
+    up = Upstream(env.clock)
+    await compose([env.server, env.client], up)(
+        req([("traceparent", f"00-{CALLER_TRACE}-{CALLER_SPAN}-00"), ("baggage", "user=42")])
+    )
+    assert up.seen[0].get("baggage") == "user=42"
+
+    async def refuse(request: Request) -> Response:
+        raise CircuitOpen("open", upstream="user-service")
+
+    response = await compose([env.server, env.client], refuse)(
+        req([("traceparent", f"00-{CALLER_TRACE}-{CALLER_SPAN}-00")])
+    )
+    assert response.status == 503
+    assert isinstance(response.body, BytesBody)
+    assert CALLER_TRACE in response.body.data.decode()

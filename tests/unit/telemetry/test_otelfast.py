@@ -45,3 +45,13 @@ def test_context_helpers_agree_with_the_api() -> None:
     assert otelfast.has_baggage(with_bag) and not otelfast.has_baggage(empty)
     # The source context is left as it was (contexts are immutable values).
     assert otelfast.span_of(with_bag) is INVALID_SPAN
+
+
+def test_span_context_of_and_has_state_agree_with_the_api() -> None:
+    sc = otelfast.span_context(7, 9, True, 1, TraceState([("k", "v")]))
+    for ctx in (Context(), trace.set_span_in_context(NonRecordingSpan(sc), Context())):
+        assert otelfast.span_context_of(ctx) == trace.get_current_span(ctx).get_span_context()
+    for state in (None, TraceState(), TraceState([("k", "v")]), otelfast.DEFAULT_TRACE_STATE):
+        assert otelfast.has_state(state) == bool(state)
+    empty = otelfast.span_context(7, 9, False, 0, TraceState())
+    assert empty.trace_state == SpanContext(7, 9, False, TraceFlags(0), TraceState()).trace_state
