@@ -13,9 +13,9 @@ TEST_SYSTEM_PACKAGES := prometheus=prometheus docker-compose=docker-compose chro
 BENCH_SYSTEM_PACKAGES := wrk=wrk nginx=nginx h2load=nghttp2-client
 PYTEST_ARGS ?=
 LINT_PATHS := sidecar tests demo_services bench
-# 1: `make lint` also checks formatting (`ruff format --check`). Switch on once the tree has
-# been formatted with `make format`.
-FORMAT_CHECK ?= 0
+# 1 (the default): `make lint` also checks formatting (`ruff format --check`); `make format`
+# applies it.
+FORMAT_CHECK ?= 1
 
 .PHONY: venv native demo test test-unit lint format bench soak compose-up compose-down system-packages clean
 

@@ -133,9 +133,7 @@ def parse_otlp_endpoint(value: Any) -> str:
     try:
         parse_host_port(authority)
     except ValueError:
-        raise ValueError(
-            f"invalid OTLP endpoint {value!r}: expected http(s)://host:port"
-        ) from None
+        raise ValueError(f"invalid OTLP endpoint {value!r}: expected http(s)://host:port") from None
     return value
 
 
@@ -445,6 +443,7 @@ class UpstreamConfig(StrictModel):
                 raise ValueError(f"invalid upgrade token {token!r}")
             out.append(name)
         return out
+
     health_check: HealthCheckConfig | None = None
     # http1 | h2c | auto: auto speaks h2c to the upstream for gRPC requests and HTTP/2 callers.
     protocol: Literal["http1", "h2c", "auto"] = "auto"

@@ -446,8 +446,13 @@ async def diagnose(
     if jaeger:
         with console.status(f"waiting for Jaeger ({jaeger}) to hold this phase's traces…"):
             traces, why = await collect_from_jaeger(
-                session, jaeger, ENTRY_SERVICE, OPERATION, phase.started_wall,
-                len(phase.latencies_ms), jaeger_wait_s,
+                session,
+                jaeger,
+                ENTRY_SERVICE,
+                OPERATION,
+                phase.started_wall,
+                len(phase.latencies_ms),
+                jaeger_wait_s,
             )
         if traces is None:
             console.print(
@@ -465,7 +470,8 @@ async def diagnose(
     if traces is not None:
         since_us = phase.started_wall * 1e6
         traces["data"] = [
-            t for t in traces["data"]
+            t
+            for t in traces["data"]
             if t.get("spans") and min(s["startTime"] for s in t["spans"]) >= since_us
         ]
         path = workdir / "traces.json"

@@ -93,6 +93,4 @@ def rows(counts: Sequence[RpcCount]) -> list[tuple[str, str, str, str, str]]:
     its server side and is left out."""
     shown = [c for c in counts if not (c.side == "client" and c.upstream == c.service)]
     ordered = sorted(shown, key=lambda c: (c.side != "client", c.service, c.method, c.status))
-    return [
-        (c.service, c.side, short_method(c.method), c.status, str(c.calls)) for c in ordered
-    ]
+    return [(c.service, c.side, short_method(c.method), c.status, str(c.calls)) for c in ordered]

@@ -62,8 +62,7 @@ def diagnose(traces: Sequence[Trace], service: str, operation: str | None) -> Di
         trees.append(build_tree(trace, root))
     if not trees:
         raise NoMatchingTraces(
-            f"none of {len(traces)} traces has a span of service {service!r} "
-            f"with operation {op!r}"
+            f"none of {len(traces)} traces has a span of service {service!r} with operation {op!r}"
         )
     _name_childless_attempts(trees)
     durations = sorted(t.duration for t in trees)
@@ -91,8 +90,11 @@ def diagnose(traces: Sequence[Trace], service: str, operation: str | None) -> Di
             [t.duration for t in trees],
         ),
         root_self_share_p99=_share(
-            [c.get(t.root, 0) + _unowned(t, c) for t, c in zip(trees, crit, strict=True)
-             if t.duration >= p99],
+            [
+                c.get(t.root, 0) + _unowned(t, c)
+                for t, c in zip(trees, crit, strict=True)
+                if t.duration >= p99
+            ],
             [t.duration for t in slow],
         ),
         slowest=None,
@@ -112,8 +114,11 @@ def diagnose(traces: Sequence[Trace], service: str, operation: str | None) -> Di
         durations_ms=tuple(ms(d) for d in durations),
     )
     subs = [patterns.subtree_critical(t, c) for t, c in zip(trees, crit, strict=True)]
-    callers = [c for i, (t, sub) in enumerate(zip(trees, subs, strict=True))
-               for c in patterns.callers(t, i, sub)]
+    callers = [
+        c
+        for i, (t, sub) in enumerate(zip(trees, subs, strict=True))
+        for c in patterns.callers(t, i, sub)
+    ]
     sequential = patterns.sequential_calls(callers, [t.root.start for t in trees])
     repeated = patterns.repeated_calls(callers, len(trees))
     chain = patterns.critical_chain(

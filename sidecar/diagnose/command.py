@@ -26,20 +26,33 @@ MAX_LIMIT = 10000
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = "Latency diagnosis of one operation from its traces."
     parser.add_argument("--service", required=True, help="service that serves the operation")
-    parser.add_argument("--operation", default=None,
-                        help='e.g. "GET /context" (a prefix or a concrete path also match); '
-                             "default: the service's most frequent entry operation")
+    parser.add_argument(
+        "--operation",
+        default=None,
+        help='e.g. "GET /context" (a prefix or a concrete path also match); '
+        "default: the service's most frequent entry operation",
+    )
     src = parser.add_argument_group("trace source (one of)")
-    src.add_argument("--jaeger", metavar="URL", help="Jaeger query API, e.g. http://localhost:16686")
-    src.add_argument("--admin", metavar="URL", action="append", default=[],
-                     help="a sidecar's admin address (repeat for every sidecar on the path)")
+    src.add_argument(
+        "--jaeger", metavar="URL", help="Jaeger query API, e.g. http://localhost:16686"
+    )
+    src.add_argument(
+        "--admin",
+        metavar="URL",
+        action="append",
+        default=[],
+        help="a sidecar's admin address (repeat for every sidecar on the path)",
+    )
     src.add_argument("--file", metavar="PATH", help="Jaeger JSON saved from the Jaeger UI")
     parser.add_argument("--lookback", default="15m", help="how far back to look (default 15m)")
     parser.add_argument("--limit", type=int, default=200, help="traces to fetch (default 200)")
-    parser.add_argument("--baseline", metavar="RANGE|PATH",
-                        help="compare with a baseline: a trace file, or a window in the past "
-                             "with --jaeger: '1d' (the --lookback window one day ago) or "
-                             "'2h..1h' (from 2 h ago to 1 h ago)")
+    parser.add_argument(
+        "--baseline",
+        metavar="RANGE|PATH",
+        help="compare with a baseline: a trace file, or a window in the past "
+        "with --jaeger: '1d' (the --lookback window one day ago) or "
+        "'2h..1h' (from 2 h ago to 1 h ago)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--html", metavar="PATH", help="also write a self-contained HTML report")
 
@@ -69,8 +82,9 @@ def main(args: argparse.Namespace) -> int:
     try:
         traces = asyncio.run(_collect(args, query))
         if not traces:
-            raise sources.SourceError(f"no traces found for service {args.service!r} "
-                                      f"in the last {args.lookback}")
+            raise sources.SourceError(
+                f"no traces found for service {args.service!r} in the last {args.lookback}"
+            )
         result = diagnose(traces, args.service, args.operation)
     except (sources.SourceError, NoMatchingTraces) as exc:
         err.print(f"error: {exc}", markup=False)
@@ -119,8 +133,10 @@ def _baseline(args: argparse.Namespace, query: sources.Query) -> sources.Query |
     if start <= end:
         raise ValueError(f"{spec!r}: the window must start before it ends (e.g. 2h..1h)")
     if not args.jaeger:
-        raise ValueError(f"{spec!r} is neither a file nor usable as a time window without "
-                         "--jaeger (give a trace file)")
+        raise ValueError(
+            f"{spec!r} is neither a file nor usable as a time window without "
+            "--jaeger (give a trace file)"
+        )
     return dataclasses.replace(query, lookback_s=start - end, ends_ago_s=end)
 
 

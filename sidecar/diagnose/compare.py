@@ -55,12 +55,18 @@ def _hop_changes(now: Diagnosis, base: Diagnosis) -> list[Change]:
             detail.append(f"p50 per call {_ms(b_p50)} → {_ms(a_p50)}")
         state = "new hop: " if name not in before else "gone: " if name not in after else ""
         extra = f"; {', '.join(detail)}" if detail else ""
-        out.append(Change(
-            "hop", name, round(b_ms, 3), round(a_ms, 3),
-            f"{state}{name}: {_ms(b_ms)} → {_ms(a_ms)} of the critical path per request "
-            f"({_signed(a_ms - b_ms)}){extra}",
-            round(b_calls), round(a_calls),
-        ))
+        out.append(
+            Change(
+                "hop",
+                name,
+                round(b_ms, 3),
+                round(a_ms, 3),
+                f"{state}{name}: {_ms(b_ms)} → {_ms(a_ms)} of the critical path per request "
+                f"({_signed(a_ms - b_ms)}){extra}",
+                round(b_calls),
+                round(a_calls),
+            )
+        )
     return out
 
 
@@ -77,20 +83,36 @@ def _pattern_changes(now: Diagnosis, base: Diagnosis) -> list[Change]:
         p = a or b
         assert p is not None
         where = " → ".join(x.split(" ", 1)[0] for x in p.path)
-        what = (f"{p.hop} called one after the other" if p.kind == "repeated_calls"
-                else "sequential calls " + " then ".join(" + ".join(s) for s in p.stages))
+        what = (
+            f"{p.hop} called one after the other"
+            if p.kind == "repeated_calls"
+            else "sequential calls " + " then ".join(" + ".join(s) for s in p.stages)
+        )
         b_save, a_save = (b.saving_ms if b else 0.0), (a.saving_ms if a else 0.0)
         counts = ""
         if p.kind == "repeated_calls":
             counts = f" {b.calls if b else 0} → {a.calls if a else 0} times,"
-        state = "new: " if b is None else "gone: " if a is None else "grew: " \
-            if a_save > b_save else "shrank: "
-        out.append(Change(
-            "pattern", f"{where}: {p.hop or p.caller}", b_save, a_save,
-            f"{state}in {where}, {what}:{counts} could save {_ms(b_save)} → {_ms(a_save)} "
-            f"at p50 ({_signed(a_save - b_save)})",
-            b.calls if b else 0, a.calls if a else 0,
-        ))
+        state = (
+            "new: "
+            if b is None
+            else "gone: "
+            if a is None
+            else "grew: "
+            if a_save > b_save
+            else "shrank: "
+        )
+        out.append(
+            Change(
+                "pattern",
+                f"{where}: {p.hop or p.caller}",
+                b_save,
+                a_save,
+                f"{state}in {where}, {what}:{counts} could save {_ms(b_save)} → {_ms(a_save)} "
+                f"at p50 ({_signed(a_save - b_save)})",
+                b.calls if b else 0,
+                a.calls if a else 0,
+            )
+        )
     return out
 
 

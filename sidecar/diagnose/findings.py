@@ -55,13 +55,15 @@ def critical_path(chain: CriticalChain | None) -> list[Finding]:
     if chain is None or len(chain.links) < 3:
         return []
     last = chain.links[-1]
-    return [Finding(
-        "critical_path",
-        f"critical path: {chain.text} — {pct(chain.share_p99)} of the p99 requests' time "
-        f"({pct(chain.share)} over all)",
-        last.hop,
-        path=tuple(link.hop for link in chain.links[:-1]),
-    )]
+    return [
+        Finding(
+            "critical_path",
+            f"critical path: {chain.text} — {pct(chain.share_p99)} of the p99 requests' time "
+            f"({pct(chain.share)} over all)",
+            last.hop,
+            path=tuple(link.hop for link in chain.links[:-1]),
+        )
+    ]
 
 
 def hop_gaps(result: Diagnosis) -> list[Finding]:
@@ -73,17 +75,21 @@ def hop_gaps(result: Diagnosis) -> list[Finding]:
             continue
         share = hop.gap_p50_ms / hop.p50_ms
         if hop.gap_p50_ms >= GAP_MIN_MS and share >= GAP_SHARE:
-            where = ("before its server span starts"
-                     if hop.gap_before_p50_ms >= hop.gap_after_p50_ms
-                     else "after its server span ends")
-            out.append(Finding(
-                "hop_gap",
-                f"{hop.name}: {pct(share)} of the hop is spent outside the callee's server "
-                f"span, mostly {where} (p50 {_round_ms(int(hop.gap_before_p50_ms * 1000))} ms "
-                f"before, {_round_ms(int(hop.gap_after_p50_ms * 1000))} ms after): network, "
-                "queueing in the callee or its sidecar",
-                hop.name,
-            ))
+            where = (
+                "before its server span starts"
+                if hop.gap_before_p50_ms >= hop.gap_after_p50_ms
+                else "after its server span ends"
+            )
+            out.append(
+                Finding(
+                    "hop_gap",
+                    f"{hop.name}: {pct(share)} of the hop is spent outside the callee's server "
+                    f"span, mostly {where} (p50 {_round_ms(int(hop.gap_before_p50_ms * 1000))} ms "
+                    f"before, {_round_ms(int(hop.gap_after_p50_ms * 1000))} ms after): network, "
+                    "queueing in the callee or its sidecar",
+                    hop.name,
+                )
+            )
     return out
 
 
@@ -106,13 +112,15 @@ def retry_storms(trees: Sequence[TraceTree], hops: Sequence[Sequence[Node]]) -> 
         calls = max(1, first[key])
         ratio = retries[key] / calls
         if retries[key] >= 3 and (ratio >= RETRY_STORM_RATIO or worst[key] >= 4):
-            out.append(Finding(
-                "retry_storm",
-                f"{key.name}: retry storm — {1 + ratio:.1f} attempts per call, up to "
-                f"{worst[key]} in one request ({retries[key]} retries for {calls} calls); "
-                "lower retries.attempts or budget_ratio, or fix the failing upstream",
-                key.name,
-            ))
+            out.append(
+                Finding(
+                    "retry_storm",
+                    f"{key.name}: retry storm — {1 + ratio:.1f} attempts per call, up to "
+                    f"{worst[key]} in one request ({retries[key]} retries for {calls} calls); "
+                    "lower retries.attempts or budget_ratio, or fix the failing upstream",
+                    key.name,
+                )
+            )
     return out
 
 
@@ -140,21 +148,25 @@ def deadline_overruns(trees: Sequence[TraceTree]) -> list[Finding]:
     for key in sorted(set(kept) | set(configured)):
         if key in configured:
             limit, given = configured[key][0]
-            out.append(Finding(
-                "timeout_exceeds_deadline",
-                f"{key.name}: timeout {limit:.0f} ms is longer than the caller's remaining "
-                f"deadline {given:.0f} ms in {len(configured[key])} calls",
-                key.name,
-            ))
+            out.append(
+                Finding(
+                    "timeout_exceeds_deadline",
+                    f"{key.name}: timeout {limit:.0f} ms is longer than the caller's remaining "
+                    f"deadline {given:.0f} ms in {len(configured[key])} calls",
+                    key.name,
+                )
+            )
         if key in kept:
             over = kept[key]
-            out.append(Finding(
-                "timeout_exceeds_deadline",
-                f"{key.name}: kept working after its caller gave up in {len(over)} calls "
-                f"(up to {_round_ms(max(over))} ms longer); its timeout is longer than the "
-                "caller's deadline — shorten it or propagate the deadline",
-                key.name,
-            ))
+            out.append(
+                Finding(
+                    "timeout_exceeds_deadline",
+                    f"{key.name}: kept working after its caller gave up in {len(over)} calls "
+                    f"(up to {_round_ms(max(over))} ms longer); its timeout is longer than the "
+                    "caller's deadline — shorten it or propagate the deadline",
+                    key.name,
+                )
+            )
     return out
 
 
@@ -174,13 +186,15 @@ def breaker_flapping(trees: Sequence[TraceTree]) -> list[Finding]:
         rejections = sum(seq)
         switches = sum(1 for a, b in itertools.pairwise(seq) if a != b)
         if rejections >= FLAP_MIN_REJECTIONS and switches >= FLAP_MIN_SWITCHES:
-            out.append(Finding(
-                "breaker_flapping",
-                f"{key.name}: circuit breaker flapping — {rejections} rejections interleaved "
-                f"with successes ({switches} open/closed switches); raise minimum_requests or "
-                "reset_timeout, or fix the upstream",
-                key.name,
-            ))
+            out.append(
+                Finding(
+                    "breaker_flapping",
+                    f"{key.name}: circuit breaker flapping — {rejections} rejections interleaved "
+                    f"with successes ({switches} open/closed switches); raise minimum_requests or "
+                    "reset_timeout, or fix the upstream",
+                    key.name,
+                )
+            )
     return out
 
 
@@ -194,12 +208,14 @@ def error_rates(result: Diagnosis) -> list[Finding]:
             if hop.breaker_rejections:
                 detail.append(f"{hop.breaker_rejections} breaker rejections")
             extra = f" ({', '.join(detail)})" if detail else ""
-            out.append(Finding(
-                "errors",
-                f"{hop.name}: {pct(hop.errors / hop.count)} of calls failed "
-                f"({hop.errors} of {hop.count}){extra}",
-                hop.name,
-            ))
+            out.append(
+                Finding(
+                    "errors",
+                    f"{hop.name}: {pct(hop.errors / hop.count)} of calls failed "
+                    f"({hop.errors} of {hop.count}){extra}",
+                    hop.name,
+                )
+            )
     return out
 
 
@@ -207,12 +223,14 @@ def own_time(result: Diagnosis) -> list[Finding]:
     """When the operation's own service, not a downstream call, holds most of the path."""
     out = []
     if result.root_self_share_p99 > max((h.critical_share_p99 for h in result.hops), default=0):
-        out.append(Finding(
-            "own_time",
-            f"{pct(result.root_self_share_p99)} of the p99 critical path is {result.service}'s "
-            "own work, outside any downstream call",
-            None,
-        ))
+        out.append(
+            Finding(
+                "own_time",
+                f"{pct(result.root_self_share_p99)} of the p99 critical path is {result.service}'s "
+                "own work, outside any downstream call",
+                None,
+            )
+        )
     return out
 
 
@@ -220,10 +238,12 @@ def missing_links(result: Diagnosis) -> list[Finding]:
     cov = result.coverage
     if not cov.traces_with_missing_links:
         return []
-    return [Finding(
-        "missing_links",
-        f"{cov.traces_with_missing_links} of {cov.traces_analysed} traces have missing links "
-        f"({cov.orphan_spans} spans whose parent is absent): a service does not forward trace "
-        "headers, or spans were dropped or not yet flushed",
-        None,
-    )]
+    return [
+        Finding(
+            "missing_links",
+            f"{cov.traces_with_missing_links} of {cov.traces_analysed} traces have missing links "
+            f"({cov.orphan_spans} spans whose parent is absent): a service does not forward trace "
+            "headers, or spans were dropped or not yet flushed",
+            None,
+        )
+    ]

@@ -73,9 +73,11 @@ def render(d: Diagnosis) -> str:
         )
     chain = d.critical_chain
     if chain is not None and len(chain.links) > 2:
-        parts.append(f'<p class="stats" id="critical-chain">Critical path: <b>'
-                     f"{escape(chain.text)}</b> ({_pct(chain.share_p99)} of the p99 requests' "
-                     "time)</p>")
+        parts.append(
+            f'<p class="stats" id="critical-chain">Critical path: <b>'
+            f"{escape(chain.text)}</b> ({_pct(chain.share_p99)} of the p99 requests' "
+            "time)</p>"
+        )
     parts.append("<h2>Findings</h2>")
     parts.append(_findings(d))
     parts.append("<h2>Latency distribution</h2>")
@@ -99,14 +101,17 @@ def render(d: Diagnosis) -> str:
     if d.comparison is not None:
         c = d.comparison
         items = "".join(f"<li>{escape(ch.message)}</li>" for ch in c.changes)
-        parts.append(f'<h2>Compared with the baseline</h2><p class="stats">{c.baseline_traces} '
-                     f"baseline traces, p50 {_ms(c.baseline_p50_ms)} → {_ms(d.latency.p50_ms)}, "
-                     f"p99 {_ms(c.baseline_p99_ms)} → {_ms(d.latency.p99_ms)}</p>"
-                     f'<ul class="findings" id="changes">{items}</ul>')
+        parts.append(
+            f'<h2>Compared with the baseline</h2><p class="stats">{c.baseline_traces} '
+            f"baseline traces, p50 {_ms(c.baseline_p50_ms)} → {_ms(d.latency.p50_ms)}, "
+            f"p99 {_ms(c.baseline_p99_ms)} → {_ms(d.latency.p99_ms)}</p>"
+            f'<ul class="findings" id="changes">{items}</ul>'
+        )
     cov = d.coverage
     examples = " ".join(
         f"{w.label} example trace <code>{escape(w.example_trace_id)}</code>."
-        for w in d.waterfalls if w.example_trace_id
+        for w in d.waterfalls
+        if w.example_trace_id
     )
     parts.append(
         f"<footer>{cov.traces_analysed} of {cov.traces_seen} traces analysed; "
@@ -143,8 +148,10 @@ def _histogram(d: Diagnosis) -> str:
     w, h, left, bottom, top_pad = SVG_W, 200, 50, 30, 44
     plot_w, plot_h = w - left - 20, h - bottom - top_pad
     top = max(counts)
-    out = [f'<svg id="histogram" role="img" aria-label="latency histogram" width="{w}" '
-           f'height="{h}" viewBox="0 0 {w} {h}">']
+    out = [
+        f'<svg id="histogram" role="img" aria-label="latency histogram" width="{w}" '
+        f'height="{h}" viewBox="0 0 {w} {h}">'
+    ]
     bw = plot_w / bins
     for i, c in enumerate(counts):
         bh = plot_h * c / top
@@ -155,14 +162,15 @@ def _histogram(d: Diagnosis) -> str:
             f"<title>{_ms(lo)} to {_ms(lo + width)}: {c} traces</title></rect>"
         )
     base = top_pad + plot_h
-    out.append(f'<line x1="{left}" y1="{base}" x2="{left + plot_w}" y2="{base}" '
-               f'stroke="{INK}"/>')
+    out.append(f'<line x1="{left}" y1="{base}" x2="{left + plot_w}" y2="{base}" stroke="{INK}"/>')
     for t in _ticks(bins * width):
         x = left + plot_w * t / (bins * width)
-        out.append(f'<text class="small" x="{x:.1f}" y="{h - 10}" text-anchor="middle">'
-                   f"{_ms(t)}</text>")
-    out.append(f'<text class="small" x="{left - 8}" y="{top_pad + 6}" text-anchor="end">'
-               f"{top}</text>")
+        out.append(
+            f'<text class="small" x="{x:.1f}" y="{h - 10}" text-anchor="middle">{_ms(t)}</text>'
+        )
+    out.append(
+        f'<text class="small" x="{left - 8}" y="{top_pad + 6}" text-anchor="end">{top}</text>'
+    )
     lat = d.latency
     for i, (name, v) in enumerate((("p50", lat.p50_ms), ("p95", lat.p95_ms), ("p99", lat.p99_ms))):
         x = left + plot_w * v / (bins * width)
@@ -202,14 +210,18 @@ def _waterfall(w: Waterfall, scale_ms: float, patterns: list[Pattern]) -> str:
     def x(ms_value: float) -> float:
         return x0 + CHART_W * ms_value / scale_ms
 
-    out = [f'<svg class="waterfall" id="waterfall-{w.label}" role="img" '
-           f'aria-label="{w.label} waterfall" width="{SVG_W}" height="{h}" '
-           f'viewBox="0 0 {SVG_W} {h}">']
+    out = [
+        f'<svg class="waterfall" id="waterfall-{w.label}" role="img" '
+        f'aria-label="{w.label} waterfall" width="{SVG_W}" height="{h}" '
+        f'viewBox="0 0 {SVG_W} {h}">'
+    ]
     grid_bottom = AXIS_H + ROW_H * len(rows) + 4
     for t in _ticks(scale_ms):
-        out.append(f'<line x1="{x(t):.1f}" y1="{AXIS_H - 6}" x2="{x(t):.1f}" y2="{grid_bottom}" '
-                   f'stroke="{GRID}"/><text class="small" x="{x(t):.1f}" y="{AXIS_H - 10}" '
-                   f'text-anchor="middle">{_ms(t)}</text>')
+        out.append(
+            f'<line x1="{x(t):.1f}" y1="{AXIS_H - 6}" x2="{x(t):.1f}" y2="{grid_bottom}" '
+            f'stroke="{GRID}"/><text class="small" x="{x(t):.1f}" y="{AXIS_H - 10}" '
+            f'text-anchor="middle">{_ms(t)}</text>'
+        )
     extent: dict[int, float] = {}  # right end of each row's bar, labels and marks
     for i, bar in enumerate(rows):
         y = AXIS_H + i * ROW_H
@@ -249,7 +261,7 @@ def _waterfall(w: Waterfall, scale_ms: float, patterns: list[Pattern]) -> str:
             f'data-saving-ms="{p.saving_ms}" data-mark="{_MARKS[k]}">'
             f"<title>{escape(p.finding.message)}</title>"
             f'<text x="8" y="{y}"><tspan font-weight="600">{_MARKS[k]}</tspan> in '
-            f"{escape(where)}: {escape(what)}; <tspan font-weight=\"600\">{fix} save "
+            f'{escape(where)}: {escape(what)}; <tspan font-weight="600">{fix} save '
             f"~{_saving(p.saving_ms)} at p50</tspan></text></g>"
         )
     out.append("</svg>")
@@ -262,13 +274,18 @@ def _bar(bar: Bar, y: int, bx: float, bw: float, mark: str = "") -> str:
     retries = f" \u00d7{bar.calls}" if bar.calls > 1 else ""
     label = _clip(bar.name, 38 - 2 * bar.depth) + retries + star
     outline = f' stroke="{INK}" stroke-width="2"' if bar.critical and bar.depth > 0 else ""
-    tip = (f"{bar.name}: starts at {_ms(bar.offset_ms)}, takes {_ms(bar.duration_ms)}"
-           f"{', on the critical path' if bar.critical else ''}"
-           f"{f', {bar.calls} calls per request' if bar.calls > 1 else ''}")
+    tip = (
+        f"{bar.name}: starts at {_ms(bar.offset_ms)}, takes {_ms(bar.duration_ms)}"
+        f"{', on the critical path' if bar.critical else ''}"
+        f"{f', {bar.calls} calls per request' if bar.calls > 1 else ''}"
+    )
     duration = _ms(bar.duration_ms)
-    marked = (f'<text class="pattern-mark" font-weight="600" '
-              f'x="{bx + bw + 12 + 6.5 * len(duration):.1f}" y="{y + BAR_H - 2}">{mark}</text>'
-              if mark else "")
+    marked = (
+        f'<text class="pattern-mark" font-weight="600" '
+        f'x="{bx + bw + 12 + 6.5 * len(duration):.1f}" y="{y + BAR_H - 2}">{mark}</text>'
+        if mark
+        else ""
+    )
     return (
         f'<g class="bar" data-name="{escape(bar.name)}" data-offset-ms="{bar.offset_ms}" '
         f'data-duration-ms="{bar.duration_ms}" data-critical="{str(bar.critical).lower()}" '
@@ -283,21 +300,46 @@ def _bar(bar: Bar, y: int, bx: float, bw: float, mark: str = "") -> str:
 
 
 def _table(d: Diagnosis) -> str:
-    head = ("hop", "calls", "p50", "p99", "self p50", "gap p50", "critical path (p99)",
-            "critical path (all)", "errors", "retries", "timeouts", "breaker")
+    head = (
+        "hop",
+        "calls",
+        "p50",
+        "p99",
+        "self p50",
+        "gap p50",
+        "critical path (p99)",
+        "critical path (all)",
+        "errors",
+        "retries",
+        "timeouts",
+        "breaker",
+    )
     rows = []
     slowest = d.slowest.hop if d.slowest is not None else None
     for h in d.hops:
         cls = ' class="slowest"' if h.name == slowest else ""
         gap = _ms(h.gap_p50_ms) if h.gap_calls else "-"
-        cells = (escape(h.name), h.count, _ms(h.p50_ms), _ms(h.p99_ms), _ms(h.self_p50_ms), gap,
-                 _pct(h.critical_share_p99), _pct(h.critical_share), h.errors, h.retries,
-                 h.timeouts, h.breaker_rejections)
+        cells = (
+            escape(h.name),
+            h.count,
+            _ms(h.p50_ms),
+            _ms(h.p99_ms),
+            _ms(h.self_p50_ms),
+            gap,
+            _pct(h.critical_share_p99),
+            _pct(h.critical_share),
+            h.errors,
+            h.retries,
+            h.timeouts,
+            h.breaker_rejections,
+        )
         rows.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    rows.append(f"<tr><td>{escape(d.service)} (own work)</td><td></td><td></td><td></td><td></td>"
-                "<td></td>"
-                f"<td>{_pct(d.root_self_share_p99)}</td><td>{_pct(d.root_self_share)}</td>"
-                "<td></td><td></td><td></td><td></td></tr>")
+    rows.append(
+        f"<tr><td>{escape(d.service)} (own work)</td><td></td><td></td><td></td><td></td>"
+        "<td></td>"
+        f"<td>{_pct(d.root_self_share_p99)}</td><td>{_pct(d.root_self_share)}</td>"
+        "<td></td><td></td><td></td><td></td></tr>"
+    )
     header = "".join(f"<th>{c}</th>" for c in head)
     body = "".join(rows)
     return f'<table id="hops"><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>'

@@ -56,9 +56,9 @@ def parse_jaeger(payload: Any) -> list[Trace]:
     elif isinstance(payload, list):
         items = payload
     else:
-        raise TraceFormatError("not Jaeger trace JSON (expected {\"data\": [...]} or a trace)")
+        raise TraceFormatError('not Jaeger trace JSON (expected {"data": [...]} or a trace)')
     if not isinstance(items, list):
-        raise TraceFormatError("not Jaeger trace JSON (\"data\" is not a list)")
+        raise TraceFormatError('not Jaeger trace JSON ("data" is not a list)')
     traces = [_trace(item) for item in items if isinstance(item, Mapping)]
     return [t for t in traces if t.spans]
 

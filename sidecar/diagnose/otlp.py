@@ -37,7 +37,7 @@ def parse_otlp(payload: Any) -> list[Trace]:
     spans: dict[str, list[Span]] = {}
     for request in requests:
         if not isinstance(request, Mapping):
-            raise TraceFormatError("not OTLP JSON (expected {\"resourceSpans\": [...]})")
+            raise TraceFormatError('not OTLP JSON (expected {"resourceSpans": [...]})')
         for span in _spans(request):
             spans.setdefault(span.trace_id, []).append(span)
     return [Trace(tid, tuple(items)) for tid, items in spans.items() if items]

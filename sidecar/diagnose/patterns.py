@@ -129,7 +129,7 @@ def _saving_ms_text(us: float) -> str:
 
 
 def _where(path: Path) -> str:
-    """"bff → driver" for a nested caller: services name the path; full names are in JSON."""
+    """ "bff → driver" for a nested caller: services name the path; full names are in JSON."""
     return " \u2192 ".join(p.split(" ", 1)[0] for p in path)
 
 
@@ -237,7 +237,7 @@ def sequential_calls(all_callers: Sequence[Caller], starts: Sequence[int]) -> li
             ctx.offsets[key].append(unit.start - starts[caller.trace])
         keys = sorted(units)
         for i, a in enumerate(keys):
-            for b in keys[i + 1:]:
+            for b in keys[i + 1 :]:
                 if a.service == b.service:  # one service's operations often share state
                     continue
                 pair = ctx.pairs[(a, b)]
@@ -296,8 +296,11 @@ def _sequential_in(path: Path, ctx: _Context) -> Pattern | None:
     per_trace: dict[int, int] = defaultdict(int)
     totals: dict[int, int] = defaultdict(int)
     for trace, units in ctx.instances:
-        stages = [_collapse([units[k] for k in ks if k in units]) for ks in ordered
-                  if any(k in units for k in ks)]
+        stages = [
+            _collapse([units[k] for k in ks if k in units])
+            for ks in ordered
+            if any(k in units for k in ks)
+        ]
         if len(stages) >= 2:
             per_trace[trace] += _saving(stages)
             totals[trace] += max(s.end for s in stages) - min(s.start for s in stages)
@@ -319,8 +322,10 @@ def _sequential_in(path: Path, ctx: _Context) -> Pattern | None:
     if independent:
         tail = f"concurrent would save ~{_saving_ms_text(saving)} ms at p50"
     else:
-        tail = (f"concurrent may save ~{_saving_ms_text(saving)} ms at p50 if none needs "
-                "another's answer")
+        tail = (
+            f"concurrent may save ~{_saving_ms_text(saving)} ms at p50 if none needs "
+            "another's answer"
+        )
     message = f"{where}{text}; {tail}"
     return Pattern(
         caller=path[-1],

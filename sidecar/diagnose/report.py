@@ -22,8 +22,11 @@ def to_json_dict(d: Diagnosis) -> dict[str, Any]:
         "service": d.service,
         "operation": d.operation,
         "latency_ms": {
-            "count": d.latency.count, "p50": d.latency.p50_ms, "p95": d.latency.p95_ms,
-            "p99": d.latency.p99_ms, "max": d.latency.max_ms,
+            "count": d.latency.count,
+            "p50": d.latency.p50_ms,
+            "p95": d.latency.p95_ms,
+            "p99": d.latency.p99_ms,
+            "max": d.latency.max_ms,
         },
         "own_critical_share": d.root_self_share,
         "own_critical_share_p99": d.root_self_share_p99,
@@ -34,8 +37,13 @@ def to_json_dict(d: Diagnosis) -> dict[str, Any]:
         "critical_path": _chain_json(d.critical_chain),
         "findings": [asdict(f) for f in d.findings],
         "waterfalls": [
-            {"label": w.label, "total_ms": w.total_ms, "traces": w.traces,
-             "example_trace_id": w.example_trace_id, "bars": [asdict(b) for b in w.bars]}
+            {
+                "label": w.label,
+                "total_ms": w.total_ms,
+                "traces": w.traces,
+                "example_trace_id": w.example_trace_id,
+                "bars": [asdict(b) for b in w.bars],
+            }
             for w in d.waterfalls
         ],
         "coverage": asdict(d.coverage),
@@ -45,25 +53,39 @@ def to_json_dict(d: Diagnosis) -> dict[str, Any]:
 
 def _pattern_json(p: Pattern) -> dict[str, Any]:
     return {
-        "caller": p.caller, "stages": [list(st) for st in p.stages],
-        "saving_ms_p50": p.saving_ms, "traces": p.traces, "message": p.finding.message,
-        "kind": p.kind, "path": list(p.path), "depth": p.depth, "hop": p.hop,
-        "calls": p.calls, "total_ms_p50": p.total_ms, "independent": p.independent,
+        "caller": p.caller,
+        "stages": [list(st) for st in p.stages],
+        "saving_ms_p50": p.saving_ms,
+        "traces": p.traces,
+        "message": p.finding.message,
+        "kind": p.kind,
+        "path": list(p.path),
+        "depth": p.depth,
+        "hop": p.hop,
+        "calls": p.calls,
+        "total_ms_p50": p.total_ms,
+        "independent": p.independent,
     }
 
 
 def _chain_json(c: CriticalChain | None) -> dict[str, Any] | None:
     if c is None:
         return None
-    return {"text": c.text, "links": [asdict(link) for link in c.links], "share": c.share,
-            "share_p99": c.share_p99}
+    return {
+        "text": c.text,
+        "links": [asdict(link) for link in c.links],
+        "share": c.share,
+        "share_p99": c.share_p99,
+    }
 
 
 def _comparison_json(c: Comparison | None) -> dict[str, Any] | None:
     if c is None:
         return None
     return {
-        "traces": c.baseline_traces, "p50_ms": c.baseline_p50_ms, "p99_ms": c.baseline_p99_ms,
+        "traces": c.baseline_traces,
+        "p50_ms": c.baseline_p50_ms,
+        "p99_ms": c.baseline_p99_ms,
         "changes": [{**asdict(ch), "delta_ms": ch.delta_ms} for ch in c.changes],
     }
 
@@ -101,10 +123,12 @@ def _fitting_columns(d: Diagnosis, width: int) -> list[_Column]:
     columns go (empty ones first, then the least telling) before the name is wrapped."""
     names = [_hop_label(h) for h in d.hops] + [f"{d.service} (own work)"]
     longest = max(len(n) for n in names)
-    widths = {c.header: max([len(c.header)] + [len(c.cell(h)) for h in d.hops])
-              for c in _COLUMNS}
-    empty = {c.header for c in _COLUMNS
-             if c.header not in _OWN_WORK and all(c.cell(h) in ("-", "") for h in d.hops)}
+    widths = {c.header: max([len(c.header)] + [len(c.cell(h)) for h in d.hops]) for c in _COLUMNS}
+    empty = {
+        c.header
+        for c in _COLUMNS
+        if c.header not in _OWN_WORK and all(c.cell(h) in ("-", "") for h in d.hops)
+    }
     kept = list(_COLUMNS)
     drop_order = sorted(kept, key=lambda c: (c.header not in empty, c.keep))
     for col in drop_order:
@@ -116,11 +140,13 @@ def _fitting_columns(d: Diagnosis, width: int) -> list[_Column]:
 
 def render_text(d: Diagnosis, console: Console) -> None:
     lat = d.latency
-    console.print(Text.assemble(
-        (f"{d.service} {d.operation}", "bold"),
-        f"  {lat.count} traces  p50 {_ms(lat.p50_ms)}  p95 {_ms(lat.p95_ms)}  "
-        f"p99 {_ms(lat.p99_ms)}  max {_ms(lat.max_ms)}",
-    ))
+    console.print(
+        Text.assemble(
+            (f"{d.service} {d.operation}", "bold"),
+            f"  {lat.count} traces  p50 {_ms(lat.p50_ms)}  p95 {_ms(lat.p95_ms)}  "
+            f"p99 {_ms(lat.p99_ms)}  max {_ms(lat.max_ms)}",
+        )
+    )
     columns = _fitting_columns(d, console.width)
     table = Table(show_edge=False, pad_edge=False, header_style="bold")
     table.add_column("downstream hop", overflow="fold", ratio=1)
@@ -133,13 +159,15 @@ def render_text(d: Diagnosis, console: Console) -> None:
             *(col.cell(h) for col in columns),
         )
     own = {"crit p99": _pct(d.root_self_share_p99), "crit all": _pct(d.root_self_share)}
-    table.add_row(Text(f"{d.service} (own work)", style="dim"),
-                  *(own.get(col.header, "") for col in columns))
+    table.add_row(
+        Text(f"{d.service} (own work)", style="dim"), *(own.get(col.header, "") for col in columns)
+    )
     console.print(table)
     if len(columns) < len(_COLUMNS):
         hidden = ", ".join(c.header for c in _COLUMNS if c not in columns)
-        console.print(Text(f"(narrow output: {hidden} not shown; --json has every column)",
-                           style="dim"))
+        console.print(
+            Text(f"(narrow output: {hidden} not shown; --json has every column)", style="dim")
+        )
     console.print(Text("Findings", style="bold"))
     if not d.findings:
         console.print("  nothing stands out")
@@ -163,11 +191,13 @@ def render_text(d: Diagnosis, console: Console) -> None:
 
 def _render_comparison(d: Diagnosis, c: Comparison, console: Console) -> None:
     lat = d.latency
-    console.print(Text.assemble(
-        ("Compared with the baseline", "bold"),
-        f"  {c.baseline_traces} traces  p50 {_ms(c.baseline_p50_ms)} → {_ms(lat.p50_ms)}  "
-        f"p99 {_ms(c.baseline_p99_ms)} → {_ms(lat.p99_ms)}",
-    ))
+    console.print(
+        Text.assemble(
+            ("Compared with the baseline", "bold"),
+            f"  {c.baseline_traces} traces  p50 {_ms(c.baseline_p50_ms)} → {_ms(lat.p50_ms)}  "
+            f"p99 {_ms(c.baseline_p99_ms)} → {_ms(lat.p99_ms)}",
+        )
+    )
     if not c.changes:
         console.print("  no hop or pattern changed by more than the noise")
     for ch in c.changes:

@@ -192,8 +192,13 @@ class Diagnosis:
         critical_chain: CriticalChain | None = None,
     ) -> Diagnosis:
         return replace(
-            self, slowest=slowest, sequential=sequential, findings=findings,
-            waterfalls=waterfalls, repeated=repeated, critical_chain=critical_chain,
+            self,
+            slowest=slowest,
+            sequential=sequential,
+            findings=findings,
+            waterfalls=waterfalls,
+            repeated=repeated,
+            critical_chain=critical_chain,
         )
 
     @property

@@ -124,9 +124,7 @@ async def _exact_operation(
     return found[0] if len(found) == 1 else None
 
 
-async def _get_json(
-    session: aiohttp.ClientSession, url: str, params: Mapping[str, str]
-) -> Any:
+async def _get_json(session: aiohttp.ClientSession, url: str, params: Mapping[str, str]) -> Any:
     try:
         async with session.get(url, params=params) as resp:
             if resp.status != 200:
@@ -138,8 +136,10 @@ async def _get_json(
     except TimeoutError:
         raise SourceError(f"{url}: no answer within {REQUEST_TIMEOUT_S:.0f}s") from None
     if len(body) > MAX_RESPONSE_BYTES:
-        raise SourceError(f"{url}: response larger than {MAX_RESPONSE_BYTES >> 20} MiB; "
-                          "lower --limit or --lookback")
+        raise SourceError(
+            f"{url}: response larger than {MAX_RESPONSE_BYTES >> 20} MiB; "
+            "lower --limit or --lookback"
+        )
     try:
         return json.loads(body)
     except ValueError:

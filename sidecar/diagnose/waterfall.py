@@ -69,16 +69,18 @@ def _shape(
     for key in offsets:
         if len(offsets[key]) < MIN_PRESENCE * len(pairs):
             continue
-        bars.append(Bar(
-            name=key.name,
-            offset_ms=ms(median(offsets[key])),
-            duration_ms=ms(median(durations[key])),
-            depth=depth[key],
-            critical=on_path[key] * 2 >= len(offsets[key]),
-            sequential=key.name in in_sequence,
-            calls=median(calls[key]),
-            repeated=key.name in repeated,
-        ))
+        bars.append(
+            Bar(
+                name=key.name,
+                offset_ms=ms(median(offsets[key])),
+                duration_ms=ms(median(durations[key])),
+                depth=depth[key],
+                critical=on_path[key] * 2 >= len(offsets[key]),
+                sequential=key.name in in_sequence,
+                calls=median(calls[key]),
+                repeated=key.name in repeated,
+            )
+        )
     bars.sort(key=lambda b: (b.depth > 0, b.offset_ms, b.depth, b.name))
     return Waterfall(
         label=label,

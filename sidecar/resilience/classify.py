@@ -37,9 +37,7 @@ class Outcome(enum.Enum):
         return self in _FAILURES
 
 
-_FAILURES = frozenset(
-    {Outcome.CONNECT_FAILURE, Outcome.RESET, Outcome.TIMEOUT, Outcome.STATUS_5XX}
-)
+_FAILURES = frozenset({Outcome.CONNECT_FAILURE, Outcome.RESET, Outcome.TIMEOUT, Outcome.STATUS_5XX})
 
 
 def classify_response(status: int) -> Outcome:

@@ -196,7 +196,8 @@ class DeadlineLayer:
                 return response
             if hold is not None and hold.client_stalled:
                 raise BadRequest(
-                    f"request body not received within {total:g}s", upstream=request.upstream,
+                    f"request body not received within {total:g}s",
+                    upstream=request.upstream,
                     status=408,
                 ) from exc
             if caller_bound:

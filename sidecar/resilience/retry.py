@@ -42,8 +42,10 @@ class RetryPolicy:
         self.reset = "reset" in on
         self.timeout = "timeout" in on
         any_5xx = "5xx" in on
-        self.statuses = frozenset(range(500, 600)) if any_5xx else frozenset(
-            c for c in on if isinstance(c, int)
+        self.statuses = (
+            frozenset(range(500, 600))
+            if any_5xx
+            else frozenset(c for c in on if isinstance(c, int))
         )
         self.grpc_codes = frozenset(
             int(grpc.RETRY_NAMES[c]) for c in on if isinstance(c, str) and c in grpc.RETRY_NAMES
@@ -78,7 +80,7 @@ class RetryPolicy:
 
 
 def backoff_delay(retry: int, base: float, cap: float, rng: random.Random) -> float:
-    """"Equal jitter" exponential backoff for the `retry`-th retry (1-based): half of the
+    """ "Equal jitter" exponential backoff for the `retry`-th retry (1-based): half of the
     exponential step fixed, half random, so retries spread out but never bunch at zero."""
     step = min(cap, base * float(2 ** (retry - 1)))
     return step / 2 + rng.uniform(0.0, step / 2)
@@ -125,9 +127,7 @@ class RetryLayer:
         self._replay = replay_buffers or ReplayBuffers(retry_buffer_bytes)
         self._clock = clock
         self._observer: Observer = observer or NullObserver()
-        self._budget = budget or RetryBudget(
-            retries.budget_ratio, retries.min_retries_per_s, clock
-        )
+        self._budget = budget or RetryBudget(retries.budget_ratio, retries.min_retries_per_s, clock)
         self._sleep = sleep
         self._rng = rng or random.Random()
 
@@ -181,8 +181,8 @@ class RetryLayer:
 
         async def retry(request: Request, buffered: bool = False) -> Response:
             idempotent = request.method in IDEMPOTENT_METHODS
-            grpc_call = grpc_retries and request.http_version == "2" and grpc.is_grpc(
-                request.headers
+            grpc_call = (
+                grpc_retries and request.http_version == "2" and grpc.is_grpc(request.headers)
             )
             if not buffered:  # (buffered: back from replay.buffered, deposited already)
                 budget.deposit()

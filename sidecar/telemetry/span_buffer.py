@@ -165,7 +165,6 @@ def run_to_end(steps: Generator[None, None, T]) -> T:
             return stop.value  # type: ignore[no-any-return]
 
 
-
 # The attribute keys the telemetry layers set, packed as their index here (a byte or two
 # instead of the name in every record); any other key is kept as it is.
 _KEYS = (

@@ -25,16 +25,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "Live per-upstream and per-route traffic of one or more sidecars: rps, success rate, "
         "p50/p99, inflight, breaker, ejected endpoints, retries; worst first."
     )
-    parser.add_argument("--admin", metavar="URL", action="append", required=True,
-                        help="a sidecar's admin address, e.g. http://127.0.0.1:15090 (repeat)")
-    parser.add_argument("--interval", type=float, default=1.0,
-                        help="seconds between scrapes, the window rates cover (default 1.0)")
-    parser.add_argument("--once", action="store_true",
-                        help="scrape twice --interval apart, print one snapshot and exit")
-    parser.add_argument("--json", action="store_true",
-                        help="print the snapshot as JSON (implies --once)")
-    parser.add_argument("--sort", choices=SORT_KEYS, default="health",
-                        help="row order (default health: lowest success rate, then highest p99)")
+    parser.add_argument(
+        "--admin",
+        metavar="URL",
+        action="append",
+        required=True,
+        help="a sidecar's admin address, e.g. http://127.0.0.1:15090 (repeat)",
+    )
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=1.0,
+        help="seconds between scrapes, the window rates cover (default 1.0)",
+    )
+    parser.add_argument(
+        "--once",
+        action="store_true",
+        help="scrape twice --interval apart, print one snapshot and exit",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the snapshot as JSON (implies --once)"
+    )
+    parser.add_argument(
+        "--sort",
+        choices=SORT_KEYS,
+        default="health",
+        help="row order (default health: lowest success rate, then highest p99)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -87,8 +104,13 @@ async def _live(tracker: Tracker, interval: float) -> int:
     console = Console(highlight=False)
     waiting = Snapshot([], [], tracker.admins, None)
     async with aiohttp.ClientSession(timeout=_timeout(interval)) as session:
-        with Live(render.render_table(waiting), console=console, auto_refresh=False,
-                  screen=console.is_terminal, redirect_stderr=False) as live:
+        with Live(
+            render.render_table(waiting),
+            console=console,
+            auto_refresh=False,
+            screen=console.is_terminal,
+            redirect_stderr=False,
+        ) as live:
             while True:
                 started = loop.time()
                 snapshot = tracker.update(await scrape_all(session, tracker.admins))

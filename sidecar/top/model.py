@@ -239,9 +239,7 @@ def upstream_rows(prev: Scrape, cur: Scrape, dt: float) -> list[Row]:
     names |= {_get(ls, "upstream") for ls in cur.samples(BREAKER)}
     names |= {_get(ls, "upstream") for ls in cur.samples(ENDPOINTS)}
     names |= {
-        _get(ls, "upstream")
-        for ls in cur.samples(INFLIGHT)
-        if _get(ls, "direction") == "outbound"
+        _get(ls, "upstream") for ls in cur.samples(INFLIGHT) if _get(ls, "direction") == "outbound"
     }
     names |= set(cur.breakers or ()) | set(cur.endpoints or ())
     names.discard("")

@@ -601,6 +601,8 @@ def _interim_fields(items: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [
         (k, v)
         for k, v in items
-        if k not in HOP_BY_HOP and k not in named and not k.startswith("proxy-")
+        if k not in HOP_BY_HOP
+        and k not in named
+        and not k.startswith("proxy-")
         and k != "content-length"
     ]

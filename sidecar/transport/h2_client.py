@@ -312,8 +312,10 @@ class H2ClientConnection(asyncio.Protocol):
         except Exception as exc:
             # A client body that broke (too large, reset) is the client's error, not the
             # upstream's: report it as such and cancel the stream.
-            err = exc if isinstance(exc, SidecarError) else UpstreamReset(
-                "request body could not be sent", upstream=self._pool.upstream
+            err = (
+                exc
+                if isinstance(exc, SidecarError)
+                else UpstreamReset("request body could not be sent", upstream=self._pool.upstream)
             )
             ex = self._exchanges.get(sid)
             if ex is not None and not ex.response.done():

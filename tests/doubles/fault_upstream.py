@@ -41,9 +41,7 @@ class FaultServer:
 
     async def start(self) -> FaultServer:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Conn(self), "127.0.0.1", 0, backlog=1024
-        )
+        self._server = await loop.create_server(lambda: _Conn(self), "127.0.0.1", 0, backlog=1024)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 

@@ -64,8 +64,11 @@ class _Conn(asyncio.Protocol):
         ).encode()
         self.conn.send_headers(
             sid,
-            [(":status", "200"), ("content-type", "application/json"),
-             ("content-length", str(len(body)))],
+            [
+                (":status", "200"),
+                ("content-type", "application/json"),
+                ("content-length", str(len(body))),
+            ],
         )
         self.conn.send_data(sid, body, end_stream=True)
 

@@ -18,8 +18,9 @@ DEFAULT_LIMIT = 100  # jaeger-query's default when `limit` is absent
 DEFAULT_LOOKBACK_US = 3600 * 1_000_000
 
 
-def _envelope(data: Any, status: int = 200, errors: list[dict[str, Any]] | None = None
-              ) -> web.Response:
+def _envelope(
+    data: Any, status: int = 200, errors: list[dict[str, Any]] | None = None
+) -> web.Response:
     total = len(data) if isinstance(data, list) else 0
     body = {"data": data, "total": total, "limit": 0, "offset": 0, "errors": errors}
     return web.json_response(body, status=status)
@@ -83,8 +84,9 @@ class JaegerDouble:
     async def _operations(self, request: web.Request) -> web.Response:
         self._record(request)
         svc = request.match_info["service"]
-        ops = sorted({str(s["operationName"]) for t, s in self._spans()
-                      if self._service_of(t, s) == svc})
+        ops = sorted(
+            {str(s["operationName"]) for t, s in self._spans() if self._service_of(t, s) == svc}
+        )
         return _envelope(ops)
 
     async def _operations_v2(self, request: web.Request) -> web.Response:
@@ -95,8 +97,14 @@ class JaegerDouble:
         kinds: dict[str, str] = {}
         for t, s in self._spans():
             if self._service_of(t, s) == svc:
-                kind = next((str(tag["value"]) for tag in s.get("tags", [])
-                             if tag.get("key") == "span.kind"), "")
+                kind = next(
+                    (
+                        str(tag["value"])
+                        for tag in s.get("tags", [])
+                        if tag.get("key") == "span.kind"
+                    ),
+                    "",
+                )
                 kinds.setdefault(str(s["operationName"]), kind)
         return _envelope([{"name": n, "spanKind": k} for n, k in sorted(kinds.items())])
 

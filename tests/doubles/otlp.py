@@ -124,7 +124,8 @@ class OtlpReceiver:
 
         class Servicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
             async def Export(
-                self, request: trace_service_pb2.ExportTraceServiceRequest,
+                self,
+                request: trace_service_pb2.ExportTraceServiceRequest,
                 context: grpc.aio.ServicerContext[Any, Any],
             ) -> trace_service_pb2.ExportTraceServiceResponse:
                 if receiver.reject:

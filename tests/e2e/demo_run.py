@@ -54,16 +54,28 @@ class Demo:
             fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
             try:
                 self.proc = subprocess.Popen(
-                    argv, cwd=ROOT, env=env, stdin=slave, stdout=slave, stderr=slave,
-                    start_new_session=True, preexec_fn=_take_terminal,
+                    argv,
+                    cwd=ROOT,
+                    env=env,
+                    stdin=slave,
+                    stdout=slave,
+                    stderr=slave,
+                    start_new_session=True,
+                    preexec_fn=_take_terminal,
                 )
             finally:
                 os.close(slave)
             source: Iterable[str] = _pty_lines(self._master)
         else:
             self.proc = subprocess.Popen(
-                argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, text=True, process_group=0,
+                argv,
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                process_group=0,
             )
             assert self.proc.stdout is not None
             source = self.proc.stdout

@@ -49,17 +49,24 @@ def test_quick_demo_names_the_slow_hop_and_measures_the_fix(tmp_path: Path) -> N
     collected = re.search(r"Collected (\d+) traces \((\d+) spans\)", text)
     assert collected and int(collected[1]) > 20, text
     # ... names the hop the demo slowed down, and the calls that need not be sequential.
-    assert re.search(r"Slowest hop: document-service GET /documents: \d+% of p99 critical path",
-                     text), text
-    saving = re.search(r"user-service, document-service and retrieval-service are called one "
-                       r"after the other; concurrent (?:would|may) save ~(\d+) ms at p50", text)
+    assert re.search(
+        r"Slowest hop: document-service GET /documents: \d+% of p99 critical path", text
+    ), text
+    saving = re.search(
+        r"user-service, document-service and retrieval-service are called one "
+        r"after the other; concurrent (?:would|may) save ~(\d+) ms at p50",
+        text,
+    )
     assert saving and int(saving[1]) >= 50, text  # user + retrieval take ~75 ms at p50
 
     # Before/after as printed, and as recorded for scripts.
     result = json.loads((workdir / "result.json").read_text())
     before, after = result["before"], result["after"]
-    line = re.search(r"before p50 ([\d,]+) ms p99 ([\d,]+) ms → after p50 ([\d,]+) ms "
-                     r"p99 ([\d,]+) ms", text)
+    line = re.search(
+        r"before p50 ([\d,]+) ms p99 ([\d,]+) ms → after p50 ([\d,]+) ms "
+        r"p99 ([\d,]+) ms",
+        text,
+    )
     assert line, text
     assert float(line[1].replace(",", "")) == pytest.approx(before["p50_ms"], abs=1)
     assert float(line[3].replace(",", "")) == pytest.approx(after["p50_ms"], abs=1)
@@ -87,28 +94,62 @@ def test_quick_demo_names_the_slow_hop_and_measures_the_fix(tmp_path: Path) -> N
         if tag["key"] == "rpc.grpc.status_code"
     }
     assert grpc_codes == {0}
-    bff_grpc = {c["status"]: c["calls"] for c in result["grpc"]
-                if c["service"] == "bff" and c["side"] == "client"}
+    bff_grpc = {
+        c["status"]: c["calls"]
+        for c in result["grpc"]
+        if c["service"] == "bff" and c["side"] == "client"
+    }
     assert set(bff_grpc) == {"OK"} and bff_grpc["OK"] >= before["requests"] + after["requests"]
     assert "gRPC calls as the sidecars counted them" in text
 
     # Every hop is counted once per request, not once per sidecar it crossed.
     diag = subprocess.run(
-        [sys.executable, "-m", "sidecar.cli", "diagnose", "--file", str(workdir / "traces.json"),
-         "--service", "bff", "--operation", ROUTE_OP, "--json"],
-        capture_output=True, text=True, timeout=60, check=True,
+        [
+            sys.executable,
+            "-m",
+            "sidecar.cli",
+            "diagnose",
+            "--file",
+            str(workdir / "traces.json"),
+            "--service",
+            "bff",
+            "--operation",
+            ROUTE_OP,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     doc = json.loads(diag.stdout)
     traces = doc["latency_ms"]["count"]
     assert {h["service"]: h["count"] for h in doc["hops"]} == {
-        "user-service": traces, "document-service": traces, "retrieval-service": traces}
+        "user-service": traces,
+        "document-service": traces,
+        "retrieval-service": traces,
+    }
     assert f"retrieval-service {GRPC_METHOD}" in {h["name"] for h in doc["hops"]}
 
     # The same diagnosis piped into an 80-column CI log keeps every hop name whole.
     narrow = subprocess.run(
-        [sys.executable, "-m", "sidecar.cli", "diagnose", "--file", str(workdir / "traces.json"),
-         "--service", "bff", "--operation", ROUTE_OP],
-        capture_output=True, text=True, timeout=60, check=True, env={**os.environ, "COLUMNS": "80"},
+        [
+            sys.executable,
+            "-m",
+            "sidecar.cli",
+            "diagnose",
+            "--file",
+            str(workdir / "traces.json"),
+            "--service",
+            "bff",
+            "--operation",
+            ROUTE_OP,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, "COLUMNS": "80"},
     )
     lines = narrow.stdout.splitlines()
     assert max(len(line) for line in lines) <= 80, narrow.stdout

@@ -33,9 +33,15 @@ async def receiver() -> AsyncIterator[OtlpReceiver]:
 async def run_demo(*args: str, workdir: Path) -> tuple[int, str]:
     """The demo as a child of this event loop, which keeps serving the doubles meanwhile."""
     proc = await asyncio.create_subprocess_exec(
-        *DEMO, *args, "--workdir", str(workdir), cwd=ROOT,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, env={**os.environ, "COLUMNS": "160"},
+        *DEMO,
+        *args,
+        "--workdir",
+        str(workdir),
+        cwd=ROOT,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "COLUMNS": "160"},
     )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout=90)
@@ -54,9 +60,7 @@ def traces_across_all_services(spans: list[ReceivedSpan]) -> list[str]:
     return [tid for tid, names in services.items() if names >= SERVICES]
 
 
-async def test_otlp_http_export_reaches_a_collector(
-    receiver: OtlpReceiver, tmp_path: Path
-) -> None:
+async def test_otlp_http_export_reaches_a_collector(receiver: OtlpReceiver, tmp_path: Path) -> None:
     url = f"{receiver.http_endpoint}/v1/traces"  # the path picks OTLP/HTTP
     code, out = await run_demo(*SHORT, "--otlp", url, workdir=tmp_path / "demo")
     assert code == 0, out[-4000:]
@@ -89,8 +93,9 @@ class JaegerBackend(OtlpReceiver):
     def _record(self, request: trace_service_pb2.ExportTraceServiceRequest, transport: str) -> None:
         super()._record(request, transport)
         for rs in request.resource_spans:
-            service = next(kv.value.string_value for kv in rs.resource.attributes
-                           if kv.key == "service.name")
+            service = next(
+                kv.value.string_value for kv in rs.resource.attributes if kv.key == "service.name"
+            )
             for ss in rs.scope_spans:
                 for span in ss.spans:
                     self._store(service, span)
@@ -99,32 +104,51 @@ class JaegerBackend(OtlpReceiver):
     def _store(self, service: str, span: Any) -> None:
         tid = span.trace_id.hex()
         trace = self.by_trace.setdefault(tid, {"traceID": tid, "spans": [], "processes": {}})
-        pid = next((p for p, v in trace["processes"].items() if v["serviceName"] == service),
-                   f"p{len(trace['processes']) + 1}")
+        pid = next(
+            (p for p, v in trace["processes"].items() if v["serviceName"] == service),
+            f"p{len(trace['processes']) + 1}",
+        )
         trace["processes"][pid] = {"serviceName": service, "tags": []}
-        tags: list[dict[str, Any]] = [{"key": "span.kind", "type": "string", "value": KINDS.get(span.kind, "")}]
+        tags: list[dict[str, Any]] = [
+            {"key": "span.kind", "type": "string", "value": KINDS.get(span.kind, "")}
+        ]
         for kv in span.attributes:
             which = kv.value.WhichOneof("value")
             value = getattr(kv.value, which) if which else ""
             if which == "array_value":  # Jaeger keeps arrays as a JSON string
                 value = json.dumps([getattr(v, v.WhichOneof("value")) for v in value.values])
-            tags.append({"key": kv.key, "type": JAEGER_TYPES.get(which, "string"),
-                         "value": value})
+            tags.append({"key": kv.key, "type": JAEGER_TYPES.get(which, "string"), "value": value})
         if span.status.code == 2:
             tags.append({"key": "error", "type": "bool", "value": True})
-        refs = ([{"refType": "CHILD_OF", "traceID": tid, "spanID": span.parent_span_id.hex()}]
-                if span.parent_span_id else [])
-        trace["spans"].append({
-            "traceID": tid, "spanID": span.span_id.hex(), "operationName": span.name,
-            "references": refs, "startTime": span.start_time_unix_nano // 1000,
-            "duration": (span.end_time_unix_nano - span.start_time_unix_nano) // 1000,
-            "tags": tags, "logs": [], "processID": pid, "warnings": None, "flags": 1,
-        })
+        refs = (
+            [{"refType": "CHILD_OF", "traceID": tid, "spanID": span.parent_span_id.hex()}]
+            if span.parent_span_id
+            else []
+        )
+        trace["spans"].append(
+            {
+                "traceID": tid,
+                "spanID": span.span_id.hex(),
+                "operationName": span.name,
+                "references": refs,
+                "startTime": span.start_time_unix_nano // 1000,
+                "duration": (span.end_time_unix_nano - span.start_time_unix_nano) // 1000,
+                "tags": tags,
+                "logs": [],
+                "processID": pid,
+                "warnings": None,
+                "flags": 1,
+            }
+        )
 
 
 KINDS = {1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
-JAEGER_TYPES = {"string_value": "string", "bool_value": "bool", "int_value": "int64",
-                "double_value": "float64"}
+JAEGER_TYPES = {
+    "string_value": "string",
+    "bool_value": "bool",
+    "int_value": "int64",
+    "double_value": "float64",
+}
 
 
 async def test_jaeger_is_where_the_diagnosis_reads_the_traces(tmp_path: Path) -> None:
@@ -133,8 +157,9 @@ async def test_jaeger_is_where_the_diagnosis_reads_the_traces(tmp_path: Path) ->
         try:
             workdir = tmp_path / "demo"
             # Jaeger's OTLP port is not on the query URL's host:4317 here: --otlp names it.
-            code, out = await run_demo(*SHORT, "--jaeger", jaeger.url,
-                                       "--otlp", backend.grpc_endpoint, workdir=workdir)
+            code, out = await run_demo(
+                *SHORT, "--jaeger", jaeger.url, "--otlp", backend.grpc_endpoint, workdir=workdir
+            )
         finally:
             await backend.stop()
     assert code == 0, out[-4000:]
@@ -145,6 +170,7 @@ async def test_jaeger_is_where_the_diagnosis_reads_the_traces(tmp_path: Path) ->
     result = json.loads((workdir / "result.json").read_text())
     assert result["diagnosis_source"] == "jaeger" and result["slowest_hop"] == "document-service"
     searches = [q for path, q in jaeger.requests if path == "/api/traces"]
-    assert searches and all(q["service"] == "bff" and q["operation"] == "GET /context/{user_id}"
-                            for q in searches)
+    assert searches and all(
+        q["service"] == "bff" and q["operation"] == "GET /context/{user_id}" for q in searches
+    )
     assert f"sidecar diagnose --jaeger {jaeger.url} --service bff" in text

@@ -26,10 +26,19 @@ from tests.unit.diagnose.builder import DOCS, RETR, USER, TraceBuilder, bff
 
 ROOT = Path(__file__).resolve().parents[2]
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-default-apps", "--disable-extensions", "--hide-scrollbars",
-    "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--hide-scrollbars",
+    "--remote-debugging-address=127.0.0.1",
+    "--remote-debugging-port=0",
 ]
 
 
@@ -39,8 +48,13 @@ def synthetic_traces() -> list[TraceBuilder]:
     for i in range(200):
         u, r = 18 + rnd.random() * 6, 8 + rnd.random() * 4
         doc = 50 + rnd.expovariate(1 / 12)
-        out.append(bff([(USER, 1, u), (DOCS, 2 + u, doc), (RETR, 3 + u + doc, r)],
-                       total_ms=5 + u + doc + r, base_ms=i * 1000))
+        out.append(
+            bff(
+                [(USER, 1, u), (DOCS, 2 + u, doc), (RETR, 3 + u + doc, r)],
+                total_ms=5 + u + doc + r,
+                base_ms=i * 1000,
+            )
+        )
     return out
 
 
@@ -87,8 +101,12 @@ async def chromium(tmp_path: Path) -> AsyncIterator[Cdp]:
     binary = require_binary("chromium")
     profile = tmp_path / "profile"
     proc = await asyncio.create_subprocess_exec(
-        binary, *FLAGS, f"--user-data-dir={profile}", "about:blank",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        binary,
+        *FLAGS,
+        f"--user-data-dir={profile}",
+        "about:blank",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     port_file = profile / "DevToolsActivePort"
     deadline = time.monotonic() + 30
@@ -122,8 +140,13 @@ async def test_report_renders_offline_with_ordered_bars(chromium: Cdp, tmp_path:
     cdp = chromium
     for domain in ("Page", "Runtime", "Log", "Network"):
         await cdp.call(f"{domain}.enable")
-    await cdp.call("Emulation.setDeviceMetricsOverride", width=1100, height=900,
-                   deviceScaleFactor=1, mobile=False)
+    await cdp.call(
+        "Emulation.setDeviceMetricsOverride",
+        width=1100,
+        height=900,
+        deviceScaleFactor=1,
+        mobile=False,
+    )
     await cdp.call("Page.navigate", url=path.as_uri())
     await cdp.wait_event("Page.loadEventFired")
 
@@ -134,8 +157,12 @@ async def test_report_renders_offline_with_ordered_bars(chromium: Cdp, tmp_path:
         "         critical: g.dataset.critical}; })"
     )
     names = [b["name"] for b in bars]
-    assert names == ["bff GET /context/{user_id}", "user-service GET /users/{id}",
-                     "document-service GET /documents/{id}", "retrieval-service POST /retrieve"]
+    assert names == [
+        "bff GET /context/{user_id}",
+        "user-service GET /users/{id}",
+        "document-service GET /documents/{id}",
+        "retrieval-service POST /retrieve",
+    ]
     assert [b["y"] for b in bars] == sorted(b["y"] for b in bars)
     root, user, docs, retr = bars
     assert root["x"] < user["x"] < docs["x"] < retr["x"]  # one after the other, on screen
@@ -143,26 +170,40 @@ async def test_report_renders_offline_with_ordered_bars(chromium: Cdp, tmp_path:
     assert docs["w"] > user["w"] > retr["w"] > 0
     assert all(b["critical"] == "true" for b in bars)
     assert await cdp.evaluate("document.querySelectorAll('#waterfall-p99 g.bar').length") == 4
-    note = await cdp.evaluate("document.querySelector('#waterfall-p50 .sequential-note')"
-                              ".textContent")
+    note = await cdp.evaluate(
+        "document.querySelector('#waterfall-p50 .sequential-note').textContent"
+    )
     assert "concurrent may" in note and "at p50" in note
     slowest = await cdp.evaluate("document.getElementById('slowest').innerText")
     assert slowest.startswith("Slowest hop: document-service GET /documents/{id}: ")
     assert await cdp.evaluate("document.querySelectorAll('#histogram rect.hist').length") > 3
 
-    errors = [e for e in cdp.events if e.get("method") == "Runtime.exceptionThrown"
-              or (e.get("method") == "Runtime.consoleAPICalled"
-                  and e["params"]["type"] in ("error", "assert"))
-              or (e.get("method") == "Log.entryAdded"
-                  and e["params"]["entry"]["level"] == "error")]
+    errors = [
+        e
+        for e in cdp.events
+        if e.get("method") == "Runtime.exceptionThrown"
+        or (
+            e.get("method") == "Runtime.consoleAPICalled"
+            and e["params"]["type"] in ("error", "assert")
+        )
+        or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")
+    ]
     assert errors == []
-    requested = [e["params"]["request"]["url"] for e in cdp.events
-                 if e.get("method") == "Network.requestWillBeSent"]
+    requested = [
+        e["params"]["request"]["url"]
+        for e in cdp.events
+        if e.get("method") == "Network.requestWillBeSent"
+    ]
     assert requested == [path.as_uri()]
 
     height = await cdp.evaluate("Math.ceil(document.documentElement.scrollHeight)")
-    await cdp.call("Emulation.setDeviceMetricsOverride", width=1100, height=int(height),
-                   deviceScaleFactor=1, mobile=False)
+    await cdp.call(
+        "Emulation.setDeviceMetricsOverride",
+        width=1100,
+        height=int(height),
+        deviceScaleFactor=1,
+        mobile=False,
+    )
     shot = await cdp.call("Page.captureScreenshot", format="png")
     png = base64.b64decode(shot["data"])
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
@@ -184,8 +225,13 @@ async def test_nested_repeated_calls_are_marked_on_the_waterfall(
     path.write_text(html.render(d), encoding="utf-8")
     cdp = chromium
     await cdp.call("Page.enable")
-    await cdp.call("Emulation.setDeviceMetricsOverride", width=1100, height=900,
-                   deviceScaleFactor=1, mobile=False)
+    await cdp.call(
+        "Emulation.setDeviceMetricsOverride",
+        width=1100,
+        height=900,
+        deviceScaleFactor=1,
+        mobile=False,
+    )
     await cdp.call("Page.navigate", url=path.as_uri())
     await cdp.wait_event("Page.loadEventFired")
     info = await cdp.evaluate(
@@ -218,12 +264,14 @@ async def test_nested_repeated_calls_are_marked_on_the_waterfall(
     assert info["barTop"] <= info["markMid"] <= info["barBottom"]
     assert info["mark"] == info["noteMark"] == "\u2460"
     assert info["noteTop"] >= info["lastBottom"]  # under the chart, over no bar
-    assert info["note"].startswith("\u2460 in frontend \u2192 driver: redis GetDriver \u00d712 "
-                                   "one after the other;")
+    assert info["note"].startswith(
+        "\u2460 in frontend \u2192 driver: redis GetDriver \u00d712 one after the other;"
+    )
     assert "batched or concurrent may save ~132 ms at p50" in info["note"]
     assert info["path"] == "frontend HTTP GET /dispatch > driver /driver.DriverService/FindNearest"
     chain = await cdp.evaluate("document.getElementById('critical-chain').innerText")
     assert "frontend \u2192 driver \u2192 redis GetDriver \u00d712" in chain
     kinds = await cdp.evaluate(
-        "[...document.querySelectorAll('ul.findings li')].map(li => li.dataset.kind)")
+        "[...document.querySelectorAll('ul.findings li')].map(li => li.dataset.kind)"
+    )
     assert kinds.index("repeated_calls") < kinds.index("sequential_calls")

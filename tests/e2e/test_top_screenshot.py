@@ -41,27 +41,49 @@ async def shop() -> AsyncIterator[Busy]:
     doubles = [Upstream(n) for n in ("bff-app", "user", "document", "retrieval")]
     app, user, document, retrieval = [await d.start() for d in doubles]
     user.delay, document.delay, retrieval.delay = 0.004, 0.06, 0.015
-    sc = Sidecar(build_config({
-        "service": {"name": "bff", "port": app.port},
-        "listeners": {k: f"127.0.0.1:{free_port()}" for k in ("inbound", "outbound", "admin")},
-        "tracing": {"exporter": "none"},
-        "discovery": {"static": {
-            "user-service": [f"127.0.0.1:{user.port}"],
-            "document-service": [f"127.0.0.1:{document.port}"],
-            "retrieval-service": [f"127.0.0.1:{retrieval.port}", dead()],
-            "billing-service": [dead()],
-        }},
-        "upstreams": {"billing-service": {
-            "outlier_detection": {"enabled": False},  # the breaker, not ejection, takes it out
-            "circuit_breaker": {"consecutive_failures": 3, "reset_timeout": "60s"},
-        }},
-        "metrics": {"route_templates": ["/context/{user_id}", "/users/{id}",
-                                        "/documents/{id}", "/retrieve"]},
-    }, env={}))
+    sc = Sidecar(
+        build_config(
+            {
+                "service": {"name": "bff", "port": app.port},
+                "listeners": {
+                    k: f"127.0.0.1:{free_port()}" for k in ("inbound", "outbound", "admin")
+                },
+                "tracing": {"exporter": "none"},
+                "discovery": {
+                    "static": {
+                        "user-service": [f"127.0.0.1:{user.port}"],
+                        "document-service": [f"127.0.0.1:{document.port}"],
+                        "retrieval-service": [f"127.0.0.1:{retrieval.port}", dead()],
+                        "billing-service": [dead()],
+                    }
+                },
+                "upstreams": {
+                    "billing-service": {
+                        "outlier_detection": {
+                            "enabled": False
+                        },  # the breaker, not ejection, takes it out
+                        "circuit_breaker": {"consecutive_failures": 3, "reset_timeout": "60s"},
+                    }
+                },
+                "metrics": {
+                    "route_templates": [
+                        "/context/{user_id}",
+                        "/users/{id}",
+                        "/documents/{id}",
+                        "/retrieve",
+                    ]
+                },
+            },
+            env={},
+        )
+    )
     await sc.start()
-    b = Busy(sc, f"http://{sc.config.listeners.admin}",
-             f"http://127.0.0.1:{sc.bound_port('listeners.inbound')}",
-             f"http://127.0.0.1:{sc.bound_port('listeners.outbound')}")
+    b = Busy(
+        sc,
+        f"http://{sc.config.listeners.admin}",
+        f"http://127.0.0.1:{sc.bound_port('listeners.inbound')}",
+        f"http://127.0.0.1:{sc.bound_port('listeners.outbound')}",
+    )
     calls = [
         (b.inbound + "/context/7", {}),
         (b.outbound + "/users/7", {"Host": "user-service"}),
@@ -100,11 +122,20 @@ def svg_size(svg: str) -> tuple[int, int]:
 async def screenshot(svg_path: Path, png_path: Path, size: tuple[int, int]) -> None:
     binary = require_binary("chromium")
     proc = await asyncio.create_subprocess_exec(
-        binary, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update",
+        binary,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
         f"--user-data-dir={svg_path.parent / 'profile'}",
-        f"--window-size={size[0]},{size[1]}", f"--screenshot={png_path}", svg_path.as_uri(),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        f"--window-size={size[0]},{size[1]}",
+        f"--screenshot={png_path}",
+        svg_path.as_uri(),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     assert await asyncio.wait_for(proc.wait(), 120) == 0
 
@@ -123,8 +154,12 @@ async def settled(sc: Sidecar, within: float = 30) -> None:
         breaker = sc.breakers.get("billing-service")
         cluster = sc.clusters.get("retrieval-service")
         now = sc.clock.monotonic()
-        if (breaker is not None and breaker.snapshot()["state"] == "open" and cluster is not None
-                and any(s.is_ejected(now) for s in cluster.states)):
+        if (
+            breaker is not None
+            and breaker.snapshot()["state"] == "open"
+            and cluster is not None
+            and any(s.is_ejected(now) for s in cluster.states)
+        ):
             return
         assert loop.time() < deadline, "breaker never opened or endpoint never ejected"
         await asyncio.sleep(0.05)
@@ -148,11 +183,15 @@ async def test_top_screenshot(shop: Busy, tmp_path: Path) -> None:
         faster = "user-service" if slower == "document-service" else "document-service"
         assert names.index(slower) < names.index(faster), (names, doc.p99_s, user.p99_s)
 
-    console = Console(record=True, width=WIDTH_COLUMNS, color_system="truecolor",
-                      force_terminal=True, file=io.StringIO())
+    console = Console(
+        record=True,
+        width=WIDTH_COLUMNS,
+        color_system="truecolor",
+        force_terminal=True,
+        file=io.StringIO(),
+    )
     console.print(render_table(snap))
-    svg = console.export_svg(title="sidecar top --admin http://127.0.0.1:15090",
-                             theme=MONOKAI)
+    svg = console.export_svg(title="sidecar top --admin http://127.0.0.1:15090", theme=MONOKAI)
     svg_path, png_path = tmp_path / "sidecar-top.svg", tmp_path / "sidecar-top.png"
     svg_path.write_text(svg, encoding="utf-8")
     await screenshot(svg_path, png_path, svg_size(svg))

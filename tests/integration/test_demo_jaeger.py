@@ -95,10 +95,12 @@ async def test_unreachable_jaeger_gives_up_at_once() -> None:
 async def test_demo_falls_back_to_the_sidecars_when_jaeger_is_down(tmp_path: Path) -> None:
     """The demo's diagnosis step with an unreachable --jaeger: one line saying so, then the
     same diagnosis from the sidecars' /debug/traces (served here by one admin double)."""
-    traces = jaeger_response([
-        meshed([(USER, 1, 20), (DOCS, 22, 60), (RETR, 83, 10)], total_ms=95, base_ms=i * 1000)
-        for i in range(30)
-    ])
+    traces = jaeger_response(
+        [
+            meshed([(USER, 1, 20), (DOCS, 22, 60), (RETR, 83, 10)], total_ms=95, base_ms=i * 1000)
+            for i in range(30)
+        ]
+    )
 
     async def debug_traces(request: web.Request) -> web.Response:
         return web.json_response(traces)
@@ -109,14 +111,23 @@ async def test_demo_falls_back_to_the_sidecars_when_jaeger_is_down(tmp_path: Pat
     await runner.setup()
     admin = free_port()
     await web.TCPSite(runner, "127.0.0.1", admin).start()
-    plans = [ServicePlan(name, "unused", 1, 2, 3, admin)
-             for name in ("bff", "user-service", "document-service", "retrieval-service")]
+    plans = [
+        ServicePlan(name, "unused", 1, 2, 3, admin)
+        for name in ("bff", "user-service", "document-service", "retrieval-service")
+    ]
     dead = f"http://127.0.0.1:{free_port()}"
     console = Console(record=True, width=200)
     try:
         async with aiohttp.ClientSession() as session:
-            diag = await demo.diagnose(session, console, plans, PhaseResult("before"),
-                                       tmp_path, jaeger=dead, jaeger_wait_s=30)
+            diag = await demo.diagnose(
+                session,
+                console,
+                plans,
+                PhaseResult("before"),
+                tmp_path,
+                jaeger=dead,
+                jaeger_wait_s=30,
+            )
     finally:
         await runner.cleanup()
     text = console.export_text()

@@ -40,8 +40,14 @@ async def run_cli(*args: str, columns: int | None = None) -> tuple[int, str, str
     if columns is not None:
         env["COLUMNS"] = str(columns)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", ENTRY, *args, cwd=ROOT, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-c",
+        ENTRY,
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
     assert proc.returncode is not None
@@ -60,10 +66,14 @@ async def test_names_the_slowest_hop_and_the_sequential_calls() -> None:
     assert code == 0, err
     out = " ".join(out.split())  # findings wrap at the reader's width
     assert "document-service GET /documents/{id}: 77% of p99 critical path" in out
-    assert ("user-service, document-service and retrieval-service are called one after the "
-            "other; concurrent may save ~30 ms at p50 if none needs another's answer") in out
-    assert any(path == "/api/traces" and q.get("operation") == "GET /context/{user_id}"
-               for path, q in jaeger.requests)
+    assert (
+        "user-service, document-service and retrieval-service are called one after the "
+        "other; concurrent may save ~30 ms at p50 if none needs another's answer"
+    ) in out
+    assert any(
+        path == "/api/traces" and q.get("operation") == "GET /context/{user_id}"
+        for path, q in jaeger.requests
+    )
 
 
 async def test_json_output_is_valid_and_stable() -> None:
@@ -79,7 +89,10 @@ async def test_json_output_is_valid_and_stable() -> None:
     assert doc["sequential_calls"] == []
     assert doc["latency_ms"]["count"] == 40
     assert {h["service"] for h in doc["hops"]} == {
-        "user-service", "document-service", "retrieval-service"}
+        "user-service",
+        "document-service",
+        "retrieval-service",
+    }
 
 
 async def test_unreachable_jaeger_is_one_line_and_exit_1() -> None:
@@ -105,22 +118,32 @@ async def test_empty_source_and_usage_errors() -> None:
 async def test_traces_recorded_by_a_sidecar_mesh_text_and_json() -> None:
     """The demo's shape (every service behind its own sidecar): the same answers, and one
     call per hop per request."""
-    builders = [meshed([(USER, 1, 20), (DOCS, 22, 60 if i < 49 else 120), (RETR, 23 + 60, 10)],
-                       total_ms=95 if i < 49 else 155, base_ms=i * 1000) for i in range(50)]
+    builders = [
+        meshed(
+            [(USER, 1, 20), (DOCS, 22, 60 if i < 49 else 120), (RETR, 23 + 60, 10)],
+            total_ms=95 if i < 49 else 155,
+            base_ms=i * 1000,
+        )
+        for i in range(50)
+    ]
     args = ("--service", "bff", "--operation", "GET /context/{user_id}")
     async with JaegerDouble(traces(builders)) as jaeger:
         code, out, err = await run_cli("--jaeger", jaeger.url, *args)
         assert code == 0, err
         code_json, out_json, err_json = await run_cli("--jaeger", jaeger.url, *args, "--json")
     assert "document-service GET /documents/{id}: " in out
-    assert ("user-service, document-service and retrieval-service are called one after the "
-            "other; concurrent may save ~30 ms at p50 if none needs another's answer"
-            ) in " ".join(out.split())
+    assert (
+        "user-service, document-service and retrieval-service are called one after the "
+        "other; concurrent may save ~30 ms at p50 if none needs another's answer"
+    ) in " ".join(out.split())
     assert code_json == 0, err_json
     doc = json.loads(out_json)
     assert doc["slowest_hop"]["hop"] == "document-service GET /documents/{id}"
     assert {h["service"]: h["count"] for h in doc["hops"]} == {
-        "user-service": 50, "document-service": 50, "retrieval-service": 50}
+        "user-service": 50,
+        "document-service": 50,
+        "retrieval-service": 50,
+    }
     [seq] = doc["sequential_calls"]
     assert seq["saving_ms_p50"] == pytest.approx(30, abs=1) and seq["traces"] == 50
 
@@ -136,14 +159,20 @@ FIXTURES = ROOT / "tests" / "fixtures" / "traces"
 
 
 async def test_otlp_file_piped_at_80_columns_keeps_every_hop_name() -> None:
-    code, out, err = await run_cli("--file", str(FIXTURES / "dispatch.otlp.jsonl"),
-                                   "--service", "frontend", columns=80)
+    code, out, err = await run_cli(
+        "--file", str(FIXTURES / "dispatch.otlp.jsonl"), "--service", "frontend", columns=80
+    )
     assert code == 0, err
     lines = out.splitlines()
     assert max(len(line) for line in lines) <= 80
-    for name in ("customer HTTP GET /customer", "mysql SQL SELECT",
-                 "driver /driver.DriverService/FindNearest", "redis FindDriverIDs",
-                 "redis GetDriver", "route HTTP GET /route"):
+    for name in (
+        "customer HTTP GET /customer",
+        "mysql SQL SELECT",
+        "driver /driver.DriverService/FindNearest",
+        "redis FindDriverIDs",
+        "redis GetDriver",
+        "route HTTP GET /route",
+    ):
         assert any(line.startswith(name) for line in lines), out
     text = " ".join(out.split())
     assert "critical path: frontend → driver → redis GetDriver \u00d712" in text
@@ -152,17 +181,16 @@ async def test_otlp_file_piped_at_80_columns_keeps_every_hop_name() -> None:
 
 async def test_baseline_file_names_the_nested_pattern_that_grew(tmp_path: Path) -> None:
     base, now = tmp_path / "base.json", tmp_path / "now.json"
-    base.write_text(json.dumps(jaeger_response([repeats(3, base_ms=i * 1000)
-                                                for i in range(10)])))
-    now.write_text(json.dumps(jaeger_response([repeats(12, base_ms=i * 1000)
-                                               for i in range(10)])))
+    base.write_text(json.dumps(jaeger_response([repeats(3, base_ms=i * 1000) for i in range(10)])))
+    now.write_text(json.dumps(jaeger_response([repeats(12, base_ms=i * 1000) for i in range(10)])))
     args = ("--file", str(now), "--service", "bff", "--baseline", str(base))
     code, out, err = await run_cli(*args)
     assert code == 0, err
     text = " ".join(out.split())
     assert "Compared with the baseline 10 traces p50 13 ms → 32 ms" in text
-    assert ("grew: in bff → document-service, cache GET /k called one after the other: "
-            "3 → 12 times") in text
+    assert (
+        "grew: in bff → document-service, cache GET /k called one after the other: 3 → 12 times"
+    ) in text
     code, out, err = await run_cli(*args, "--json")
     assert code == 0, err
     doc = json.loads(out)
@@ -173,21 +201,35 @@ async def test_baseline_file_names_the_nested_pattern_that_grew(tmp_path: Path) 
 
 async def test_baseline_window_is_asked_from_jaeger() -> None:
     now_us = int(time.time() * 1e6)
-    current = rebase(jaeger_response([repeats(12, base_ms=i * 1000) for i in range(10)]),
-                     now_us)["data"]
-    past = rebase(jaeger_response([repeats(3, base_ms=i * 1000) for i in range(10)]),
-                  now_us - 90 * 60 * 1_000_000)["data"]
+    current = rebase(jaeger_response([repeats(12, base_ms=i * 1000) for i in range(10)]), now_us)[
+        "data"
+    ]
+    past = rebase(
+        jaeger_response([repeats(3, base_ms=i * 1000) for i in range(10)]),
+        now_us - 90 * 60 * 1_000_000,
+    )["data"]
     async with JaegerDouble(current + past) as jaeger:
-        code, out, err = await run_cli("--jaeger", jaeger.url, "--service", "bff",
-                                       "--lookback", "30m", "--baseline", "2h..1h", "--json")
-        windows = [(int(q["start"]), int(q["end"])) for p, q in jaeger.requests
-                   if p == "/api/traces"]
+        code, out, err = await run_cli(
+            "--jaeger",
+            jaeger.url,
+            "--service",
+            "bff",
+            "--lookback",
+            "30m",
+            "--baseline",
+            "2h..1h",
+            "--json",
+        )
+        windows = [
+            (int(q["start"]), int(q["end"])) for p, q in jaeger.requests if p == "/api/traces"
+        ]
     assert code == 0, err
     doc = json.loads(out)
     assert doc["latency_ms"]["count"] == 10 and doc["baseline"]["traces"] == 10
     assert doc["repeated_calls"][0]["calls"] == 12
-    assert any(c["before_calls"] == 3 and c["after_calls"] == 12
-               for c in doc["baseline"]["changes"])
+    assert any(
+        c["before_calls"] == 3 and c["after_calls"] == 12 for c in doc["baseline"]["changes"]
+    )
     (now_start, now_end), (base_start, base_end) = windows
     assert now_end - now_start == 30 * 60 * 1_000_000
     assert base_end - base_start == 3600 * 1_000_000
@@ -199,6 +241,7 @@ async def test_baseline_usage_errors(tmp_path: Path) -> None:
     path.write_text(json.dumps(jaeger_response(sequential_chain(3))))
     code, _, err = await run_cli("--file", str(path), "--service", "bff", "--baseline", "2h..1h")
     assert code == 2 and "without --jaeger" in err
-    code, _, err = await run_cli("--jaeger", "http://127.0.0.1:1", "--service", "bff",
-                                 "--baseline", "1h..2h")
+    code, _, err = await run_cli(
+        "--jaeger", "http://127.0.0.1:1", "--service", "bff", "--baseline", "1h..2h"
+    )
     assert code == 2 and "must start before it ends" in err

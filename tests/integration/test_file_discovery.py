@@ -120,7 +120,11 @@ async def test_readyz_says_why_the_endpoint_file_gives_no_endpoints(
         assert status == 503
         assert f"cannot read {path}: No such file or directory" in " ".join(body["reasons"])
         write(path, "user: [127.0.0.1:8001, 'http://10.0.0.1:8002/v1']\n")
-        await eventually(lambda: sc.discovery.file.last_error is not None and "/v1" in sc.discovery.file.last_error)
+        await eventually(
+            lambda: (
+                sc.discovery.file.last_error is not None and "/v1" in sc.discovery.file.last_error
+            )
+        )
         status, body = await readyz()
         assert status == 503
         assert "invalid address 'http://10.0.0.1:8002/v1'" in " ".join(body["reasons"])

@@ -37,8 +37,11 @@ def build(exporter: str, endpoint: str, metrics: Metrics, **kw: float) -> Tracin
         propagators=["tracecontext", "baggage", "b3multi"],
     )
     return build_tracing(
-        config, "bff", on_spans_dropped=metrics.spans_dropped_count,
-        schedule_delay=0.05, **kw,  # type: ignore[arg-type]
+        config,
+        "bff",
+        on_spans_dropped=metrics.spans_dropped_count,
+        schedule_delay=0.05,
+        **kw,  # type: ignore[arg-type]
     )
 
 
@@ -60,8 +63,10 @@ def request(headers: list[tuple[str, str]]) -> Request:
 
 def stack(tracing: Tracing, metrics: Metrics, terminal: Upstream) -> object:
     return compose(
-        [ServerTelemetryLayer("outbound", tracing=tracing, metrics=metrics),
-         ClientTelemetryLayer(tracing=tracing, metrics=metrics)],
+        [
+            ServerTelemetryLayer("outbound", tracing=tracing, metrics=metrics),
+            ClientTelemetryLayer(tracing=tracing, metrics=metrics),
+        ],
         terminal,
     )
 
@@ -106,8 +111,9 @@ async def test_b3_inbound_continues_the_trace(receiver: OtlpReceiver) -> None:
     upstream = Upstream()
     handler = stack(tracing, metrics, upstream)
     await handler(  # type: ignore[operator]
-        request([("x-b3-traceid", CALLER_TRACE), ("x-b3-spanid", CALLER_SPAN),
-                 ("x-b3-sampled", "1")])
+        request(
+            [("x-b3-traceid", CALLER_TRACE), ("x-b3-spanid", CALLER_SPAN), ("x-b3-sampled", "1")]
+        )
     )
     await asyncio.to_thread(tracing.force_flush)
     spans = await receiver.wait_for(lambda s: len(s) >= 2)
@@ -125,8 +131,10 @@ async def test_failed_attempt_span_is_exported_with_error_type(receiver: OtlpRec
         raise UpstreamConnectFailure("connect refused", upstream="user-service")
 
     handler = compose(
-        [ServerTelemetryLayer("outbound", tracing=tracing, metrics=metrics),
-         ClientTelemetryLayer(tracing=tracing, metrics=metrics)],
+        [
+            ServerTelemetryLayer("outbound", tracing=tracing, metrics=metrics),
+            ClientTelemetryLayer(tracing=tracing, metrics=metrics),
+        ],
         refused,
     )
     response = await handler(request([]))
@@ -144,8 +152,13 @@ async def test_collector_down_never_blocks_requests_and_counts_drops(transport: 
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens here
     metrics = Metrics("bff")
     tracing = build(
-        transport, dead, metrics, max_queue_size=20, max_export_batch_size=10,
-        export_timeout=1.0, shutdown_timeout=0.5,
+        transport,
+        dead,
+        metrics,
+        max_queue_size=20,
+        max_export_batch_size=10,
+        export_timeout=1.0,
+        shutdown_timeout=0.5,
     )
     handler = stack(tracing, metrics, Upstream())
     t0 = time.monotonic()

@@ -38,10 +38,12 @@ async def bff(
     good = await upstreams("good")
     config = {
         "service": {"name": "bff", "port": app.port},
-        "discovery": {"static": {
-            "good": [f"127.0.0.1:{good.port}"],
-            "failing": [f"127.0.0.1:{free_port()}"],  # nothing listens: refused
-        }},
+        "discovery": {
+            "static": {
+                "good": [f"127.0.0.1:{good.port}"],
+                "failing": [f"127.0.0.1:{free_port()}"],  # nothing listens: refused
+            }
+        },
         "metrics": {"route_templates": ["/users/{id}"]},
     }
 
@@ -64,8 +66,11 @@ def args(*argv: str) -> argparse.Namespace:
 
 async def run(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        *argv, cwd=ROOT, env={**os.environ, **(env or {})},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        *argv,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
     assert proc.returncode is not None
@@ -99,16 +104,34 @@ async def test_once_json_in_process_puts_the_failing_upstream_first(
 
 
 async def test_once_as_a_process_json_and_table(bff: Busy) -> None:
-    code, out, err = await run(sys.executable, "-m", "sidecar", "top", "--admin", bff.admin,
-                               "--once", "--json", "--interval", "0.5")
+    code, out, err = await run(
+        sys.executable,
+        "-m",
+        "sidecar",
+        "top",
+        "--admin",
+        bff.admin,
+        "--once",
+        "--json",
+        "--interval",
+        "0.5",
+    )
     assert code == 0, err
     check_snapshot(json.loads(out))
 
     if not HAS_SCRIPT:
         pytest.skip(f"no console script at {SCRIPT}")
     # the console script, with this tree first on the path (the venv's install may be older)
-    code, out, err = await run(str(SCRIPT), "top", "--admin", bff.admin, "--once",
-                               "--interval", "0.5", env={"PYTHONPATH": str(ROOT)})
+    code, out, err = await run(
+        str(SCRIPT),
+        "top",
+        "--admin",
+        bff.admin,
+        "--once",
+        "--interval",
+        "0.5",
+        env={"PYTHONPATH": str(ROOT)},
+    )
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("sidecar top · 1/1 sidecars · ")
@@ -120,8 +143,9 @@ async def test_once_as_a_process_json_and_table(bff: Busy) -> None:
 async def test_an_unreachable_admin_is_one_line_and_exit_1() -> None:
     dead = f"127.0.0.1:{free_port()}"
     for extra in ((), ("--json",)):
-        code, out, err = await run(sys.executable, "-m", "sidecar", "top", "--admin", dead,
-                                   "--once", *extra)
+        code, out, err = await run(
+            sys.executable, "-m", "sidecar", "top", "--admin", dead, "--once", *extra
+        )
         assert code == 1
         assert out == ""
         assert err.splitlines() == [f"error: cannot reach http://{dead}: Connection refused"]
@@ -129,8 +153,19 @@ async def test_an_unreachable_admin_is_one_line_and_exit_1() -> None:
 
 async def test_one_of_two_admins_down_still_reports_the_other(bff: Busy) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    code, out, err = await run(sys.executable, "-m", "sidecar", "top", "--admin", bff.admin,
-                               "--admin", dead, "--json", "--interval", "0.3")
+    code, out, err = await run(
+        sys.executable,
+        "-m",
+        "sidecar",
+        "top",
+        "--admin",
+        bff.admin,
+        "--admin",
+        dead,
+        "--json",
+        "--interval",
+        "0.3",
+    )
     assert code == 0, err
     doc = json.loads(out)
     assert doc["errors"] == [{"admin": dead, "error": f"cannot reach {dead}: Connection refused"}]
@@ -181,14 +216,27 @@ async def test_live_view_refreshes_and_ctrl_c_exits_cleanly(bff: Busy) -> None:
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sidecar", "top", "--admin", bff.admin, "--admin", dead,
-        "--interval", "0.3", cwd=ROOT, stdin=slave, stdout=slave, stderr=slave,
+        sys.executable,
+        "-m",
+        "sidecar",
+        "top",
+        "--admin",
+        bff.admin,
+        "--admin",
+        dead,
+        "--interval",
+        "0.3",
+        cwd=ROOT,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
         env={**os.environ, "TERM": "xterm-256color", "COLUMNS": "160", "LINES": "40"},
     )
     os.close(slave)
     try:
         screen = await asyncio.to_thread(
-            _read_until, master, ["failing", "good", "0.3s window", "cannot reach"], 30)
+            _read_until, master, ["failing", "good", "0.3s window", "cannot reach"], 30
+        )
         assert "1/2 sidecars" in screen
         proc.send_signal(signal.SIGINT)
         code = await asyncio.wait_for(proc.wait(), 10)

@@ -26,8 +26,9 @@ class Busy:
     outbound: str
 
 
-async def drive(calls: list[tuple[str, dict[str, str]]], stop: asyncio.Event,
-                pause: float = 0.01) -> None:
+async def drive(
+    calls: list[tuple[str, dict[str, str]]], stop: asyncio.Event, pause: float = 0.01
+) -> None:
     """Each call in turn, again and again, until `stop`; failures are part of the show."""
     timeout = aiohttp.ClientTimeout(total=5)
     async with aiohttp.ClientSession(timeout=timeout) as session:

@@ -38,7 +38,9 @@ def test_split_path() -> None:
 
 
 def trailers_only(code: int) -> Response:
-    return Response(200, Headers([("content-type", "application/grpc"), ("grpc-status", str(code))]))
+    return Response(
+        200, Headers([("content-type", "application/grpc"), ("grpc-status", str(code))])
+    )
 
 
 def test_classify_reply_judges_trailers_only_by_its_http_equivalent() -> None:

@@ -36,7 +36,9 @@ def needs_build() -> None:
         pytest.skip("no native build in this tree (`make native` builds it)")
 
 
-def probe(cwd: Path, env_extra: dict[str, str], modules: list[str]) -> subprocess.CompletedProcess[str]:
+def probe(
+    cwd: Path, env_extra: dict[str, str], modules: list[str]
+) -> subprocess.CompletedProcess[str]:
     code = (
         "import importlib, sidecar\n"
         f"for name in {modules!r}:\n"

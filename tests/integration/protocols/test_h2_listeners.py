@@ -37,7 +37,11 @@ async def test_curl_h2_and_http1_clients_reach_the_same_h2c_upstream(sidecar_fac
         )
         port = sc.bound_port("listeners.outbound")
         rc, out, err = await curl(
-            "--http2-prior-knowledge", "-H", "Host: h2svc", "-w", "\n%{http_version}",
+            "--http2-prior-knowledge",
+            "-H",
+            "Host: h2svc",
+            "-w",
+            "\n%{http_version}",
             f"http://127.0.0.1:{port}/items/1",
         )
         assert rc == 0, err
@@ -54,8 +58,11 @@ async def test_curl_h2_and_http1_clients_reach_the_same_h2c_upstream(sidecar_fac
                 assert r.status == 200 and r.version.minor == 1
                 got = await r.json()
         assert got == {
-            "method": "POST", "path": "/upload", "authority": "h2svc",
-            "body_len": 300_000, "protocol": "h2",
+            "method": "POST",
+            "path": "/upload",
+            "authority": "h2svc",
+            "body_len": 300_000,
+            "protocol": "h2",
         }
         # one multiplexed connection per endpoint
         assert up.connections == 1
@@ -76,7 +83,11 @@ async def test_h2_caller_reaches_http1_upstream_under_auto(upstreams, sidecar_fa
     port = sc.bound_port("listeners.outbound")
     for _ in range(2):  # first call learns the endpoint speaks HTTP/1.1 only
         rc, out, err = await curl(
-            "--http2-prior-knowledge", "-H", "Host: user-service", "-w", "\n%{http_code}",
+            "--http2-prior-knowledge",
+            "-H",
+            "Host: user-service",
+            "-w",
+            "\n%{http_code}",
             f"http://127.0.0.1:{port}/users/7",
         )
         assert rc == 0, err
@@ -85,7 +96,11 @@ async def test_h2_caller_reaches_http1_upstream_under_auto(upstreams, sidecar_fa
         assert json.loads(body)["path"] == "/users/7"
     # and the sidecar's own errors reach an HTTP/2 caller as HTTP errors
     rc, out, err = await curl(
-        "--http2-prior-knowledge", "-H", "Host: nowhere", "-w", "\n%{http_code}",
+        "--http2-prior-knowledge",
+        "-H",
+        "Host: nowhere",
+        "-w",
+        "\n%{http_code}",
         f"http://127.0.0.1:{port}/x",
     )
     assert out.endswith("\n404") and json.loads(out.rsplit("\n", 1)[0])["error"] == "no_route"
@@ -111,4 +126,3 @@ async def test_fixed_listen_port_speaks_h2(grpc_upstreams, sidecar_factory):
     )
     async with channel(split_host_port(listen)[1]) as ch:
         assert await method(ch, "unary_unary", "Say")(b"fixed", timeout=5) == b"hello fixed"
-

@@ -76,8 +76,9 @@ class World:
     servers: list[FaultServer] = field(default_factory=list)
 
 
-def endpoints(world_bad: dict[str, list[str]], slow: str, fast: list[str], mode: str,
-              kind: str, n: int) -> list[str]:
+def endpoints(
+    world_bad: dict[str, list[str]], slow: str, fast: list[str], mode: str, kind: str, n: int
+) -> list[str]:
     if mode == "all":
         return [*world_bad[kind][: n - 1], slow]
     return [world_bad[kind][0], slow, *fast[: n - 2]]
@@ -174,8 +175,9 @@ class Conn:
         self.reader = self.writer = None
 
 
-async def drive(port: int, host: str, total: int, concurrency: int = CONCURRENCY,
-                ramp: int = 0) -> list[tuple[int, str]]:
+async def drive(
+    port: int, host: str, total: int, concurrency: int = CONCURRENCY, ramp: int = 0
+) -> list[tuple[int, str]]:
     """`total` GETs, `concurrency` at a time (the first `ramp` of them 4 at a time, as a
     caller's traffic starts); results in the order the requests were sent."""
     results: list[tuple[int, str]] = [(0, "")] * total
@@ -202,15 +204,17 @@ def failed(results: list[tuple[int, str]]) -> list[tuple[int, tuple[int, str]]]:
     return [(i, r) for i, r in enumerate(results) if r[0] != 200]
 
 
-async def check_retries_hide_the_bad_endpoint(world: World, lb: str, kind: str, n: int,
-                                              total: int) -> None:
+async def check_retries_hide_the_bad_endpoint(
+    world: World, lb: str, kind: str, n: int, total: int
+) -> None:
     results = await drive(world.port, cell_name("on", lb, kind, n), total)
     bad = failed(results)
     assert not bad, f"{len(bad)} failed of {total}, first: {bad[:5]}"
 
 
-async def check_bad_endpoint_share_without_retries(world: World, lb: str, kind: str, n: int,
-                                                   total: int) -> None:
+async def check_bad_endpoint_share_without_retries(
+    world: World, lb: str, kind: str, n: int, total: int
+) -> None:
     # With no retries, every request sent to the bad endpoint fails, and only those do.
     # Round robin and random have no cost model: until ejection (3 failures without an
     # answer, 5 of any kind) the bad endpoint gets its share, plus whatever was sent while
@@ -231,29 +235,34 @@ async def check_all_but_one_bad(world: World, lb: str, kind: str, n: int, total:
 
 # ---------------------------------------------------------------- normal suite: fast subset
 
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("lb", BALANCERS)
 @pytest.mark.parametrize("n", [2, 3])
-async def test_retries_route_around_the_bad_endpoint(world: World, lb: str, kind: str,
-                                                     n: int) -> None:
+async def test_retries_route_around_the_bad_endpoint(
+    world: World, lb: str, kind: str, n: int
+) -> None:
     await check_retries_hide_the_bad_endpoint(world, lb, kind, n, 150)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("lb", BALANCERS)
-async def test_without_retries_the_bad_endpoint_gets_almost_nothing(world: World, lb: str,
-                                                                    kind: str) -> None:
+async def test_without_retries_the_bad_endpoint_gets_almost_nothing(
+    world: World, lb: str, kind: str
+) -> None:
     await check_bad_endpoint_share_without_retries(world, lb, kind, 10, 500)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("lb", BALANCERS)
-async def test_all_but_one_bad_serves_through_the_last_good_one(world: World, lb: str,
-                                                                kind: str) -> None:
+async def test_all_but_one_bad_serves_through_the_last_good_one(
+    world: World, lb: str, kind: str
+) -> None:
     await check_all_but_one_bad(world, lb, kind, 3, 100)
 
 
 # ---------------------------------------------------------------- the full matrix (slow)
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("n", SIZES)
@@ -281,6 +290,7 @@ async def test_full_matrix_all_but_one_bad(world: World, lb: str, kind: str, n: 
 
 # ---------------------------------------------------------------- the README's example
 
+
 async def test_readme_example_with_one_replica_down_serves_every_request(
     tmp_path: Path,
 ) -> None:
@@ -288,8 +298,14 @@ async def test_readme_example_with_one_replica_down_serves_every_request(
     addresses (free ports here): user-service's 8001 is up but slow (100 ms), 8011 is down.
     Every request, from the first one on, is served."""
     text = EXAMPLE.read_text()
-    for needle in ("127.0.0.1:8001", "127.0.0.1:8011", "127.0.0.1:8002", "0.0.0.0:15000",
-                   "127.0.0.1:15001", "127.0.0.1:15090"):
+    for needle in (
+        "127.0.0.1:8001",
+        "127.0.0.1:8011",
+        "127.0.0.1:8002",
+        "0.0.0.0:15000",
+        "127.0.0.1:15001",
+        "127.0.0.1:15090",
+    ):
         assert needle in text, f"{needle} is no longer in {EXAMPLE}: update this test"
     up = await FaultServer("ok", delay=SLOW, name="user-8001").start()
     doc = await FaultServer("ok", name="document").start()
@@ -330,6 +346,7 @@ async def test_readme_example_with_one_replica_down_serves_every_request(
 
 
 # ---------------------------------------------------------------- active health checks
+
 
 async def admin_get(port: int, path: str) -> str:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)

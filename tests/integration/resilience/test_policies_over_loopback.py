@@ -23,16 +23,22 @@ async def setup(upstreams: Any, sidecar_factory: Any, policy: dict[str, Any], n:
     return ups, f"http://127.0.0.1:{sc.bound_port('listeners.outbound')}", sc
 
 
-async def get(s: aiohttp.ClientSession, url: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
+async def get(
+    s: aiohttp.ClientSession, url: str, **headers: str
+) -> tuple[int, dict[str, str], bytes]:
     async with s.get(url, headers={"Host": UP, **headers}) as r:
         return r.status, r.headers.copy(), await r.read()  # type: ignore[return-value]
 
 
 async def test_failing_upstream_trips_breaker_then_gets_no_traffic(upstreams, sidecar_factory):
     (up,), out, sc = await setup(
-        upstreams, sidecar_factory,
-        {"retries": {"attempts": 0}, "circuit_breaker": {"consecutive_failures": 5, "reset_timeout": "30s"},
-         "outlier_detection": {"enabled": False}},
+        upstreams,
+        sidecar_factory,
+        {
+            "retries": {"attempts": 0},
+            "circuit_breaker": {"consecutive_failures": 5, "reset_timeout": "30s"},
+            "outlier_detection": {"enabled": False},
+        },
     )
     async with aiohttp.ClientSession() as s:
         for _ in range(5):
@@ -53,13 +59,17 @@ async def test_failing_upstream_trips_breaker_then_gets_no_traffic(upstreams, si
     async with aiohttp.ClientSession() as s, s.get(f"{admin}/metrics") as r:
         text = await r.text()
     assert f'sidecar_circuit_breaker_state{{service="bff",upstream="{UP}"}} 2.0' in text
-    assert 'sidecar_requests_rejected_total{reason="circuit_open",service="bff",upstream="user-service"}' in text or \
-        'reason="circuit_open"' in text
+    assert (
+        'sidecar_requests_rejected_total{reason="circuit_open",service="bff",upstream="user-service"}'
+        in text
+        or 'reason="circuit_open"' in text
+    )
 
 
 async def test_open_breaker_answers_in_under_5ms_median(upstreams, sidecar_factory):
     (up,), out, sc = await setup(
-        upstreams, sidecar_factory,
+        upstreams,
+        sidecar_factory,
         {"retries": {"attempts": 0}, "circuit_breaker": {"consecutive_failures": 1}},
     )
     async with aiohttp.ClientSession() as s:
@@ -76,7 +86,8 @@ async def test_open_breaker_answers_in_under_5ms_median(upstreams, sidecar_facto
 
 async def test_slow_upstream_gives_504_near_the_per_try_timeout(upstreams, sidecar_factory):
     (up,), out, _ = await setup(
-        upstreams, sidecar_factory,
+        upstreams,
+        sidecar_factory,
         {"retries": {"attempts": 0}, "timeouts": {"per_try": "300ms", "total": "5s"}},
     )
     up.release = asyncio.Event()  # /slow never answers
@@ -112,11 +123,21 @@ async def test_incoming_deadline_caps_the_wait_and_is_forwarded(upstreams, sidec
 
 async def test_retries_go_elsewhere_and_never_exceed_the_budget(upstreams, sidecar_factory):
     ups, out, _ = await setup(
-        upstreams, sidecar_factory,
-        {"load_balancer": "round_robin",
-         "retries": {"attempts": 2, "on": [503], "budget_ratio": 0.2, "min_retries_per_s": 0,
-                     "backoff_base": "1ms", "backoff_max": "2ms"},
-         "circuit_breaker": {"enabled": False}, "outlier_detection": {"enabled": False}},
+        upstreams,
+        sidecar_factory,
+        {
+            "load_balancer": "round_robin",
+            "retries": {
+                "attempts": 2,
+                "on": [503],
+                "budget_ratio": 0.2,
+                "min_retries_per_s": 0,
+                "backoff_base": "1ms",
+                "backoff_max": "2ms",
+            },
+            "circuit_breaker": {"enabled": False},
+            "outlier_detection": {"enabled": False},
+        },
         n=2,
     )
     n = 100
@@ -134,19 +155,30 @@ async def test_post_is_not_retried_on_5xx(upstreams, sidecar_factory):
     (up,), out, _ = await setup(
         upstreams, sidecar_factory, {"retries": {"attempts": 2, "on": [503]}}
     )
-    async with aiohttp.ClientSession() as s, s.post(f"{out}/status/503", headers={"Host": UP}, data=b"x") as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{out}/status/503", headers={"Host": UP}, data=b"x") as r,
+    ):
         assert r.status == 503
     assert len(up.seen) == 1
 
 
 async def test_fallback_static_and_last_good_are_served_and_marked(upstreams, sidecar_factory):
     (up,), out, sc = await setup(
-        upstreams, sidecar_factory,
-        {"retries": {"attempts": 0},
-         "circuit_breaker": {"consecutive_failures": 1, "reset_timeout": "30s"},
-         "fallback": {"static": {"status": 200, "headers": {"content-type": "application/json"},
-                                 "body": '{"items": []}'},
-                      "last_good": {"enabled": True}}},
+        upstreams,
+        sidecar_factory,
+        {
+            "retries": {"attempts": 0},
+            "circuit_breaker": {"consecutive_failures": 1, "reset_timeout": "30s"},
+            "fallback": {
+                "static": {
+                    "status": 200,
+                    "headers": {"content-type": "application/json"},
+                    "body": '{"items": []}',
+                },
+                "last_good": {"enabled": True},
+            },
+        },
     )
     async with aiohttp.ClientSession() as s:
         status, _, good = await get(s, f"{out}/users/1")

@@ -35,7 +35,11 @@ def test_protocol_and_grpc_retry_codes_accepted() -> None:
         env={},
     )
     assert c.policy("greeter").protocol == "h2c"
-    assert c.policy("greeter").retries.on == ["connect_failure", "unavailable", "resource_exhausted"]
+    assert c.policy("greeter").retries.on == [
+        "connect_failure",
+        "unavailable",
+        "resource_exhausted",
+    ]
     assert c.limits.h2_max_concurrent_streams == 250
 
 

@@ -279,7 +279,10 @@ async def test_http_retrieval_is_still_available(world):
     down = Downstream()
     client = await world(down, direct_env(BFF_RETRIEVAL_PROTOCOL="http"))
     assert (await (await client.get("/context/7")).json())["passages"]
-    assert down.seen[-1][:2] == ("retrieval-service", "/retrieve", )
+    assert down.seen[-1][:2] == (
+        "retrieval-service",
+        "/retrieve",
+    )
     assert down.messages == []
 
 

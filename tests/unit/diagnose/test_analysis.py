@@ -114,10 +114,26 @@ def test_retries_are_counted_and_a_storm_reported() -> None:
 def test_attempt_without_a_callee_is_named_like_its_siblings() -> None:
     b = TraceBuilder()
     root = b.span("bff", ROOT_OP, 0, 50)
-    b.call(root, "bff", "document-service", "GET", 1, 5, status=None,
-           error_type="upstream_connect_failure", callee_ms=0)
-    client = b.span("bff", "GET", 7, 40, root, "client",
-                    {"sidecar.upstream": "document-service", "sidecar.attempt": 2})
+    b.call(
+        root,
+        "bff",
+        "document-service",
+        "GET",
+        1,
+        5,
+        status=None,
+        error_type="upstream_connect_failure",
+        callee_ms=0,
+    )
+    client = b.span(
+        "bff",
+        "GET",
+        7,
+        40,
+        root,
+        "client",
+        {"sidecar.upstream": "document-service", "sidecar.attempt": 2},
+    )
     b.span("document-service", "GET /documents/{id}", 8, 38, client)
     d = run([b])
     assert [h.name for h in d.hops] == ["document-service GET /documents/{id}"]
@@ -131,8 +147,9 @@ def test_timeout_cascade_is_not_mistaken_for_clock_skew() -> None:
         root = b.span("bff", ROOT_OP, 0, 1005, tags={"http.response.status_code": 504})
         b.call(root, "bff", *USER, 1, 3)
         # the per-try timeout fires after 1 s, document-service keeps working for 3 s
-        b.call(root, "bff", *DOCS, 4, 1000, status=504, error_type="upstream_timeout",
-               callee_ms=3000)
+        b.call(
+            root, "bff", *DOCS, 4, 1000, status=504, error_type="upstream_timeout", callee_ms=3000
+        )
         builders.append(b)
     d = run(builders)
     docs = hop(d, "document-service")
@@ -140,7 +157,8 @@ def test_timeout_cascade_is_not_mistaken_for_clock_skew() -> None:
     assert d.coverage.skew_adjusted_spans == 0
     overrun = [f for f in d.findings if f.kind == "timeout_exceeds_deadline"]
     assert len(overrun) == 1 and "kept working after its caller gave up in 10 calls" in (
-        overrun[0].message)
+        overrun[0].message
+    )
     assert d.slowest is not None and d.slowest.hop == docs.name
     assert docs.critical_share == pytest.approx(1000 / 1005, abs=0.01)
 
@@ -150,8 +168,11 @@ def test_deadline_tag_shorter_than_configured_timeout() -> None:
     root = b.span("bff", ROOT_OP, 0, 100)
     b.call(root, "bff", *DOCS, 1, 90)
     b.spans[-2]["tags"] += [
-        {"key": "http.request.header.x-sidecar-expected-timeout-ms", "type": "string",
-         "value": "500"},
+        {
+            "key": "http.request.header.x-sidecar-expected-timeout-ms",
+            "type": "string",
+            "value": "500",
+        },
         {"key": "sidecar.per_try_timeout_ms", "type": "int64", "value": 3000},
     ]
     d = run([b])
@@ -179,8 +200,11 @@ def test_skewed_clocks_give_the_same_answer_as_synchronised_ones() -> None:
 def test_missing_parent_is_reported_and_the_rest_still_analysed() -> None:
     builders = sequential_chain(10)
     for b in builders[:3]:  # bff's client span for documents was dropped
-        client = next(s for s in b.spans if s["operationName"] == DOCS[1]
-                      and any(t["value"] == "client" for t in s["tags"]))
+        client = next(
+            s
+            for s in b.spans
+            if s["operationName"] == DOCS[1] and any(t["value"] == "client" for t in s["tags"])
+        )
         b.spans.remove(client)
     d = run(builders)
     assert (d.coverage.traces_with_missing_links, d.coverage.orphan_spans) == (3, 3)
@@ -190,8 +214,9 @@ def test_missing_parent_is_reported_and_the_rest_still_analysed() -> None:
 
 def test_parent_above_the_operation_is_not_a_missing_link() -> None:
     b = bff([(USER, 1, 10)], total_ms=20)
-    b.spans[0]["references"] = [{"refType": "CHILD_OF", "traceID": b.trace_id,
-                                 "spanID": "00000000deadbeef"}]  # the load generator's span
+    b.spans[0]["references"] = [
+        {"refType": "CHILD_OF", "traceID": b.trace_id, "spanID": "00000000deadbeef"}
+    ]  # the load generator's span
     d = run([b])
     assert d.coverage.traces_with_missing_links == 0
 
@@ -218,8 +243,10 @@ def test_plain_jaeger_traces_of_directly_instrumented_apps() -> None:
         b.span("document-service", "GET /documents/{id}", 32, 45, root)  # no client span
         builders.append(b)
     d = run(builders)
-    assert sorted(h.name for h in d.hops) == ["document-service GET /documents/{id}",
-                                              "user-service GET /users/{id}"]
+    assert sorted(h.name for h in d.hops) == [
+        "document-service GET /documents/{id}",
+        "user-service GET /users/{id}",
+    ]
     assert len(d.sequential) == 1
 
 
@@ -326,8 +353,7 @@ def test_sidecars_forwarding_to_their_local_app_are_not_hops() -> None:
         for i in range(n)
     ]
     d = run(builders)
-    assert {h.service for h in d.hops} == {"user-service", "document-service",
-                                            "retrieval-service"}
+    assert {h.service for h in d.hops} == {"user-service", "document-service", "retrieval-service"}
     assert all(h.count == n and h.traces == n for h in d.hops), d.hops
     assert d.slowest is not None
     assert d.slowest.message.startswith("document-service GET /documents/{id}: ")

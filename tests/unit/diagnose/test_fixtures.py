@@ -26,20 +26,30 @@ def test_dispatch_n_plus_one_deep_in_the_tree_is_the_biggest_fix(name: str) -> N
     d = run(name)
     assert d.operation == "HTTP GET /dispatch" and d.latency.count == 10
     assert {h.name for h in d.hops} == {
-        "customer HTTP GET /customer", "mysql SQL SELECT", DRIVER, "redis FindDriverIDs",
-        "redis GetDriver", "route HTTP GET /route"}
+        "customer HTTP GET /customer",
+        "mysql SQL SELECT",
+        DRIVER,
+        "redis FindDriverIDs",
+        "redis GetDriver",
+        "route HTTP GET /route",
+    }
     chain = d.critical_chain
     assert chain is not None and chain.text == "frontend → driver → redis GetDriver \u00d712"
     assert chain.share == pytest.approx(0.71, abs=0.02)
     # the largest saving of all the patterns: 11 of the 12 sequential 12 ms GetDriver calls
     top = d.patterns[0]
     assert (top.kind, top.hop, top.calls, top.path) == (
-        "repeated_calls", "redis GetDriver", 12, (FRONTEND, DRIVER))
+        "repeated_calls",
+        "redis GetDriver",
+        12,
+        (FRONTEND, DRIVER),
+    )
     assert top.saving_ms == pytest.approx(132, abs=2)
     pattern_findings = [f for f in d.findings if f.kind in ("repeated_calls", "sequential_calls")]
     assert pattern_findings[0] == top.finding
     assert pattern_findings[0].message.startswith(
-        "in frontend → driver: redis GetDriver is called 12 times one after the other (N+1")
+        "in frontend → driver: redis GetDriver is called 12 times one after the other (N+1"
+    )
     # customer, driver and route one after the other (route needs driver's answer: "may")
     [seq] = d.sequential
     assert seq.depth == 0 and "may save ~52 ms" in seq.finding.message

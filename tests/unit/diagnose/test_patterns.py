@@ -48,15 +48,18 @@ def two_levels(base_ms: float = 0.0) -> TraceBuilder:
 
 def test_sequential_calls_two_levels_down_rank_above_the_roots() -> None:
     d = run([two_levels(i * 1000) for i in range(20)])
-    nested, top = [p for p in d.sequential if p.depth == 1], [p for p in d.sequential
-                                                               if p.depth == 0]
+    nested, top = (
+        [p for p in d.sequential if p.depth == 1],
+        [p for p in d.sequential if p.depth == 0],
+    )
     [seq] = nested
     assert seq.path == (ROOT, DOCS_HOP)
     assert seq.stages == (("storage GET /blobs/{id}",), ("index POST /search",))
     assert seq.saving_ms == pytest.approx(20.0, abs=0.1)  # 20 + 30 - 30, all on the path
     assert seq.finding.message == (
         "in bff → document-service: storage and index are called one after the other; "
-        "concurrent may save ~20 ms at p50 if none needs another's answer")
+        "concurrent may save ~20 ms at p50 if none needs another's answer"
+    )
     [root_level] = top
     assert root_level.saving_ms == pytest.approx(5.0, abs=0.1)  # 5 + 60 - 60
     messages = [f.message for f in d.findings]
@@ -81,7 +84,8 @@ def test_sequential_calls_three_levels_down() -> None:
     assert seq.depth == 2
     assert seq.saving_ms == pytest.approx(40.0, abs=0.1)
     assert seq.finding.message.startswith(
-        "in bff → document-service → storage: disk and replica are called one after the other")
+        "in bff → document-service → storage: disk and replica are called one after the other"
+    )
     assert d.critical_chain is not None
     assert d.critical_chain.text == "bff → document-service → storage → replica READ"
 
@@ -115,7 +119,8 @@ def test_repeated_calls_under_a_child_service(n: int) -> None:
     assert rep.saving_ms == pytest.approx((n - 1) * 2.0, abs=0.1)  # all but the longest
     assert rep.total_ms == pytest.approx(n * 2.0, abs=0.1)
     assert rep.finding.message.startswith(
-        f"in bff → document-service: cache GET /k is called {n} times one after the other")
+        f"in bff → document-service: cache GET /k is called {n} times one after the other"
+    )
     assert "may save" in rep.finding.message
     assert d.findings[0].kind == "slowest_hop"
     assert d.findings[0].hop == "cache GET /k"
@@ -142,8 +147,15 @@ def test_retries_are_not_repeated_calls() -> None:
         b = TraceBuilder(i * 1000)
         root = b.span("bff", ROOT_OP, 0, 100)
         for attempt in (1, 2, 3, 4):
-            b.call(root, "bff", *DOCS, 1 + (attempt - 1) * 20, 19, attempt=attempt,
-                   status=503 if attempt < 4 else 200)
+            b.call(
+                root,
+                "bff",
+                *DOCS,
+                1 + (attempt - 1) * 20,
+                19,
+                attempt=attempt,
+                status=503 if attempt < 4 else 200,
+            )
         builders.append(b)
     assert run(builders).patterns == ()
 
@@ -182,8 +194,10 @@ def test_gap_between_client_and_server_spans() -> None:
     assert (docs.gap_before_p50_ms, docs.gap_after_p50_ms) == (3.0, 1.0)
     assert (docs.gap_p50_ms, docs.gap_calls) == (4.0, 10)
     [gap] = [f for f in d.findings if f.kind == "hop_gap"]
-    assert gap.message.startswith(f"{DOCS_HOP}: 40% of the hop is spent outside the callee's "
-                                  "server span, mostly before its server span starts")
+    assert gap.message.startswith(
+        f"{DOCS_HOP}: 40% of the hop is spent outside the callee's "
+        "server span, mostly before its server span starts"
+    )
 
 
 def test_small_gaps_are_not_findings() -> None:
@@ -225,8 +239,9 @@ def test_baseline_names_the_nested_pattern_that_grew() -> None:
     assert first.kind in ("pattern", "hop") and "cache GET /k" in first.subject
     assert first.delta_ms == pytest.approx(18.0, abs=0.5)  # (12 - 3) calls of 2 ms
     pattern = next(c for c in cmp.changes if c.kind == "pattern")
-    assert pattern.message.startswith("grew: in bff → document-service, cache GET /k called "
-                                      "one after the other: 3 → 12 times")
+    assert pattern.message.startswith(
+        "grew: in bff → document-service, cache GET /k called one after the other: 3 → 12 times"
+    )
     assert (pattern.before_calls, pattern.after_calls) == (3, 12)
     assert all(c.kind != "pattern" for c in compare.compare(now, now).changes)
 

@@ -23,8 +23,14 @@ DEMO_RETR = ("retrieval-service", "POST /retrieve")
 def demo_traces(n: int = 40) -> list[TraceBuilder]:
     """The demo's "before" phase: the bff behind its sidecar calling the three services one
     after the other, document-service slowed down."""
-    return [meshed([(DEMO_USER, 1, 24), (DEMO_DOCS, 26, 240 + i), (DEMO_RETR, 268 + i, 78)],
-                   total_ms=350 + i, base_ms=i * 1000) for i in range(n)]
+    return [
+        meshed(
+            [(DEMO_USER, 1, 24), (DEMO_DOCS, 26, 240 + i), (DEMO_RETR, 268 + i, 78)],
+            total_ms=350 + i,
+            base_ms=i * 1000,
+        )
+        for i in range(n)
+    ]
 
 
 def piped_console(monkeypatch: pytest.MonkeyPatch, columns: int) -> tuple[Console, io.StringIO]:
@@ -55,8 +61,12 @@ def test_demo_diagnosis_at_80_columns_shows_every_hop_name(
 def test_numeric_columns_go_before_the_name_and_long_names_wrap() -> None:
     long_service = "recommendation-candidate-generation-service"
     long_op = "POST /v2/candidates/{tenant}/generate"
-    builders = [meshed([((long_service, long_op), 1, 30), (DEMO_DOCS, 32, 50)],
-                       total_ms=90, base_ms=i * 1000) for i in range(10)]
+    builders = [
+        meshed(
+            [((long_service, long_op), 1, 30), (DEMO_DOCS, 32, 50)], total_ms=90, base_ms=i * 1000
+        )
+        for i in range(10)
+    ]
     d = diagnose([b.trace() for b in builders], "bff", ROOT_OP)
     wide = io.StringIO()
     report.render_text(d, Console(file=wide, width=200))
@@ -71,4 +81,5 @@ def test_numeric_columns_go_before_the_name_and_long_names_wrap() -> None:
     assert "narrow output: calls, p99, self p50" in " ".join(text.split())
     # wrapped at a word boundary, never cut: the whole name is there, in order
     assert f"{long_service} {long_op}" in " ".join(
-        line.split("│")[0].strip() for line in text.splitlines() if "│" in line)
+        line.split("│")[0].strip() for line in text.splitlines() if "│" in line
+    )

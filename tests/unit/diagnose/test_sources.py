@@ -134,29 +134,48 @@ def test_file_source(tmp_path: Path) -> None:
 
 
 def otlp_request(spans: list[dict[str, Any]], service: str = "bff") -> dict[str, Any]:
-    return {"resourceSpans": [{
-        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]},
-        "scopeSpans": [{"scope": {"name": "test"}, "spans": spans}],
-    }]}
+    return {
+        "resourceSpans": [
+            {
+                "resource": {
+                    "attributes": [{"key": "service.name", "value": {"stringValue": service}}]
+                },
+                "scopeSpans": [{"scope": {"name": "test"}, "spans": spans}],
+            }
+        ]
+    }
 
 
 def test_otlp_json_as_the_spec_encodes_it() -> None:
     """Hex ids, int64 as decimal strings, enum integers, status codes."""
     trace_id = "5b8efff798038103d269b633813fc60c"
     spans: list[dict[str, Any]] = [
-        {"traceId": trace_id, "spanId": "eee19b7ec3c1b174", "parentSpanId": "",
-         "name": "GET /context/{user_id}", "kind": 2,
-         "startTimeUnixNano": "1544712660000000000", "endTimeUnixNano": "1544712661000000000",
-         "attributes": [
-             {"key": "http.response.status_code", "value": {"intValue": "503"}},
-             {"key": "http.request.resend_count", "value": {"intValue": "2"}},
-             {"key": "sampled", "value": {"boolValue": True}},
-             {"key": "ratio", "value": {"doubleValue": 0.5}},
-             {"key": "tags", "value": {"arrayValue": {"values": [{"stringValue": "a"}]}}}],
-         "status": {"code": 2, "message": "boom"}},
-        {"traceId": trace_id, "spanId": "00f067aa0ba902b7", "parentSpanId": "eee19b7ec3c1b174",
-         "name": "GET", "kind": "SPAN_KIND_CLIENT",
-         "startTimeUnixNano": 1544712660100000000, "endTimeUnixNano": 1544712660300000000},
+        {
+            "traceId": trace_id,
+            "spanId": "eee19b7ec3c1b174",
+            "parentSpanId": "",
+            "name": "GET /context/{user_id}",
+            "kind": 2,
+            "startTimeUnixNano": "1544712660000000000",
+            "endTimeUnixNano": "1544712661000000000",
+            "attributes": [
+                {"key": "http.response.status_code", "value": {"intValue": "503"}},
+                {"key": "http.request.resend_count", "value": {"intValue": "2"}},
+                {"key": "sampled", "value": {"boolValue": True}},
+                {"key": "ratio", "value": {"doubleValue": 0.5}},
+                {"key": "tags", "value": {"arrayValue": {"values": [{"stringValue": "a"}]}}},
+            ],
+            "status": {"code": 2, "message": "boom"},
+        },
+        {
+            "traceId": trace_id,
+            "spanId": "00f067aa0ba902b7",
+            "parentSpanId": "eee19b7ec3c1b174",
+            "name": "GET",
+            "kind": "SPAN_KIND_CLIENT",
+            "startTimeUnixNano": 1544712660100000000,
+            "endTimeUnixNano": 1544712660300000000,
+        },
         {"traceId": trace_id, "spanId": "not-an-id", "name": "broken"},
     ]
     [trace] = parse_traces(otlp_request(spans))
@@ -169,17 +188,26 @@ def test_otlp_json_as_the_spec_encodes_it() -> None:
     assert is_error(root)
     # leading zeros are dropped from span ids, as for Jaeger ids
     assert (client.span_id, client.parent_id, client.kind) == (
-        "f067aa0ba902b7", "eee19b7ec3c1b174", "client")
+        "f067aa0ba902b7",
+        "eee19b7ec3c1b174",
+        "client",
+    )
     assert client.duration_us == 200_000
 
 
 def test_otlp_base64_ids_and_snake_case_from_generic_protobuf_json() -> None:
     trace_id, span_id = bytes(range(1, 17)), bytes(range(1, 9))
-    span = {"trace_id": base64.b64encode(trace_id).decode(),
-            "span_id": base64.b64encode(span_id).decode(),
-            "name": "x", "kind": 1, "start_time_unix_nano": "1000", "end_time_unix_nano": "3000"}
-    payload = {"resource_spans": [{"resource": {"attributes": []},
-                                   "scope_spans": [{"spans": [span]}]}]}
+    span = {
+        "trace_id": base64.b64encode(trace_id).decode(),
+        "span_id": base64.b64encode(span_id).decode(),
+        "name": "x",
+        "kind": 1,
+        "start_time_unix_nano": "1000",
+        "end_time_unix_nano": "3000",
+    }
+    payload = {
+        "resource_spans": [{"resource": {"attributes": []}, "scope_spans": [{"spans": [span]}]}]
+    }
     [trace] = parse_traces(payload)
     assert trace.trace_id == trace_id.hex()
     assert trace.spans[0].span_id == span_id.hex().lstrip("0")
@@ -190,14 +218,30 @@ def test_otlp_json_lines_file_joins_one_trace_from_several_requests(tmp_path: Pa
     """A collector's file exporter writes one export request per line; a trace's spans are
     spread over the services' (and batches') lines."""
     tid = "0af7651916cd43dd8448eb211c80319c"
-    root = {"traceId": tid, "spanId": "b7ad6b7169203331", "name": "GET /context", "kind": 2,
-            "startTimeUnixNano": "1000000000", "endTimeUnixNano": "1050000000"}
-    child = {"traceId": tid, "spanId": "a7ad6b7169203331", "parentSpanId": "b7ad6b7169203331",
-             "name": "GET /users/{id}", "kind": 2,
-             "startTimeUnixNano": "1010000000", "endTimeUnixNano": "1030000000"}
+    root = {
+        "traceId": tid,
+        "spanId": "b7ad6b7169203331",
+        "name": "GET /context",
+        "kind": 2,
+        "startTimeUnixNano": "1000000000",
+        "endTimeUnixNano": "1050000000",
+    }
+    child = {
+        "traceId": tid,
+        "spanId": "a7ad6b7169203331",
+        "parentSpanId": "b7ad6b7169203331",
+        "name": "GET /users/{id}",
+        "kind": 2,
+        "startTimeUnixNano": "1010000000",
+        "endTimeUnixNano": "1030000000",
+    }
     path = tmp_path / "traces.jsonl"
-    path.write_text(json.dumps(otlp_request([root])) + "\n"
-                    + json.dumps(otlp_request([child], "user-service")) + "\n")
+    path.write_text(
+        json.dumps(otlp_request([root]))
+        + "\n"
+        + json.dumps(otlp_request([child], "user-service"))
+        + "\n"
+    )
     [trace] = sources.read_file(path)
     assert sorted(s.service for s in trace.spans) == ["bff", "user-service"]
     d = diagnose([trace], "bff", None)

@@ -65,8 +65,9 @@ def make_request(
     )
 
 
-def response(status: int = 200, body: bytes = b"ok", headers: list[tuple[str, str]] | None = None
-             ) -> Response:
+def response(
+    status: int = 200, body: bytes = b"ok", headers: list[tuple[str, str]] | None = None
+) -> Response:
     hs = Headers(headers or [("content-length", str(len(body)))])
     return Response(status=status, headers=hs, body=BytesBody(body))
 

@@ -27,8 +27,12 @@ F, S = Outcome.STATUS_5XX, Outcome.SUCCESS
 
 def cfg(**kw: object) -> CircuitBreakerConfig:
     base: dict[str, object] = {
-        "failure_ratio": 0.5, "minimum_requests": 10, "window": 10.0,
-        "consecutive_failures": 0, "reset_timeout": 30.0, "half_open_requests": 1,
+        "failure_ratio": 0.5,
+        "minimum_requests": 10,
+        "window": 10.0,
+        "consecutive_failures": 0,
+        "reset_timeout": 30.0,
+        "half_open_requests": 1,
     }
     base.update(kw)
     return CircuitBreakerConfig(**base)  # type: ignore[arg-type]

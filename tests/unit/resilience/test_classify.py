@@ -22,8 +22,14 @@ from sidecar.resilience.classify import (
 
 @pytest.mark.parametrize(
     ("status", "outcome"),
-    [(200, Outcome.SUCCESS), (404, Outcome.SUCCESS), (499, Outcome.SUCCESS),
-     (500, Outcome.STATUS_5XX), (503, Outcome.STATUS_5XX), (599, Outcome.STATUS_5XX)],
+    [
+        (200, Outcome.SUCCESS),
+        (404, Outcome.SUCCESS),
+        (499, Outcome.SUCCESS),
+        (500, Outcome.STATUS_5XX),
+        (503, Outcome.STATUS_5XX),
+        (599, Outcome.STATUS_5XX),
+    ],
 )
 def test_statuses(status: int, outcome: Outcome) -> None:
     assert classify_response(status) is outcome

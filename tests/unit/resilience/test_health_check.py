@@ -87,8 +87,9 @@ async def test_checker_takes_a_failing_endpoint_out_and_back(
     try:
         c = cluster_of([a.address, b.address])
         results = Results()
-        cfg = HealthCheckConfig(interval=1.0, timeout=0.5, unhealthy_threshold=2,
-                                healthy_threshold=2)
+        cfg = HealthCheckConfig(
+            interval=1.0, timeout=0.5, unhealthy_threshold=2, healthy_threshold=2
+        )
         checker = HealthChecker(c, cfg, FakeClock(), asyncio.Semaphore(4), results)
         await checker.check_once()
         assert [s.active for s in c.states] == [ActiveState.HEALTHY] * 2
@@ -141,16 +142,16 @@ async def test_probes_are_bounded_in_concurrency() -> None:
         return "success", ""
 
     c = cluster_of([f"10.0.0.1:{9000 + i}" for i in range(20)])
-    checker = HealthChecker(c, HealthCheckConfig(), FakeClock(), asyncio.Semaphore(3),
-                            probe=probe)
+    checker = HealthChecker(c, HealthCheckConfig(), FakeClock(), asyncio.Semaphore(3), probe=probe)
     await asyncio.wait_for(checker.check_once(), 5)
     assert peak == 3
 
 
 def test_jittered_interval_is_never_longer_than_configured() -> None:
     c = cluster_of(["10.0.0.1:1"])
-    checker = HealthChecker(c, HealthCheckConfig(interval=5.0), FakeClock(), asyncio.Semaphore(1),
-                            rng=random.Random(1))
+    checker = HealthChecker(
+        c, HealthCheckConfig(interval=5.0), FakeClock(), asyncio.Semaphore(1), rng=random.Random(1)
+    )
     delays = [checker.next_delay() for _ in range(1000)]
     assert max(delays) <= 5.0 and min(delays) >= 5.0 * 0.85
     assert max(delays) - min(delays) > 0.5  # and it does vary

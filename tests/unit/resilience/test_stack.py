@@ -25,8 +25,13 @@ async def _no_sleep(delay: float) -> None:
     pass
 
 
-def build(policy: UpstreamConfig, cluster: Cluster, clock: FakeClock, obs: RecordingObserver,
-          terminal: Handler) -> Handler:
+def build(
+    policy: UpstreamConfig,
+    cluster: Cluster,
+    clock: FakeClock,
+    obs: RecordingObserver,
+    terminal: Handler,
+) -> Handler:
     name = cluster.name
     limits = LimitsConfig()
     return compose(
@@ -35,10 +40,23 @@ def build(policy: UpstreamConfig, cluster: Cluster, clock: FakeClock, obs: Recor
             FallbackLayer(name, policy.fallback, clock, obs),
             DeadlineLayer(policy.timeouts.total, clock, obs),
             CircuitBreakerLayer(name, breaker_for(name, policy.circuit_breaker, clock, obs), obs),
-            RetryLayer(name, policy.retries, policy.timeouts.per_try, limits.retry_buffer_bytes,
-                       clock, obs, sleep=_no_sleep, rng=random.Random(1)),
-            BalanceLayer(cluster, make_balancer(policy.load_balancer, clock, random.Random(2)),
-                         clock, OutlierDetector(policy.outlier_detection, cluster, obs), obs),
+            RetryLayer(
+                name,
+                policy.retries,
+                policy.timeouts.per_try,
+                limits.retry_buffer_bytes,
+                clock,
+                obs,
+                sleep=_no_sleep,
+                rng=random.Random(1),
+            ),
+            BalanceLayer(
+                cluster,
+                make_balancer(policy.load_balancer, clock, random.Random(2)),
+                clock,
+                OutlierDetector(policy.outlier_detection, cluster, obs),
+                obs,
+            ),
         ],
         terminal=terminal,
     )

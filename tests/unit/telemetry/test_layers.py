@@ -41,7 +41,8 @@ class Upstream:
                 self.metrics.registry.get_sample_value(
                     "sidecar_inflight_requests",
                     {"service": "bff", "direction": "outbound", "upstream": "user-service"},
-                ) or 0.0
+                )
+                or 0.0
             )
         self.clock.advance(self.latency)
         return Response(self.status, Headers(), BytesBody(b"hi"))
@@ -63,18 +64,29 @@ class Retry:
 
 
 class Env:
-    def __init__(self, sampler: str = "always_on", direction: str = "outbound",
-                 access_log: AccessLog | None = None) -> None:
+    def __init__(
+        self,
+        sampler: str = "always_on",
+        direction: str = "outbound",
+        access_log: AccessLog | None = None,
+    ) -> None:
         self.clock = FakeClock()
         self.metrics = Metrics("bff", ["/users/{id}"])
         self.tracing: Tracing = build_tracing(
-            TracingConfig(exporter="none", sampler=sampler,  # type: ignore[arg-type]
-                          propagators=["tracecontext", "b3"]),
+            TracingConfig(
+                exporter="none",
+                sampler=sampler,  # type: ignore[arg-type]
+                propagators=["tracecontext", "b3"],
+            ),
             "bff",
         )
         self.server = ServerTelemetryLayer(
-            direction, tracing=self.tracing, metrics=self.metrics, access_log=access_log,
-            server_address="bff.local", clock=self.clock,
+            direction,
+            tracing=self.tracing,
+            metrics=self.metrics,
+            access_log=access_log,
+            server_address="bff.local",
+            clock=self.clock,
         )
         self.client = ClientTelemetryLayer(
             tracing=self.tracing, metrics=self.metrics, clock=self.clock
@@ -87,10 +99,17 @@ class Env:
         return self.metrics.registry.get_sample_value(name, {"service": "bff", **labels})
 
 
-def req(headers: list[tuple[str, str]] | None = None, method: str = "GET",
-        path: str = "/users/7") -> Request:
-    r = Request(method, path, Headers(headers or []), BytesBody(), upstream="user-service",
-                authority="user-service")
+def req(
+    headers: list[tuple[str, str]] | None = None, method: str = "GET", path: str = "/users/7"
+) -> Request:
+    r = Request(
+        method,
+        path,
+        Headers(headers or []),
+        BytesBody(),
+        upstream="user-service",
+        authority="user-service",
+    )
     r.endpoint = Endpoint("10.0.0.5", 8080)
     return r
 
@@ -162,28 +181,45 @@ async def test_sidecar_error_becomes_design_reply_with_trace_and_request_id() ->
     assert body["request_id"] == "rid-1"
     assert server.attributes["error.type"] == "circuit_open"
     assert server.status.status_code.name == "ERROR"
-    assert env.sample(
-        "http_server_request_duration_seconds_count", http_request_method="GET",
-        http_route="/users/{id}", http_response_status_code="503", error_type="circuit_open",
-    ) == 1
-    assert env.sample(
-        "http_client_request_duration_seconds_count", upstream="user-service",
-        http_request_method="GET", http_response_status_code="", error_type="circuit_open",
-    ) == 1
+    assert (
+        env.sample(
+            "http_server_request_duration_seconds_count",
+            http_request_method="GET",
+            http_route="/users/{id}",
+            http_response_status_code="503",
+            error_type="circuit_open",
+        )
+        == 1
+    )
+    assert (
+        env.sample(
+            "http_client_request_duration_seconds_count",
+            upstream="user-service",
+            http_request_method="GET",
+            http_response_status_code="",
+            error_type="circuit_open",
+        )
+        == 1
+    )
 
 
 async def test_fallback_reply_counts_as_sidecar_error_type() -> None:
     env = Env(direction="inbound")
 
     async def fallback(request: Request) -> Response:
-        return Response(200, Headers([("x-sidecar-fallback", "static")]),
-                        error_code="circuit_open")
+        return Response(200, Headers([("x-sidecar-fallback", "static")]), error_code="circuit_open")
 
     await compose([env.server], fallback)(req())
-    assert env.sample(
-        "http_server_request_duration_seconds_count", http_request_method="GET",
-        http_route="/users/{id}", http_response_status_code="200", error_type="circuit_open",
-    ) == 1
+    assert (
+        env.sample(
+            "http_server_request_duration_seconds_count",
+            http_request_method="GET",
+            http_route="/users/{id}",
+            http_response_status_code="200",
+            error_type="circuit_open",
+        )
+        == 1
+    )
 
 
 async def test_upstream_5xx_is_an_error_on_spans_but_not_a_sidecar_error_on_server_metric() -> None:
@@ -192,14 +228,26 @@ async def test_upstream_5xx_is_an_error_on_spans_but_not_a_sidecar_error_on_serv
     (server,) = env.spans("server")
     (client,) = env.spans("client")
     assert server.attributes["error.type"] == "500" and client.attributes["error.type"] == "500"
-    assert env.sample(
-        "http_server_request_duration_seconds_count", http_request_method="GET",
-        http_route="/users/{id}", http_response_status_code="500", error_type="",
-    ) == 1
-    assert env.sample(
-        "http_client_request_duration_seconds_count", upstream="user-service",
-        http_request_method="GET", http_response_status_code="500", error_type="500",
-    ) == 1
+    assert (
+        env.sample(
+            "http_server_request_duration_seconds_count",
+            http_request_method="GET",
+            http_route="/users/{id}",
+            http_response_status_code="500",
+            error_type="",
+        )
+        == 1
+    )
+    assert (
+        env.sample(
+            "http_client_request_duration_seconds_count",
+            upstream="user-service",
+            http_request_method="GET",
+            http_response_status_code="500",
+            error_type="500",
+        )
+        == 1
+    )
 
 
 async def test_retries_are_child_attempt_spans() -> None:
@@ -239,23 +287,38 @@ async def test_durations_overhead_and_inflight_on_a_fake_clock() -> None:
     await compose([env.server, SidecarWork(), env.client], up)(request)
     assert request.upstream_time == pytest.approx(0.25)
     assert up.during == [1.0]
-    assert env.sample("sidecar_inflight_requests", direction="outbound",
-                      upstream="user-service") == 0
+    assert (
+        env.sample("sidecar_inflight_requests", direction="outbound", upstream="user-service") == 0
+    )
     assert env.sample("sidecar_inflight_requests", direction="outbound", upstream="") == 0
     # The outbound listener's requests are the app's calls, not traffic the service
     # receives: they are in the client histogram, never in the (inbound) server one.
-    assert env.sample("http_server_request_duration_seconds_count", http_request_method="GET",
-                      http_route="/users/{id}", http_response_status_code="200",
-                      error_type="") is None
-    assert env.sample("http_client_request_duration_seconds_sum", upstream="user-service",
-                      http_request_method="GET", http_response_status_code="200",
-                      error_type="") == pytest.approx(0.25)
-    assert env.sample("sidecar_proxy_overhead_seconds_sum",
-                      direction="outbound") == pytest.approx(0.0015)
-    assert env.sample("sidecar_proxy_overhead_seconds_bucket", direction="outbound",
-                      le="0.0025") == 1
-    assert env.sample("sidecar_proxy_overhead_seconds_bucket", direction="outbound",
-                      le="0.001") == 0
+    assert (
+        env.sample(
+            "http_server_request_duration_seconds_count",
+            http_request_method="GET",
+            http_route="/users/{id}",
+            http_response_status_code="200",
+            error_type="",
+        )
+        is None
+    )
+    assert env.sample(
+        "http_client_request_duration_seconds_sum",
+        upstream="user-service",
+        http_request_method="GET",
+        http_response_status_code="200",
+        error_type="",
+    ) == pytest.approx(0.25)
+    assert env.sample("sidecar_proxy_overhead_seconds_sum", direction="outbound") == pytest.approx(
+        0.0015
+    )
+    assert (
+        env.sample("sidecar_proxy_overhead_seconds_bucket", direction="outbound", le="0.0025") == 1
+    )
+    assert (
+        env.sample("sidecar_proxy_overhead_seconds_bucket", direction="outbound", le="0.001") == 0
+    )
 
 
 async def test_exemplar_carries_the_span_trace_id() -> None:
@@ -284,9 +347,16 @@ async def test_sampled_out_requests_record_nothing_but_still_propagate() -> None
     assert sent.startswith(f"00-{CALLER_TRACE}-") and sent.endswith("-00")
     body, _ = env.metrics.render("application/openmetrics-text")
     assert b"trace_id" not in body
-    assert env.sample("http_server_request_duration_seconds_count", http_request_method="GET",
-                      http_route="/users/{id}", http_response_status_code="200",
-                      error_type="") == 1
+    assert (
+        env.sample(
+            "http_server_request_duration_seconds_count",
+            http_request_method="GET",
+            http_route="/users/{id}",
+            http_response_status_code="200",
+            error_type="",
+        )
+        == 1
+    )
 
 
 async def test_unexpected_exception_is_recorded_and_reraised() -> None:
@@ -299,9 +369,16 @@ async def test_unexpected_exception_is_recorded_and_reraised() -> None:
         await compose([env.server, env.client], broken)(req())
     (server,) = env.spans("server")
     assert server.attributes["error.type"] == "internal"
-    assert env.sample("http_server_request_duration_seconds_count", http_request_method="GET",
-                      http_route="/users/{id}", http_response_status_code="500",
-                      error_type="internal") == 1
+    assert (
+        env.sample(
+            "http_server_request_duration_seconds_count",
+            http_request_method="GET",
+            http_route="/users/{id}",
+            http_response_status_code="500",
+            error_type="internal",
+        )
+        == 1
+    )
     assert env.sample("sidecar_inflight_requests", direction="outbound", upstream="") == 0
 
 
@@ -322,9 +399,7 @@ async def test_inbound_server_span_is_the_local_apps_parent() -> None:
     up = Upstream(env.clock)
     await compose([env.server], up)(req([("traceparent", f"00-{CALLER_TRACE}-{CALLER_SPAN}-01")]))
     (server,) = env.spans("server")
-    assert up.seen[0].get("traceparent") == (
-        f"00-{CALLER_TRACE}-{server.context.span_id:016x}-01"
-    )
+    assert up.seen[0].get("traceparent") == (f"00-{CALLER_TRACE}-{server.context.span_id:016x}-01")
 
 
 async def test_unknown_methods_are_other() -> None:

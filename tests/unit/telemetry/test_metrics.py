@@ -14,13 +14,11 @@ TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 EXPECTED = {
     "http_server_request_duration_seconds": (
         "histogram",
-        {"service", "http_request_method", "http_route", "http_response_status_code",
-         "error_type"},
+        {"service", "http_request_method", "http_route", "http_response_status_code", "error_type"},
     ),
     "http_client_request_duration_seconds": (
         "histogram",
-        {"service", "upstream", "http_request_method", "http_response_status_code",
-         "error_type"},
+        {"service", "upstream", "http_request_method", "http_response_status_code", "error_type"},
     ),
     "sidecar_upstream_endpoints": ("gauge", {"service", "upstream", "state"}),
     "sidecar_circuit_breaker_state": ("gauge", {"service", "upstream"}),
@@ -30,9 +28,7 @@ EXPECTED = {
     "sidecar_requests_rejected": ("counter", {"service", "upstream", "reason"}),
     "sidecar_fallbacks": ("counter", {"service", "upstream", "kind", "reason"}),
     "sidecar_inflight_requests": ("gauge", {"service", "direction", "upstream"}),
-    "sidecar_discovery_last_update_timestamp_seconds": (
-        "gauge", {"service", "upstream", "source"}
-    ),
+    "sidecar_discovery_last_update_timestamp_seconds": ("gauge", {"service", "upstream", "source"}),
     "sidecar_discovery_errors": ("counter", {"service", "source"}),
     "sidecar_proxy_overhead_seconds": ("histogram", {"service", "direction"}),
     "sidecar_spans_dropped": ("counter", set()),
@@ -106,15 +102,10 @@ def test_openmetrics_scrape_carries_trace_id_exemplars() -> None:
     assert content_type.startswith("application/openmetrics-text")
     assert body.rstrip().endswith(b"# EOF")
     exemplars = [
-        s.exemplar
-        for f in parse_om(body.decode())
-        for s in f.samples
-        if s.exemplar is not None
+        s.exemplar for f in parse_om(body.decode()) for s in f.samples if s.exemplar is not None
     ]
     assert {e.labels["trace_id"] for e in exemplars} == {TRACE_ID}
-    names = {
-        f.name for f in parse_om(body.decode()) for s in f.samples if s.exemplar is not None
-    }
+    names = {f.name for f in parse_om(body.decode()) for s in f.samples if s.exemplar is not None}
     assert names == {
         "http_server_request_duration_seconds",
         "http_client_request_duration_seconds",
@@ -162,9 +153,7 @@ def test_registry_is_private() -> None:
 
     Metrics("a")
     Metrics("a")  # a second instance must not collide with the first
-    assert "sidecar_build_info" not in {
-        f.name for f in REGISTRY.collect()
-    }
+    assert "sidecar_build_info" not in {f.name for f in REGISTRY.collect()}
 
 
 def test_breaker_states_and_transitions() -> None:

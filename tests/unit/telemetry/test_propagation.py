@@ -31,7 +31,10 @@ def test_w3c_extract_and_baggage() -> None:
     ctx = p.extract(h)
     sc = parent_of(ctx)
     assert (sc.trace_id, sc.span_id, sc.trace_flags.sampled, sc.is_remote) == (
-        TRACE, SPAN, True, True
+        TRACE,
+        SPAN,
+        True,
+        True,
     )
     assert baggage.get_all(ctx) == {"tenant": "acme", "plan": "pro"}
 
@@ -59,9 +62,7 @@ def test_b3_single_extract_variants() -> None:
 
 def test_b3_multi_extract() -> None:
     p = HeaderPropagator(["b3multi"])
-    h = Headers(
-        [("X-B3-TraceId", TRACE_HEX), ("X-B3-SpanId", SPAN_HEX), ("X-B3-Sampled", "1")]
-    )
+    h = Headers([("X-B3-TraceId", TRACE_HEX), ("X-B3-SpanId", SPAN_HEX), ("X-B3-Sampled", "1")])
     sc = parent_of(p.extract(h))
     assert (sc.trace_id, sc.span_id, sc.trace_flags.sampled) == (TRACE, SPAN, True)
     h = Headers([("x-b3-traceid", TRACE_HEX), ("x-b3-spanid", SPAN_HEX), ("x-b3-flags", "1")])
@@ -151,8 +152,9 @@ def test_w3c_rules_and_tracestate_roundtrip() -> None:
     # a future version may carry more fields
     assert parent_of(p.extract(Headers([("traceparent", f"01-{TRACE_HEX}-{SPAN_HEX}-01-x")])))
 
-    h = Headers([("traceparent", f"00-{TRACE_HEX}-{SPAN_HEX}-01"),
-                 ("tracestate", "vendor=abc,other=1")])
+    h = Headers(
+        [("traceparent", f"00-{TRACE_HEX}-{SPAN_HEX}-01"), ("tracestate", "vendor=abc,other=1")]
+    )
     ctx = p.extract(h)
     out = Headers()
     p.inject(out, ctx)

@@ -56,8 +56,12 @@ def test_sampler_names() -> None:
     trace_id = 0xFFFF_FFFF_FFFF_FFFF_FFFF_FFFF_FFFF_FFFF
     for name in ("always_on", "parentbased_always_on"):
         assert make_sampler(name, 0.0).should_sample(None, trace_id, "x").decision.is_sampled()
-    for name in ("always_off", "parentbased_always_off", "traceidratio",
-                 "parentbased_traceidratio"):
+    for name in (
+        "always_off",
+        "parentbased_always_off",
+        "traceidratio",
+        "parentbased_traceidratio",
+    ):
         result = make_sampler(name, 0.0).should_sample(None, trace_id, "x")
         assert result.decision is Decision.DROP, name
     assert make_sampler("traceidratio", 1.0).should_sample(None, 1, "x").decision.is_sampled()
@@ -76,7 +80,10 @@ def test_queue_bound_drops_and_counts_without_blocking() -> None:
     exporter = GatedExporter()
     drops = Drops()
     proc = BoundedExportProcessor(
-        exporter, max_queue_size=10, max_export_batch_size=5, schedule_delay=0.01,
+        exporter,
+        max_queue_size=10,
+        max_export_batch_size=5,
+        schedule_delay=0.01,
         on_dropped=drops,
     )
     provider = TracerProvider(shutdown_on_exit=False)
@@ -103,8 +110,7 @@ def test_failed_exports_are_counted() -> None:
     drops = Drops()
     provider = TracerProvider(shutdown_on_exit=False)
     provider.add_span_processor(
-        BoundedExportProcessor(exporter, max_queue_size=100, schedule_delay=0.01,
-                               on_dropped=drops)
+        BoundedExportProcessor(exporter, max_queue_size=100, schedule_delay=0.01, on_dropped=drops)
     )
     tracer = provider.get_tracer("t")
     for i in range(7):
@@ -139,9 +145,7 @@ def test_buffer_filled_when_export_is_off() -> None:
 
 
 def test_sampled_out_spans_do_not_record() -> None:
-    tracing = build_tracing(
-        TracingConfig(exporter="none", sampler="always_off"), "bff"
-    )
+    tracing = build_tracing(TracingConfig(exporter="none", sampler="always_off"), "bff")
     span = tracing.tracer.start_span("x")
     assert not span.is_recording()
     span.end()

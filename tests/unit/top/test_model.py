@@ -137,21 +137,43 @@ def test_breaker_and_endpoints_prefer_the_admin_views_and_fall_back_to_gauges() 
     from_gauges = by_name(rows_between(first, scrape(m, at=1.0)))
     assert from_gauges["users"].breaker == "open"
     assert (from_gauges["users"].endpoints_healthy, from_gauges["users"].endpoints_ejected) == (
-        1, 2)
+        1,
+        2,
+    )
     assert from_gauges["docs"].breaker is None  # no transition yet, no admin view
     assert from_gauges["users"].success_rate is None and from_gauges["users"].rps == 0.0
-    views = scrape(m, at=1.0, breakers={"users": "half_open", "docs": "closed"},
-                   endpoints={"users": EndpointCount(3, 0)})
+    views = scrape(
+        m,
+        at=1.0,
+        breakers={"users": "half_open", "docs": "closed"},
+        endpoints={"users": EndpointCount(3, 0)},
+    )
     from_views = by_name(rows_between(first, views))
     assert from_views["users"].breaker == "half_open"
     assert from_views["docs"].breaker == "closed"
     assert from_views["users"].endpoints_ejected == 0
 
 
-def row(name: str, sr: float | None, p99: float | None = None, rps: float = 1.0,
-        breaker: str | None = None, ejected: int | None = None) -> Row:
-    return Row(ADMIN, "bff", "upstream", name, rps, sr, None, p99, breaker=breaker,
-               endpoints_ejected=ejected)
+def row(
+    name: str,
+    sr: float | None,
+    p99: float | None = None,
+    rps: float = 1.0,
+    breaker: str | None = None,
+    ejected: int | None = None,
+) -> Row:
+    return Row(
+        ADMIN,
+        "bff",
+        "upstream",
+        name,
+        rps,
+        sr,
+        None,
+        p99,
+        breaker=breaker,
+        endpoints_ejected=ejected,
+    )
 
 
 def test_worst_first_lowest_success_then_highest_p99_idle_last() -> None:
@@ -165,7 +187,14 @@ def test_worst_first_lowest_success_then_highest_p99_idle_last() -> None:
         row("ejecting", 1.0, 0.01, ejected=1),
     ]
     assert [r.name for r in sort_rows(rows)] == [
-        "failing", "flaky", "idle-open", "ejecting", "slow-ok", "fast-ok", "idle"]
+        "failing",
+        "flaky",
+        "idle-open",
+        "ejecting",
+        "slow-ok",
+        "fast-ok",
+        "idle",
+    ]
     assert [r.name for r in sort_rows(rows, "p99")][:2] == ["slow-ok", "flaky"]
     assert sort_rows(rows, "name")[0].name == "ejecting"
     with pytest.raises(ValueError):

@@ -27,8 +27,19 @@ def test_table_shows_every_row_column_and_error() -> None:
     console.print(render_table(snapshot()))
     text = console.export_text()
     assert "sidecar top · 2/3 sidecars · 1.0s window" in text
-    for cell in ("docs", "50.00%", "4.0ms", "1.20s", "open", "1/2", "2.0", "2.1ms", "45.6ms",
-                 "100%", "✗ cannot reach it"):
+    for cell in (
+        "docs",
+        "50.00%",
+        "4.0ms",
+        "1.20s",
+        "open",
+        "1/2",
+        "2.0",
+        "2.1ms",
+        "45.6ms",
+        "100%",
+        "✗ cannot reach it",
+    ):
         assert cell in text, cell
     # two sidecars report the same service: the address tells them apart
     assert "bff@127.0.0.1:1" in text and "bff@127.0.0.1:2" in text
@@ -40,9 +51,19 @@ def test_json_is_stable_and_in_milliseconds() -> None:
     assert list(doc) == ["version", "window_s", "admins", "rows", "errors"]
     first = doc["rows"][0]
     assert first == {
-        "admin": A, "service": "bff", "kind": "upstream", "name": "docs", "rps": 12.5,
-        "success_rate": 0.5, "p50_ms": 4.0, "p99_ms": 1200.0, "inflight": 3, "breaker": "open",
-        "endpoints": {"healthy": 1, "ejected": 1}, "retries_per_s": 2.0, "rejected_per_s": 6.0,
+        "admin": A,
+        "service": "bff",
+        "kind": "upstream",
+        "name": "docs",
+        "rps": 12.5,
+        "success_rate": 0.5,
+        "p50_ms": 4.0,
+        "p99_ms": 1200.0,
+        "inflight": 3,
+        "breaker": "open",
+        "endpoints": {"healthy": 1, "ejected": 1},
+        "retries_per_s": 2.0,
+        "rejected_per_s": 6.0,
         "grpc_status": None,
     }
     assert doc["rows"][2]["success_rate"] is None and doc["rows"][2]["endpoints"] is None

@@ -27,11 +27,15 @@ def test_metrics_text_becomes_samples_by_name_and_label_set() -> None:
 
 
 def test_admin_views_shape() -> None:
-    assert parse_breakers({"users": {"state": "open", "calls_in_window": 3},
-                           "bad": "x", "worse": {"state": 2}}) == {"users": "open"}
+    assert parse_breakers(
+        {"users": {"state": "open", "calls_in_window": 3}, "bad": "x", "worse": {"state": 2}}
+    ) == {"users": "open"}
     assert parse_breakers([]) == {}
-    doc = {"users": [{"address": "a", "ejected": True}, {"address": "b", "ejected": False}],
-           "docs": [], "bad": {}}
+    doc = {
+        "users": [{"address": "a", "ejected": True}, {"address": "b", "ejected": False}],
+        "docs": [],
+        "bad": {},
+    }
     assert parse_endpoints(doc) == {"users": EndpointCount(1, 1), "docs": EndpointCount(0, 0)}
 
 
