@@ -298,10 +298,10 @@ class H2ClientConnection(asyncio.Protocol):
         conn, flush, waiters, flow = self._conn, self._flush, self._waiters, self._flow
         try:
             if isinstance(body, BytesBody):
-                await send_data(conn, sid, body.data, flush, waiters, flow)
-            else:
-                async for chunk in body:
-                    await send_data(conn, sid, chunk, flush, waiters, flow)
+                await send_data(conn, sid, body.data, flush, waiters, flow, end_stream=True)
+                return
+            async for chunk in body:
+                await send_data(conn, sid, chunk, flush, waiters, flow)
             if sid in self._exchanges and not self.closed:
                 conn.end_stream(sid)
                 self._flush()

@@ -435,12 +435,19 @@ class H2ServerConnection(asyncio.Protocol):
         conn.send_headers(sid, fields)
         self._flush()
         flush, waiters, flow = self._flush, self._waiters, self._flow
+        ended = False
         try:
             if data is not None:
-                await send_data(conn, sid, data, flush, waiters, flow)
+                ended = body_trailers(body) is None
+                await send_data(conn, sid, data, flush, waiters, flow, ended)
             else:
                 async for chunk in body:
-                    await send_data(conn, sid, chunk, flush, waiters, flow)
+                    # An upstream HTTP/2 body whose END_STREAM came with this chunk: end the
+                    # stream on the chunk's last frame.
+                    ended = isinstance(body, H2Body) and body.at_eof and body.trailers is None
+                    await send_data(conn, sid, chunk, flush, waiters, flow, ended)
+                    if ended:
+                        break
         except (asyncio.CancelledError, ConnectionResetError):
             _abort(body)
             raise
@@ -450,7 +457,7 @@ class H2ServerConnection(asyncio.Protocol):
             _abort(body)
             self._reset(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
             return
-        if stream.reset or self.closing:
+        if ended or stream.reset or self.closing:
             return
         trailers = body_trailers(body)
         if trailers is not None and len(trailers):
