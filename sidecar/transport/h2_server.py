@@ -421,10 +421,16 @@ class H2ServerConnection(asyncio.Protocol):
         head_only = (request is not None and request.method == "HEAD") or (
             response.status in _NO_BODY_STATUS
         )
-        fields: list[tuple[str, str]] = [(":status", str(response.status))]
-        fields += [(k, v) for k, v in response.headers.items() if k not in CONNECTION_SPECIFIC]
+        # As bytes, encoded back as latin-1 (how the fields were decoded): obs-text in a value
+        # goes out byte for byte, where h2 would have UTF-8-encoded the text.
+        fields = [(b":status", str(response.status).encode())]
+        fields += [
+            (k.encode("latin-1"), v.encode("latin-1"))
+            for k, v in response.headers.items()
+            if k not in CONNECTION_SPECIFIC
+        ]
         if body.length is not None and not head_only:
-            fields.append(("content-length", str(body.length)))
+            fields.append((b"content-length", str(body.length).encode()))
         data = body.data if isinstance(body, BytesBody) else None
         if head_only or data == b"" or body.length == 0:
             # No DATA: one HEADERS frame with END_STREAM (gRPC's Trailers-Only form).
@@ -461,7 +467,8 @@ class H2ServerConnection(asyncio.Protocol):
             return
         trailers = body_trailers(body)
         if trailers is not None and len(trailers):
-            conn.send_headers(sid, list(trailers.items()), end_stream=True)
+            fields = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in trailers.items()]
+            conn.send_headers(sid, fields, end_stream=True)
         else:
             conn.end_stream(sid)
         self._flush()
