@@ -15,7 +15,7 @@ import h2.exceptions
 from hyperframe.frame import Frame, RstStreamFrame
 
 from sidecar.transport.flow import WriteFlow
-from sidecar.transport.hpack_lean import LeanEncoder
+from sidecar.transport.hpack_lean import LeanDecoder, LeanEncoder
 
 # The RFC's 65,535-byte default windows throttle a proxy (one RTT per 64 KiB): raise them.
 # Memory stays bounded: at most one stream window per stream and one connection window per
@@ -198,6 +198,8 @@ def new_connection(client_side: bool) -> h2.connection.H2Connection:
     conn = _Connection(config=config)
     conn.state_machine = _GoawayTolerant()
     conn.encoder = LeanEncoder()
+    conn.decoder = LeanDecoder()
+    conn.decoder.max_header_list_size = conn.DEFAULT_MAX_HEADER_LIST_SIZE
     return conn
 
 
