@@ -268,7 +268,7 @@ class H2ClientConnection(asyncio.Protocol):
         """Response bytes received and not yet read by the caller."""
         return sum(e.body.buffered for e in self._exchanges.values() if e.body is not None)
 
-    async def send(self, request: Request, fields: list[tuple[str, str]]) -> Response:
+    async def send(self, request: Request, fields: list[tuple[bytes, bytes]]) -> Response:
         if self.closed or self._transport is None:
             raise UpstreamReset("connection closed", upstream=self._pool.upstream)
         conn = self._conn
@@ -298,10 +298,10 @@ class H2ClientConnection(asyncio.Protocol):
         conn, flush, waiters, flow = self._conn, self._flush, self._waiters, self._flow
         try:
             if isinstance(body, BytesBody):
-                await send_data(conn, sid, body.data, flush, waiters, flow)
-            else:
-                async for chunk in body:
-                    await send_data(conn, sid, chunk, flush, waiters, flow)
+                await send_data(conn, sid, body.data, flush, waiters, flow, end_stream=True)
+                return
+            async for chunk in body:
+                await send_data(conn, sid, chunk, flush, waiters, flow)
             if sid in self._exchanges and not self.closed:
                 conn.end_stream(sid)
                 self._flush()
@@ -481,16 +481,18 @@ class H2Client:
         self._pools.clear()
 
 
-def request_fields(request: Request) -> list[tuple[str, str]]:
+def request_fields(request: Request) -> list[tuple[bytes, bytes]]:
     """HTTP/2 request fields: pseudo-headers first, connection-specific fields dropped, and
-    for gRPC `te: trailers` and a `grpc-timeout` cut to the budget left."""
+    for gRPC `te: trailers` and a `grpc-timeout` cut to the budget left. As bytes, encoded
+    back as latin-1 (how the fields were decoded): a value with obs-text reaches the upstream
+    byte for byte, where h2 would have UTF-8-encoded the text."""
     headers = request.headers
     authority = request.authority or headers.get("host") or ""
     fields = [
-        (":method", request.method),
-        (":scheme", "http"),
-        (":authority", authority),
-        (":path", request.target),
+        (b":method", request.method.encode("latin-1")),
+        (b":scheme", b"http"),
+        (b":authority", authority.encode("latin-1")),
+        (b":path", request.target.encode("latin-1")),
     ]
     grpc_call = grpc.is_grpc(headers)
     for k, v in headers.items():
@@ -498,12 +500,12 @@ def request_fields(request: Request) -> list[tuple[str, str]]:
             continue
         if k == grpc.TIMEOUT_HEADER and request.deadline is not None:
             v = grpc.format_timeout(max(0.0, request.deadline - time.monotonic()))
-        fields.append((k, v))
+        fields.append((k.encode("latin-1"), v.encode("latin-1")))
     if grpc_call:
-        fields.append(("te", "trailers"))
+        fields.append((b"te", b"trailers"))
     length = request.body.length
     if length is not None and (length > 0 or request.method not in ("GET", "HEAD")):
-        fields.append(("content-length", str(length)))
+        fields.append((b"content-length", str(length).encode()))
     return fields
 
 

@@ -421,10 +421,16 @@ class H2ServerConnection(asyncio.Protocol):
         head_only = (request is not None and request.method == "HEAD") or (
             response.status in _NO_BODY_STATUS
         )
-        fields: list[tuple[str, str]] = [(":status", str(response.status))]
-        fields += [(k, v) for k, v in response.headers.items() if k not in CONNECTION_SPECIFIC]
+        # As bytes, encoded back as latin-1 (how the fields were decoded): obs-text in a value
+        # goes out byte for byte, where h2 would have UTF-8-encoded the text.
+        fields = [(b":status", str(response.status).encode())]
+        fields += [
+            (k.encode("latin-1"), v.encode("latin-1"))
+            for k, v in response.headers.items()
+            if k not in CONNECTION_SPECIFIC
+        ]
         if body.length is not None and not head_only:
-            fields.append(("content-length", str(body.length)))
+            fields.append((b"content-length", str(body.length).encode()))
         data = body.data if isinstance(body, BytesBody) else None
         if head_only or data == b"" or body.length == 0:
             # No DATA: one HEADERS frame with END_STREAM (gRPC's Trailers-Only form).
@@ -435,12 +441,19 @@ class H2ServerConnection(asyncio.Protocol):
         conn.send_headers(sid, fields)
         self._flush()
         flush, waiters, flow = self._flush, self._waiters, self._flow
+        ended = False
         try:
             if data is not None:
-                await send_data(conn, sid, data, flush, waiters, flow)
+                ended = body_trailers(body) is None
+                await send_data(conn, sid, data, flush, waiters, flow, ended)
             else:
                 async for chunk in body:
-                    await send_data(conn, sid, chunk, flush, waiters, flow)
+                    # An upstream HTTP/2 body whose END_STREAM came with this chunk: end the
+                    # stream on the chunk's last frame.
+                    ended = isinstance(body, H2Body) and body.at_eof and body.trailers is None
+                    await send_data(conn, sid, chunk, flush, waiters, flow, ended)
+                    if ended:
+                        break
         except (asyncio.CancelledError, ConnectionResetError):
             _abort(body)
             raise
@@ -450,11 +463,12 @@ class H2ServerConnection(asyncio.Protocol):
             _abort(body)
             self._reset(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
             return
-        if stream.reset or self.closing:
+        if ended or stream.reset or self.closing:
             return
         trailers = body_trailers(body)
         if trailers is not None and len(trailers):
-            conn.send_headers(sid, list(trailers.items()), end_stream=True)
+            fields = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in trailers.items()]
+            conn.send_headers(sid, fields, end_stream=True)
         else:
             conn.end_stream(sid)
         self._flush()

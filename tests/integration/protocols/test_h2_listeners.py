@@ -126,3 +126,29 @@ async def test_fixed_listen_port_speaks_h2(grpc_upstreams, sidecar_factory):
     )
     async with channel(split_host_port(listen)[1]) as ch:
         assert await method(ch, "unary_unary", "Say")(b"fixed", timeout=5) == b"hello fixed"
+
+
+async def test_obs_text_header_values_cross_to_h2_byte_for_byte(sidecar_factory):
+    """HTTP/1.1 allows obs-text (bytes 0x80-0xff) in field values; the HTTP/2 side sends the
+    same bytes (not their UTF-8 re-encoding)."""
+    up = await H2Upstream().start()
+    try:
+        sc = await sidecar_factory(
+            {
+                "service": {"name": "caller", "port": up.port},
+                "discovery": {"static": {"h2svc": [f"127.0.0.1:{up.port}"]}},
+                "upstreams": {"h2svc": {"protocol": "h2c"}},
+            }
+        )
+        port = sc.bound_port("listeners.outbound")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"GET /obs HTTP/1.1\r\nHost: h2svc\r\nX-Name: caf\xe9\r\nConnection: close\r\n\r\n"
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 200"), head
+        # the double decodes as latin-1: one character per byte sent
+        assert ("x-name", "caf\xe9") in up.seen[-1]
+    finally:
+        await up.stop()
