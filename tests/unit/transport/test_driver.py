@@ -95,3 +95,30 @@ async def test_timeouts_inside_the_driver_become_timeouts(kind: str) -> None:
     driver = Driver(loop, serve())
     await _until(driver.done)
     assert outcome == ["timeout", "cancelling=0"]
+
+
+def test_current_task_and_timeout_work_on_uvloop() -> None:
+    # The production loop: asyncio's private _enter_task/_leave_task must accept a Driver
+    # as uvloop's current task too.
+    uvloop = pytest.importorskip("uvloop")
+    loop = uvloop.new_event_loop()
+    outcome: list[object] = []
+
+    async def serve() -> None:
+        outcome.append(asyncio.current_task())
+        try:
+            async with asyncio.timeout(0.01):
+                await loop.create_future()
+        except TimeoutError:
+            outcome.append("timeout")
+
+    async def main() -> None:
+        driver = Driver(loop, serve())
+        await _until(driver.done)
+        assert outcome == [driver, "timeout"]
+        assert asyncio.current_task() is not driver
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
