@@ -221,7 +221,8 @@ class Sidecar:
             [
                 ConcurrencyLimitLayer(name, p.max_concurrent_requests, obs),
                 FallbackLayer(name, p.fallback, clock, obs),
-                DeadlineLayer(p.timeouts.total, clock, obs),
+                # stamp=False: each of the router's attempts stamps the budget left.
+                DeadlineLayer(p.timeouts.total, clock, obs, stamp=False),
                 CircuitBreakerLayer(name, parts.breaker, obs),
                 # the router: attempts
                 retry,

@@ -139,15 +139,20 @@ class DeadlineLayer:
     """Sets `request.deadline`, refuses already-spent budgets, and enforces the total timeout
     around everything inside it (breaker, retries with their backoff, balancer, upstream)."""
 
-    __slots__ = ("_clock", "_observer", "_total")
+    __slots__ = ("_clock", "_observer", "_stamp", "_total")
 
-    def __init__(self, total: float, clock: Clock, observer: Observer | None = None) -> None:
+    def __init__(
+        self, total: float, clock: Clock, observer: Observer | None = None, stamp: bool = True
+    ) -> None:
+        """`stamp=False` when a retry layer inside stamps each attempt anyway: the header
+        would be written twice per request (a header-list rebuild each)."""
         self._total = total
         self._clock = clock
         self._observer: Observer = observer or NullObserver()
+        self._stamp = stamp
 
     def wrap(self, inner: Handler) -> Handler:
-        total, clock, observer = self._total, self._clock, self._observer
+        total, clock, observer, stamp = self._total, self._clock, self._observer, self._stamp
         loop = LoopRef()
 
         async def deadline(request: Request) -> Response:
@@ -164,7 +169,8 @@ class DeadlineLayer:
                 )
             caller_bound = callers is not None and callers < own
             request.deadline = callers if callers is not None and caller_bound else own
-            stamp_remaining(request, now)
+            if stamp:
+                stamp_remaining(request, now)
             delay = request.deadline - now
             body = arriving(request.body)
             hold = None if body is None else _TotalHold(body, request, delay, caller_bound)

@@ -15,6 +15,7 @@ import asyncio
 import heapq
 import itertools
 import math
+from typing import Protocol, cast
 
 # Disarmed entries tolerated in a queue before a compaction is considered.
 COMPACT_MIN = 256
@@ -108,6 +109,14 @@ class Hold:
         return 0.0
 
 
+class Cancellable(Protocol):
+    """What Expiry needs of the running task: an asyncio.Task, or the transport's Driver."""
+
+    def cancel(self, msg: object = None) -> bool: ...
+    def cancelling(self) -> int: ...
+    def uncancel(self) -> int: ...
+
+
 class Expiry:
     __slots__ = ("_cancelling", "_fired", "_hold", "_queue", "_task", "armed")
 
@@ -115,7 +124,7 @@ class Expiry:
         task = asyncio.current_task(timers.loop)
         if task is None:
             raise RuntimeError("Expiry must be used inside a task")
-        self._task = task
+        self._task = cast(Cancellable, task)
         self._cancelling = task.cancelling()
         self._fired = False
         self._queue = timers

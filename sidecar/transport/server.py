@@ -26,6 +26,7 @@ from sidecar.stack import Handler
 from sidecar.transport.body import StreamBody
 from sidecar.transport.budget import ConnectionBudget
 from sidecar.transport.detect import is_h2_preface
+from sidecar.transport.driver import Driver
 from sidecar.transport.flow import WriteFlow
 from sidecar.transport.inert import NoCallbacks
 from sidecar.transport.tunnel import CONNECT_UPGRADE, Tunnel, TunnelRegistry, wants_tunnel
@@ -209,7 +210,7 @@ class ServerConnection(asyncio.Protocol):
         # (request, keep_alive, expects 100-continue); a list, not a deque: at most
         # MAX_PIPELINED entries, and an empty deque costs ~700 bytes on every idle connection.
         self._pending: list[tuple[Request, bool, bool]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._task: Driver | None = None
         # Loop time at which the header-read or idle timeout fires; 0: none (ServerState
         # sweeps these).
         self.deadline = 0.0
@@ -442,7 +443,7 @@ class ServerConnection(asyncio.Protocol):
     def _enqueue(self, request: Request, keep_alive: bool, expect: bool) -> None:
         self._pending.append((request, keep_alive, expect))
         if self._task is None:
-            self._task = self._loop.create_task(self._serve())
+            self._task = Driver(self._loop, self._serve())
         elif len(self._pending) >= MAX_PIPELINED:
             self._pause_reading()
 
