@@ -55,8 +55,7 @@ from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.tracing import build_tracing
 from sidecar.transport.budget import ConnectionBudget
 from sidecar.transport.client import UpstreamClient
-from sidecar.transport.h2_client import H2Client
-from sidecar.transport.h2_server import H2Connections, H2Limits
+from sidecar.transport.h2_lazy import LazyH2Client, LazyH2Connections
 from sidecar.transport.server import ServerLimits, ServerState
 from sidecar.transport.tunnel import TunnelRegistry, refused_upgrade
 from sidecar.vocab.endpoint import Endpoint
@@ -96,7 +95,7 @@ class Sidecar:
         self.access_log = AccessLog() if config.logging.access_log else None
         self.client_telemetry = ClientTelemetryLayer(tracing=self.tracing, metrics=self.metrics)
         self.client = UpstreamClient()
-        self.h2_client = H2Client()
+        self.h2_client = LazyH2Client()
         self.egress = self._build_egress(host_lookup)
         self.discovery = build_discovery(
             config,
@@ -128,13 +127,12 @@ class Sidecar:
             TunnelRegistry(self.metrics),
         )
         self.state.allow_connect = self.egress is not None
-        self.h2_connections = H2Connections(
-            H2Limits(
-                max_concurrent_streams=limits.h2_max_concurrent_streams,
-                max_header_bytes=limits.max_header_bytes,
-                max_body_bytes=limits.max_body_bytes,
-            ),
+        # The HTTP/2 stack is imported by the first HTTP/2 connection or upstream call.
+        self.h2_connections = LazyH2Connections(
             self.state,
+            max_concurrent_streams=limits.h2_max_concurrent_streams,
+            max_header_bytes=limits.max_header_bytes,
+            max_body_bytes=limits.max_body_bytes,
         )
         # Stage 0 of both directions, run by the transport on every request (HTTP/1.1 and
         # HTTP/2 alike) before the handler: request id, forwarded headers, hygiene.

@@ -21,8 +21,7 @@ from sidecar.telemetry.access_log import AccessLog
 from sidecar.telemetry.tracing import Tracing
 from sidecar.transport.budget import ConnectionBudget
 from sidecar.transport.client import UpstreamClient
-from sidecar.transport.h2_client import H2Client
-from sidecar.transport.h2_server import H2Connections, H2Handover, h2_handover
+from sidecar.transport.h2_lazy import H2Handover, LazyH2Client, LazyH2Connections, lazy_handover
 from sidecar.transport.server import ServerConnection, ServerState
 
 log = logging.getLogger(__name__)
@@ -56,12 +55,12 @@ class Services:
 
     state: ServerState
     preparer: RequestPreparer
-    h2_connections: H2Connections
+    h2_connections: LazyH2Connections
     admin: AdminServer
     discovery: Discovery
     health_checks: HealthChecks
     client: UpstreamClient
-    h2_client: H2Client
+    h2_client: LazyH2Client
     tracing: Tracing
     access_log: AccessLog | None
 
@@ -89,7 +88,7 @@ class Runtime:
             for lst in self.listeners:
                 host, port = split_host_port(lst.address)
                 handler, direction, budget = lst.handler, lst.direction, lst.budget
-                h2 = h2_handover(handler, s.h2_connections, direction, s.preparer)
+                h2 = lazy_handover(handler, s.h2_connections, direction, s.preparer)
 
                 def factory(
                     h: Handler = handler,

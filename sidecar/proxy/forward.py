@@ -7,7 +7,7 @@ from sidecar.grpc import is_grpc
 from sidecar.http import Request, Response
 from sidecar.resilience.budget import RetryBudget
 from sidecar.transport.client import Dialer, EndpointPool, StaleConnection, UpstreamClient
-from sidecar.transport.h2_client import H2Client, NotHttp2
+from sidecar.transport.h2_lazy import LazyH2Client, NotHttp2
 from sidecar.transport.tls import TlsOrigination
 from sidecar.transport.tunnel import Tunnel
 from sidecar.vocab.methods import IDEMPOTENT_METHODS as _IDEMPOTENT
@@ -32,7 +32,7 @@ class Forwarder:
         stream_idle_timeout: float = 3600.0,
         tls: TlsOrigination | None = None,
         dialer: Dialer | None = None,
-        h2: H2Client | None = None,
+        h2: LazyH2Client | None = None,
         protocol: str = "http1",
         budget: RetryBudget | None = None,
     ) -> None:

@@ -39,16 +39,12 @@ from sidecar.transport.h2_common import (
     new_connection,
     send_data,
 )
+from sidecar.transport.h2_lazy import NotHttp2
 from sidecar.vocab.endpoint import Endpoint
 
 log = logging.getLogger(__name__)
 
 MAX_RESPONSE_HEADER_LIST = 64 * 1024
-
-
-class NotHttp2(UpstreamReset):
-    """The endpoint answered the HTTP/2 preface with HTTP/1.x: it never saw the request (but
-    part of a streamed body may be gone, so only a replayable one may be sent again)."""
 
 
 class StreamRefused(UpstreamConnectFailure):

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import cast
 
 import h2.config
 import h2.connection
@@ -45,11 +45,11 @@ from sidecar.transport.h2_common import (
     oversized_frame_pending,
     send_data,
 )
+from sidecar.transport.h2_lazy import H2Handover, RequestCounter
 from sidecar.vocab.headers import EXPECTED_TIMEOUT_HEADER
 
 log = logging.getLogger(__name__)
 
-H2Handover = Callable[[asyncio.Transport, bytes], None]
 _NO_BODY_STATUS = frozenset({204, 304})
 MAX_HEADERS = 100
 RESET_WINDOW = 10.0
@@ -70,14 +70,6 @@ class H2Limits:
         if self.max_resets is not None:
             return self.max_resets
         return max(100, 2 * self.max_concurrent_streams)
-
-
-class RequestCounter(Protocol):
-    """What the HTTP/2 side reports to the listener's bookkeeping (ServerState has these)."""
-
-    def request_started(self) -> None: ...
-
-    def request_finished(self) -> None: ...
 
 
 class H2Connections:

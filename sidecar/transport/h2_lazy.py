@@ -1,0 +1,132 @@
+"""The HTTP/2 stack, loaded when it is first needed.
+
+`h2`, `hpack` and `hyperframe` (and our modules over them) cost ~4.5 MiB at import: a sidecar
+whose callers and upstreams speak only HTTP/1.1 should not pay it. These stand-ins are what the
+composition root builds; the first HTTP/2 connection on a listener, or the first request that
+goes to an upstream over HTTP/2, imports the real thing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sidecar.errors import UpstreamReset
+from sidecar.http import Request, Response
+from sidecar.stack import Handler
+from sidecar.vocab.endpoint import Endpoint
+
+if TYPE_CHECKING:
+    from sidecar.transport.h2_client import H2Client
+    from sidecar.transport.h2_server import H2Connections
+
+# A listener calls this when a connection's first bytes are the HTTP/2 preface.
+H2Handover = Callable[[asyncio.Transport, bytes], None]
+
+
+class NotHttp2(UpstreamReset):
+    """The endpoint answered the HTTP/2 preface with HTTP/1.x: it never saw the request (but
+    part of a streamed body may be gone, so only a replayable one may be sent again)."""
+
+
+class RequestCounter(Protocol):
+    def request_started(self) -> None: ...
+
+    def request_finished(self) -> None: ...
+
+
+class LazyH2Client:
+    """The upstream HTTP/2 client, created on first use."""
+
+    __slots__ = ("_client",)
+
+    def __init__(self) -> None:
+        self._client: H2Client | None = None
+
+    def get(self) -> H2Client:
+        if self._client is None:
+            from sidecar.transport.h2_client import H2Client
+
+            self._client = H2Client()
+        return self._client
+
+    def speaks_h2(self, endpoint: Endpoint) -> bool:
+        return self.get().speaks_h2(endpoint)
+
+    async def send(self, request: Request, connect_timeout: float, *, fallback: bool) -> Response:
+        return await self.get().send(request, connect_timeout, fallback=fallback)
+
+    def buffered_bytes(self) -> int:
+        return 0 if self._client is None else self._client.buffered_bytes()
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+class LazyH2Connections:
+    """The listeners' HTTP/2 connections, with their limits; the registry is created (and the
+    HTTP/2 stack imported) by the first HTTP/2 connection."""
+
+    __slots__ = ("_draining", "_limits", "_registry", "_requests")
+
+    def __init__(
+        self,
+        requests: RequestCounter,
+        max_concurrent_streams: int,
+        max_header_bytes: int,
+        max_body_bytes: int | None,
+    ) -> None:
+        self._requests = requests
+        self._limits = (max_concurrent_streams, max_header_bytes, max_body_bytes)
+        self._registry: H2Connections | None = None
+        self._draining = False
+
+    def get(self) -> H2Connections:
+        if self._registry is None:
+            from sidecar.transport.h2_server import H2Connections, H2Limits
+
+            streams, header_bytes, body_bytes = self._limits
+            self._registry = H2Connections(
+                H2Limits(
+                    max_concurrent_streams=streams,
+                    max_header_bytes=header_bytes,
+                    max_body_bytes=body_bytes,
+                ),
+                self._requests,
+            )
+            if self._draining:
+                self._registry.start_drain()
+        return self._registry
+
+    @property
+    def connections(self) -> set[Any]:
+        return set() if self._registry is None else self._registry.connections
+
+    def start_drain(self) -> None:
+        self._draining = True
+        if self._registry is not None:
+            self._registry.start_drain()
+
+    def close(self) -> None:
+        if self._registry is not None:
+            self._registry.close()
+
+
+def lazy_handover(
+    handler: Handler,
+    registry: LazyH2Connections,
+    direction: str,
+    prepare: Callable[[Request], None] | None = None,
+) -> H2Handover:
+    """A listener's HTTP/2 handover, bound to the real one on the first HTTP/2 connection."""
+    real: list[H2Handover] = []
+
+    def take_over(transport: asyncio.Transport, first: bytes) -> None:
+        if not real:
+            from sidecar.transport.h2_server import h2_handover
+
+            real.append(h2_handover(handler, registry.get(), direction, prepare))
+        real[0](transport, first)
+
+    return take_over
