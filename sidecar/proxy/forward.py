@@ -56,7 +56,10 @@ class Forwarder:
             if self._h2_always or h2.speaks_h2(endpoint):
                 try:
                     return await h2.send(
-                        request, self.connect_timeout, fallback=not self._h2_always
+                        request,
+                        self.connect_timeout,
+                        fallback=not self._h2_always,
+                        dialer=self.dialer,
                     )
                 except NotHttp2:
                     if self._h2_always or is_grpc(request.headers) or not request.body.replayable:

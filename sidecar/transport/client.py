@@ -458,22 +458,16 @@ class EndpointPool:
         tls = self.tls if self.tls is not None or not self.endpoint.tls else default_tls()
         if tls is not None:
             return await self._connect_tls(loop, tls), False
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                host = self.endpoint.host
-                if self.dialer is not None:
-                    host = await self.dialer(host)
-                _, proto = await loop.create_connection(
-                    lambda: UpstreamConnection(self), host, self.endpoint.port
-                )
-        except TimeoutError:
-            raise UpstreamConnectFailure(
-                f"connect to {self.endpoint} timed out", upstream=self.upstream
-            ) from None
-        except OSError as exc:
-            raise UpstreamConnectFailure(
-                f"connect to {self.endpoint} failed: {exc.strerror or exc}", upstream=self.upstream
-            ) from None
+        proto = cast(
+            UpstreamConnection,
+            await dial(
+                lambda: UpstreamConnection(self),
+                self.endpoint,
+                self.dialer,
+                self.connect_timeout,
+                self.upstream,
+            ),
+        )
         self._open.add(proto)
         return proto, False
 
@@ -594,6 +588,33 @@ class UpstreamClient:
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
+
+
+async def dial(
+    factory: Callable[[], asyncio.BaseProtocol],
+    endpoint: Endpoint,
+    dialer: Dialer | None,
+    connect_timeout: float,
+    upstream: str,
+) -> asyncio.BaseProtocol:
+    """A plain TCP connection to `endpoint` within `connect_timeout`, for either protocol's
+    pool. The host goes through `dialer` first when there is one (egress: resolved, and the
+    address checked, at every connect). Errors are UpstreamConnectFailure."""
+    try:
+        async with asyncio.timeout(connect_timeout):
+            host = endpoint.host if dialer is None else await dialer(endpoint.host)
+            _, proto = await asyncio.get_running_loop().create_connection(
+                factory, host, endpoint.port
+            )
+    except TimeoutError:
+        raise UpstreamConnectFailure(
+            f"connect to {endpoint} timed out", upstream=upstream
+        ) from None
+    except OSError as exc:
+        raise UpstreamConnectFailure(
+            f"connect to {endpoint} failed: {exc.strerror or exc}", upstream=upstream
+        ) from None
+    return proto
 
 
 def _interim_fields(items: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -28,6 +28,7 @@ import h2.settings
 from sidecar import grpc
 from sidecar.errors import SidecarError, UpstreamConnectFailure, UpstreamReset
 from sidecar.http import EMPTY_BODY, Body, BytesBody, Headers, Request, Response
+from sidecar.transport.client import Dialer, dial
 from sidecar.transport.flow import WriteFlow
 from sidecar.transport.h2_body import H2Body
 from sidecar.transport.h2_common import (
@@ -355,10 +356,18 @@ class H2ClientConnection(asyncio.Protocol):
 class H2Pool:
     """The HTTP/2 connections to one endpoint (normally one)."""
 
-    def __init__(self, endpoint: Endpoint, upstream: str, connect_timeout: float) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        upstream: str,
+        connect_timeout: float,
+        dialer: Dialer | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.upstream = upstream
         self.connect_timeout = connect_timeout
+        # Egress: the host is resolved and its address checked at every connect.
+        self.dialer = dialer
         self._conns: list[H2ClientConnection] = []
         self._connecting: asyncio.Future[H2ClientConnection] | None = None
 
@@ -387,20 +396,16 @@ class H2Pool:
         return conn
 
     async def _connect(self) -> H2ClientConnection:
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                _, proto = await loop.create_connection(
-                    lambda: H2ClientConnection(self), self.endpoint.host, self.endpoint.port
-                )
-        except TimeoutError:
-            raise UpstreamConnectFailure(
-                f"connect to {self.endpoint} timed out", upstream=self.upstream
-            ) from None
-        except OSError as exc:
-            raise UpstreamConnectFailure(
-                f"connect to {self.endpoint} failed: {exc.strerror or exc}", upstream=self.upstream
-            ) from None
+        proto = cast(
+            H2ClientConnection,
+            await dial(
+                lambda: H2ClientConnection(self),
+                self.endpoint,
+                self.dialer,
+                self.connect_timeout,
+                self.upstream,
+            ),
+        )
         self._conns.append(proto)
         return proto
 
@@ -430,22 +435,35 @@ class H2Client:
     def speaks_h2(self, endpoint: Endpoint) -> bool:
         return endpoint not in self._http1_only
 
-    def pool(self, upstream: str, endpoint: Endpoint, connect_timeout: float) -> H2Pool:
+    def pool(
+        self,
+        upstream: str,
+        endpoint: Endpoint,
+        connect_timeout: float,
+        dialer: Dialer | None = None,
+    ) -> H2Pool:
         key = (upstream, endpoint)
         pool = self._pools.get(key)
         if pool is None:
-            pool = H2Pool(endpoint, upstream, connect_timeout)
+            pool = H2Pool(endpoint, upstream, connect_timeout, dialer)
             self._pools[key] = pool
         else:
             pool.connect_timeout = connect_timeout
         return pool
 
-    async def send(self, request: Request, connect_timeout: float, *, fallback: bool) -> Response:
+    async def send(
+        self,
+        request: Request,
+        connect_timeout: float,
+        *,
+        fallback: bool,
+        dialer: Dialer | None = None,
+    ) -> Response:
         """Forward over HTTP/2. With `fallback` (protocol auto), raises NotHttp2 for an
         endpoint that speaks only HTTP/1.x, after remembering it."""
         endpoint = request.endpoint
         assert endpoint is not None, "the balance layer sets request.endpoint"
-        pool = self.pool(request.upstream, endpoint, connect_timeout)
+        pool = self.pool(request.upstream, endpoint, connect_timeout, dialer)
         fields = request_fields(request)
         resends = 0
         while True:

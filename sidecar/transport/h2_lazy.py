@@ -8,7 +8,7 @@ goes to an upstream over HTTP/2, imports the real thing."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sidecar.errors import UpstreamReset
@@ -53,8 +53,15 @@ class LazyH2Client:
     def speaks_h2(self, endpoint: Endpoint) -> bool:
         return self.get().speaks_h2(endpoint)
 
-    async def send(self, request: Request, connect_timeout: float, *, fallback: bool) -> Response:
-        return await self.get().send(request, connect_timeout, fallback=fallback)
+    async def send(
+        self,
+        request: Request,
+        connect_timeout: float,
+        *,
+        fallback: bool,
+        dialer: Callable[[str], Awaitable[str]] | None = None,
+    ) -> Response:
+        return await self.get().send(request, connect_timeout, fallback=fallback, dialer=dialer)
 
     def buffered_bytes(self) -> int:
         return 0 if self._client is None else self._client.buffered_bytes()

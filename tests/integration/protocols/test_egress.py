@@ -169,6 +169,23 @@ async def test_allow_listed_name_resolving_to_a_forbidden_address_is_refused(
     assert env.sample("sidecar_tunnel_connect_errors_total", upstream=name) == 1
 
 
+async def test_an_http2_caller_gets_the_same_address_check(env: Env) -> None:
+    """An HTTP/2 caller (gRPC, h2c) reaches the upstream through the HTTP/2 client: its
+    connections go through the same egress dialer, so a forbidden address is refused too."""
+    curl = require_binary("curl")
+    proc = await asyncio.create_subprocess_exec(
+        curl, "-sS", "--max-time", "5", "--http2-prior-knowledge", "-D", "-",
+        "-H", "Host: metadata.example.test", f"{env.proxy}/latest/meta-data",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    head, _, body = out.decode().partition("\r\n\r\n")
+    assert head.startswith("HTTP/2 502"), head
+    assert "x-sidecar-error: upstream_connect_failure" in head
+    message = json.loads(body)["message"]
+    assert "(link-local)" in message and "egress.allow_private" in message
+
+
 @pytest.mark.parametrize(
     ("target", "status", "message"),
     [
