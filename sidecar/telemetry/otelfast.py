@@ -13,12 +13,16 @@ from typing import Final, cast
 
 from opentelemetry.baggage import _BAGGAGE_KEY
 from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
     INVALID_SPAN,
     INVALID_SPAN_CONTEXT,
     Span,
     SpanContext,
     TraceFlags,
+    Tracer,
     TraceState,
 )
 from opentelemetry.trace.propagation import _SPAN_KEY
@@ -86,3 +90,14 @@ def span_context(
         state = DEFAULT_TRACE_STATE
     fields = (trace_id, span_id, is_remote, _FLAGS[flags & 0xFF], state, valid)
     return tuple.__new__(SpanContext, fields)
+
+
+def span_sink(tracer: Tracer) -> tuple[SpanProcessor, Resource, InstrumentationScope | None] | None:
+    """Where the SDK tracer's spans go when they end (its provider's processors), and the
+    resource and scope it stamps on them; None for a tracer that isn't the SDK's."""
+    processor = getattr(tracer, "span_processor", None)
+    resource = getattr(tracer, "resource", None)
+    if not isinstance(processor, SpanProcessor) or not isinstance(resource, Resource):
+        return None
+    scope = getattr(tracer, "_instrumentation_scope", None)
+    return processor, resource, scope if isinstance(scope, InstrumentationScope) else None

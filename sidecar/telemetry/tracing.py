@@ -38,6 +38,7 @@ from sidecar import __version__
 from sidecar.config import TracingConfig
 from sidecar.telemetry import otelfast
 from sidecar.telemetry.export_health import ExportMonitor
+from sidecar.telemetry.lean_span import LeanSpan
 from sidecar.telemetry.propagation import HeaderPropagator
 from sidecar.telemetry.span_buffer import SpanBuffer
 
@@ -268,6 +269,15 @@ class PresetIdGenerator(RandomIdGenerator):
             return trace_id
         return super().generate_trace_id()
 
+    def take_trace_id(self) -> int:
+        """The preset id if there is one, else a fresh random one (`generate_trace_id`
+        without the method dispatch)."""
+        trace_id = self._next
+        if trace_id:
+            self._next = 0
+            return trace_id
+        return random.getrandbits(128) or 1
+
 
 @dataclass(frozen=True, slots=True)
 class Tracing:
@@ -332,6 +342,18 @@ def build_tracing(
 
 
 _RATIO_SAMPLERS = frozenset({"traceidratio", "parentbased_traceidratio"})
+# Samplers whose decision `SpanStarter.dropped` takes in full: for these, "not dropped" means
+# sampled, and the span can be a LeanSpan.
+_KNOWN_SAMPLERS = frozenset(
+    {
+        "always_on",
+        "always_off",
+        "traceidratio",
+        "parentbased_always_on",
+        "parentbased_always_off",
+        "parentbased_traceidratio",
+    }
+)
 _ROOT_DROPPERS = frozenset({"always_off", "parentbased_always_off"})
 
 
@@ -342,13 +364,27 @@ class SpanStarter:
     nearly all of them, then costs a few integer operations instead of the SDK's sampler,
     span-context and self-metrics machinery. Anything else goes to the SDK."""
 
-    __slots__ = ("_bound", "_gen", "_parent_based", "_ratio_based", "_root_drop", "_tracer")
+    __slots__ = (
+        "_bound",
+        "_gen",
+        "_lean",
+        "_parent_based",
+        "_ratio_based",
+        "_root_drop",
+        "_tracer",
+    )
 
     def __init__(self, tracing: Tracing) -> None:
         self._tracer = tracing.tracer
         name = tracing.sampler
         gen = getattr(tracing.provider, "id_generator", None)
         self._gen = gen if isinstance(gen, PresetIdGenerator) else None
+        # Where LeanSpans go when they end: the provider's processors, resource and scope.
+        self._lean = (
+            otelfast.span_sink(tracing.tracer)
+            if name in _KNOWN_SAMPLERS and self._gen is not None
+            else None
+        )
         self._ratio_based = name in _RATIO_SAMPLERS
         self._root_drop = name in _ROOT_DROPPERS
         self._parent_based = name.startswith("parentbased_")
@@ -385,7 +421,25 @@ class SpanStarter:
         return None
 
     def start_sampled(self, name: str, context: Context, kind: SpanKind) -> ApiSpan:
-        return self._tracer.start_span(name, context, kind=kind)
+        """The recording span of a request `dropped` did not drop: a LeanSpan when this
+        starter took the sampling decision itself (the SDK would take the same one), else the
+        SDK's span."""
+        sink, gen = self._lean, self._gen
+        if sink is None or gen is None:
+            return self._tracer.start_span(name, context, kind=kind)
+        parent: SpanContext | None = otelfast.span_context_of(context)
+        if parent is not None and otelfast.is_valid(parent):
+            trace_id: int = parent[otelfast.TRACE_ID]
+            flags = otelfast.SAMPLED | (parent[otelfast.FLAGS] & otelfast.RANDOM_TRACE_ID)
+            state: TraceState | None = parent[otelfast.STATE]
+        else:
+            parent, state = None, None
+            trace_id = gen.take_trace_id()
+            flags = otelfast.SAMPLED | otelfast.RANDOM_TRACE_ID
+        span_id = random.getrandbits(64) or 1
+        sc = otelfast.span_context(trace_id, span_id, False, flags, state)
+        processor, resource, scope = sink
+        return LeanSpan(name, sc, parent, kind, processor, resource, scope)
 
 
 def _dropped(trace_id: int, flags: int, trace_state: TraceState | None) -> SpanContext:

@@ -55,3 +55,27 @@ def test_span_context_of_and_has_state_agree_with_the_api() -> None:
         assert otelfast.has_state(state) == bool(state)
     empty = otelfast.span_context(7, 9, False, 0, TraceState())
     assert empty.trace_state == SpanContext(7, 9, False, TraceFlags(0), TraceState()).trace_state
+
+
+def test_span_sink_is_where_the_sdk_tracer_sends_its_spans() -> None:
+    """`span_sink` reads the SDK tracer's processor, resource and scope; a span ended into
+    that processor reaches the provider's processors with the tracer's resource and scope,
+    exactly as one the tracer itself ends."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    provider = TracerProvider()
+    memory = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("sidecar", "1.2.3")
+    sink = otelfast.span_sink(tracer)
+    assert sink is not None
+    processor, resource, scope = sink
+    tracer.start_span("sdk").end()
+    (sdk_span,) = memory.get_finished_spans()
+    assert resource is sdk_span.resource
+    assert scope == sdk_span.instrumentation_scope
+    processor.on_end(sdk_span)
+    assert len(memory.get_finished_spans()) == 2
+    assert otelfast.span_sink(trace.NoOpTracer()) is None
