@@ -58,7 +58,7 @@ class UpstreamRegistry:
         self.breakers: dict[str, CircuitBreaker] = {}
         self.outliers: dict[str, OutlierDetector] = {}
         self.balancers: dict[str, Balancer] = {}
-        self.health_checks = HealthChecks(clock, metrics)
+        self.health_checks = HealthChecks(clock, metrics, tls_for=self.tls_for)
         self._stacks: dict[str, Handler] = {}
         self._tls: dict[str, TlsOrigination | None] = {}
         # Set by the composition root before the first request.
@@ -121,7 +121,7 @@ class UpstreamRegistry:
     def reload(self, config: Config) -> None:
         """Take the new policies: health checks now, built paths and TLS on next use."""
         self.config = config
+        self._stacks.clear()
+        self._tls.clear()  # rebuilt from the new policy (and certificate files) on next use
         for name, cluster in self.clusters.items():
             self.health_checks.update(cluster, config.policy(name).health_check)
-        self._stacks.clear()
-        self._tls.clear()

@@ -3,9 +3,12 @@
 Per upstream with `health_check` set, a checker sends `GET <path>` to every endpoint of the
 cluster each `interval` (shortened by up to 15 % at random, so upstreams and sidecars started
 together drift apart; never lengthened, so the detection bounds below hold), on a connection
-of its own with `Connection: close`. A 2xx answer within `timeout` passes; anything else (other
-status, refused, reset, timeout) fails. Probes only ever go to the endpoints discovery lists
-for that upstream, and at most `max_concurrent` run at once across all upstreams.
+of its own with `Connection: close`, over TLS when requests to that endpoint go over TLS (the
+upstream's `tls` policy, or an endpoint written `https://`), with the same trust, server
+name and client certificate. A 2xx answer within `timeout` passes; anything else (other
+status, refused, reset, timeout, a certificate not accepted) fails. Probes only ever go to the
+endpoints discovery lists for that upstream, and at most `max_concurrent` run at once across
+all upstreams.
 
 Verdicts are a small pure state machine per endpoint (`ActiveHealthTracker`): UNKNOWN until the
 first verdict (and still picked, so turning checks on never takes traffic away by itself);
@@ -21,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -28,6 +32,7 @@ from sidecar.balance.cluster import ActiveState, Cluster, EndpointState
 from sidecar.clock import Clock
 from sidecar.config import HealthCheckConfig
 from sidecar.resilience.log_limit import LogLimiter
+from sidecar.transport.tls import TlsOrigination, default_tls
 from sidecar.vocab.endpoint import Endpoint
 
 log = logging.getLogger(__name__)
@@ -37,8 +42,27 @@ MAX_CONCURRENT_PROBES = 16
 JITTER = 0.15
 SUCCESS = "success"
 
-# (result, detail): result is one of the metric's label values, detail is for the log.
-Probe = Callable[[Endpoint, str, str, float], Awaitable[tuple[str, str]]]
+
+class Probe(Protocol):
+    """One check of `endpoint`: (result, detail); result is one of the metric's label
+    values, detail is for the log."""
+
+    def __call__(
+        self,
+        endpoint: Endpoint,
+        host: str,
+        path: str,
+        timeout: float,
+        tls: TlsOrigination | None = None,
+    ) -> Awaitable[tuple[str, str]]: ...
+
+
+# The upstream's TLS origination (its `tls` policy), None when it has none.
+TlsFor = Callable[[str], TlsOrigination | None]
+
+
+def _no_tls(upstream: str) -> TlsOrigination | None:
+    return None
 
 
 class HealthObserver(Protocol):
@@ -76,13 +100,31 @@ class ActiveHealthTracker:
         return None
 
 
-async def http_probe(endpoint: Endpoint, host: str, path: str, timeout: float) -> tuple[str, str]:
-    """One `GET path` on a fresh connection; only the status line is read."""
+async def http_probe(
+    endpoint: Endpoint,
+    host: str,
+    path: str,
+    timeout: float,
+    tls: TlsOrigination | None = None,
+) -> tuple[str, str]:
+    """One `GET path` on a fresh connection (TLS with `tls`); only the status line is read."""
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(timeout):
             try:
-                reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+                if tls is None:
+                    reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+                else:
+                    reader, writer = await asyncio.open_connection(
+                        endpoint.host,
+                        endpoint.port,
+                        ssl=tls.context,
+                        server_hostname=tls.server_hostname(endpoint, host),
+                    )
+            except ssl.SSLCertVerificationError as exc:
+                return "connect_failure", f"certificate not accepted: {exc.verify_message}"
+            except ssl.SSLError as exc:
+                return "connect_failure", f"TLS handshake failed: {exc.reason or exc}"
             except OSError as exc:
                 return "connect_failure", exc.strerror or type(exc).__name__
             writer.write(
@@ -118,6 +160,7 @@ class HealthChecker:
         "_task",
         "_trackers",
         "config",
+        "tls",
     )
 
     def __init__(
@@ -129,8 +172,10 @@ class HealthChecker:
         observer: HealthObserver | None = None,
         probe: Probe = http_probe,
         rng: random.Random | None = None,
+        tls: TlsOrigination | str | None = None,
     ) -> None:
         self._cluster = cluster
+        self.tls = tls
         self.config = config
         self._clock = clock
         self._limit = limit
@@ -179,10 +224,17 @@ class HealthChecker:
 
     async def _check(self, state: EndpointState) -> None:
         cfg = self.config
-        async with self._limit:
-            result, detail = await self._probe(
-                state.endpoint, self._cluster.name, cfg.path, cfg.timeout
-            )
+        endpoint, tls = state.endpoint, self.tls
+        if isinstance(tls, str):  # the TLS policy can't be built: requests would fail too
+            result, detail = "connect_failure", tls
+        else:
+            # As requests go: the upstream's TLS policy, else the default one for https://.
+            if tls is None and endpoint.tls:
+                tls = default_tls()
+            async with self._limit:
+                result, detail = await self._probe(
+                    endpoint, self._cluster.name, cfg.path, cfg.timeout, tls
+                )
         if self._observer is not None:
             self._observer.health_check(self._cluster.name, result)
         tracker = self._trackers.get(state)
@@ -222,7 +274,15 @@ class HealthChecks:
     endpoints come from static or file discovery. `update` is called with each cluster
     snapshot and after a reload; it creates, replaces or drops that upstream's checker."""
 
-    __slots__ = ("_checkers", "_clock", "_limit", "_observer", "_probe", "_running")
+    __slots__ = (
+        "_checkers",
+        "_clock",
+        "_limit",
+        "_observer",
+        "_probe",
+        "_running",
+        "_tls_for",
+    )
 
     def __init__(
         self,
@@ -230,10 +290,12 @@ class HealthChecks:
         observer: HealthObserver | None = None,
         max_concurrent: int = MAX_CONCURRENT_PROBES,
         probe: Probe = http_probe,
+        tls_for: TlsFor = _no_tls,
     ) -> None:
         self._clock = clock
         self._observer = observer
         self._probe = probe
+        self._tls_for = tls_for
         # Shared by every checker (created here, bound to the loop on first use).
         self._limit = asyncio.Semaphore(max_concurrent)
         self._checkers: dict[str, HealthChecker] = {}
@@ -245,7 +307,14 @@ class HealthChecks:
     def update(self, cluster: Cluster, config: HealthCheckConfig | None) -> None:
         wanted = config if cluster.source in CHECKED_SOURCES else None
         current = self._checkers.get(cluster.name)
+        tls: TlsOrigination | str | None = None
+        if wanted is not None:
+            try:
+                tls = self._tls_for(cluster.name)
+            except ValueError as exc:  # TlsSetupError: files that can't be used
+                tls = f"TLS policy: {exc}"
         if current is not None and current.config == wanted:
+            current.tls = tls  # after a reload: new certificates, same verdicts
             return
         if current is not None:
             del self._checkers[cluster.name]
@@ -255,7 +324,13 @@ class HealthChecks:
         if wanted is None:
             return
         checker = HealthChecker(
-            cluster, wanted, self._clock, self._limit, self._observer, self._probe
+            cluster,
+            wanted,
+            self._clock,
+            self._limit,
+            self._observer,
+            self._probe,
+            tls=tls,
         )
         self._checkers[cluster.name] = checker
         if self._running:

@@ -215,3 +215,76 @@ async def test_websocket_tunnel_to_a_tls_upstream(
             payload = os.urandom(256 * 1024)
             await ws.send(payload)
             assert await ws.recv() == payload
+
+
+async def _endpoint_state(sc: Any) -> dict[str, Any]:
+    admin = sc.config.listeners.admin
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://{admin}/admin/endpoints") as resp,
+    ):
+        endpoints: dict[str, Any] = (await resp.json())["secure-api"][0]
+        return endpoints
+
+
+async def _until(check: Callable[[], Any], what: str, timeout: float = 10.0) -> None:
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+async def test_health_checks_of_a_tls_upstream_go_over_tls(
+    sidecar_factory: Callable[..., Any],
+    tls_upstreams: Callable[..., Any],
+    ca: trustme.CA,
+    tmp_path: Path,
+) -> None:
+    """Probes use the upstream's TLS policy (trust, server name): a plaintext probe to a TLS
+    port would fail every time and take a healthy endpoint out of rotation."""
+    up = await tls_upstreams(ca.issue_cert("secure-api"))
+    check = {"path": "/healthz", "interval": "50ms", "timeout": "1s", "healthy_threshold": 1}
+    sc = await sidecar_factory(
+        _config(
+            up.port,
+            {"ca_file": _pem(tmp_path, "ca.pem", ca.cert_pem)},
+            health_check=check,
+        )
+    )
+
+    async def healthy_after_two_probes() -> bool:
+        state = await _endpoint_state(sc)
+        return up.paths.count("/healthz") >= 2 and state["active"] == "healthy"
+
+    await _until(healthy_after_two_probes, "two TLS health checks passing")
+    assert set(up.server_names) == {"secure-api"}  # verified against the upstream's name
+    status, _, body = await _get(sc, "/served")
+    assert status == 200 and body["path"] == "/served"
+
+
+async def test_health_checks_fail_when_the_certificate_is_not_trusted(
+    sidecar_factory: Callable[..., Any],
+    tls_upstreams: Callable[..., Any],
+    ca: trustme.CA,
+    tmp_path: Path,
+) -> None:
+    up = await tls_upstreams(ca.issue_cert("secure-api"))
+    other = trustme.CA()
+    check = {"interval": "50ms", "timeout": "1s", "unhealthy_threshold": 2}
+    sc = await sidecar_factory(
+        _config(
+            up.port,
+            {"ca_file": _pem(tmp_path, "other.pem", other.cert_pem)},
+            health_check=check,
+        )
+    )
+
+    async def unhealthy() -> bool:
+        return bool((await _endpoint_state(sc))["active"] == "unhealthy")
+
+    await _until(unhealthy, "the endpoint to fail its health checks")
+    assert up.paths == []  # no probe got past the handshake
+    assert up.handshakes >= 2

@@ -20,6 +20,7 @@ class TlsUpstream:
     server_names: list[str | None] = field(default_factory=list)
     client_subjects: list[str] = field(default_factory=list)
     resumed: list[bool] = field(default_factory=list)  # per request: on a resumed session?
+    paths: list[str] = field(default_factory=list)  # per request
     port: int = 0
     runner: web.AppRunner | None = None
 
@@ -31,6 +32,7 @@ class TlsUpstream:
         transport = request.transport
         ssl_object = transport.get_extra_info("ssl_object") if transport else None
         self.resumed.append(bool(ssl_object is not None and ssl_object.session_reused))
+        self.paths.append(request.path_qs)
         peer = transport.get_extra_info("peercert") if transport else None
         subject = ""
         if peer:

@@ -130,7 +130,9 @@ async def test_probes_are_bounded_in_concurrency() -> None:
     inflight = peak = 0
     gate = asyncio.Event()
 
-    async def probe(ep: Endpoint, host: str, path: str, timeout: float) -> tuple[str, str]:
+    async def probe(
+        endpoint: Endpoint, host: str, path: str, timeout: float, tls: object = None
+    ) -> tuple[str, str]:
         nonlocal inflight, peak
         inflight += 1
         peak = max(peak, inflight)
