@@ -78,7 +78,7 @@ async def send_data(
     """Send `data` on a stream, waiting whenever the peer's window is shut (backpressure from
     the receiver) or the socket's write buffer is full (backpressure from the network). With
     `end_stream` the last DATA frame ends the stream (no separate empty frame). Raises
-    StreamGone (a ConnectionResetError) once the stream is closed or reset."""
+    ConnectionResetError once the stream is closed or reset."""
     total = len(data)
     if not total:
         if end_stream:
