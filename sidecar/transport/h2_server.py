@@ -233,6 +233,8 @@ class H2ServerConnection(asyncio.Protocol):
         items: list[tuple[str, str]] = []
         cookies: list[str] = []
         size = 0
+        has_host = False
+        length: int | None = None
         for kb, vb in raw:
             k, v = kb.decode("latin-1"), vb.decode("latin-1")
             size += len(k) + len(v) + 32
@@ -248,6 +250,10 @@ class H2ServerConnection(asyncio.Protocol):
             elif k == "cookie":
                 cookies.append(v)  # HTTP/2 may split cookies; HTTP/1.1 wants one field
             else:
+                if k == "host":
+                    has_host = True
+                elif k == "content-length" and length is None:
+                    length = int(v) if v.isdigit() and v.isascii() else None
                 items.append((k, v))
         if cookies:
             items.append(("cookie", "; ".join(cookies)))
@@ -255,7 +261,7 @@ class H2ServerConnection(asyncio.Protocol):
             raise BadRequest(f"more than {MAX_HEADERS} header fields", status=431)
         if method == "CONNECT":
             raise BadRequest("CONNECT is not supported: this is not an open proxy", status=405)
-        if authority and not any(k == "host" for k, _ in items):
+        if authority and not has_host:
             items.append(("host", authority))
         headers = Headers.from_lower(items)
         if grpc.TIMEOUT_HEADER in headers and EXPECTED_TIMEOUT_HEADER not in headers:
@@ -263,7 +269,6 @@ class H2ServerConnection(asyncio.Protocol):
             seconds = grpc.parse_timeout(headers.get(grpc.TIMEOUT_HEADER) or "")
             if seconds is not None:
                 headers.add(EXPECTED_TIMEOUT_HEADER, str(int(seconds * 1000)))
-        length = _content_length(items)
         max_body = self._limits.max_body_bytes
         if max_body is not None and length is not None and length > max_body:
             raise PayloadTooLarge(f"request body larger than {max_body} bytes")
@@ -536,13 +541,6 @@ def _fields(raw: list[tuple[bytes, bytes]]) -> Headers:
     return Headers.from_lower(
         [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw if k[:1] != b":"]
     )
-
-
-def _content_length(items: list[tuple[str, str]]) -> int | None:
-    for k, v in items:
-        if k == "content-length":
-            return int(v) if v.isdigit() and v.isascii() else None
-    return None
 
 
 def _abort(body: Body) -> None:

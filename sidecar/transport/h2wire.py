@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from sidecar.transport.hpack_tables import STATIC_TABLE
+
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 # Frame types (§6)
@@ -144,6 +146,11 @@ _PSEUDO: Final = {
 # §8.2.1: a name is visible ASCII (0x21-0x7e) without upper case; a colon only as the first
 # character of a pseudo-header. Deleting the allowed bytes leaves the offending ones.
 _NAME_CHARS: Final = bytes(c for c in range(0x21, 0x7F) if not (0x41 <= c <= 0x5A) and c != 0x3A)
+# Valid names seen in most blocks (the static table's, without the colon): one set lookup
+# instead of a character scan.
+_KNOWN_NAMES: Final = frozenset(
+    n[1:] if n[:1] == b":" else n for n, _ in STATIC_TABLE
+) | frozenset({b"te", b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding", b"traceparent"})
 
 
 def check_fields(fields: list[tuple[bytes, bytes]], kind: int) -> str:
@@ -190,10 +197,11 @@ def check_fields(fields: list[tuple[bytes, bytes]], kind: int) -> str:
                 if host is not None:
                     return "more than one host field"
                 host = value
-        if rest.translate(None, _NAME_CHARS):
+        if rest not in _KNOWN_NAMES and rest.translate(None, _NAME_CHARS):
             return f"invalid character in field name {name!r}"
         if value:
-            if b"\r" in value or b"\n" in value or b"\x00" in value:
+            # (int operands: `b"\r" in value` goes through the buffer protocol, 3x slower)
+            if 13 in value or 10 in value or 0 in value:
                 return f"CR, LF or NUL in the value of {name!r}"
             first, last = value[0], value[-1]
             if first == 0x20 or first == 0x09 or last == 0x20 or last == 0x09:
