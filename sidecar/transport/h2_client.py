@@ -66,6 +66,7 @@ class _Exchange:
 class H2ClientConnection(asyncio.Protocol):
     def __init__(self, pool: H2Pool) -> None:
         self._pool = pool
+        self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._flow = WriteFlow()
         self._waiters = WindowWaiters()
@@ -119,8 +120,21 @@ class H2ClientConnection(asyncio.Protocol):
             self._flush_now()
             self.close()
             return
-        for event in events:
+        i, n = 0, len(events)
+        while i < n:
+            event = events[i]
+            if event.kind == h2conn.HEADERS and not event.end_stream and i + 1 < n:
+                last = events[i + 1]
+                if (
+                    last.kind == h2conn.DATA
+                    and last.end_stream
+                    and last.stream_id == event.stream_id
+                ):
+                    self._on_response(event, last)
+                    i += 2
+                    continue
             self._on_event(event)
+            i += 1
         self._flush()
 
     def _on_event(self, event: H2Event) -> None:
@@ -188,9 +202,14 @@ class H2ClientConnection(asyncio.Protocol):
             return StreamRefused(reason, upstream=self._pool.upstream)
         return UpstreamReset(reason, upstream=self._pool.upstream)
 
-    def _on_response(self, event: H2Event) -> None:
+    def _on_response(self, event: H2Event, whole: H2Event | None = None) -> None:
+        """The response head; with `whole`, the DATA frame that ended the stream in the same
+        read: the response is then a body in memory (at most one frame; its window is given
+        back at once), without a streamed body's reads and acknowledgements."""
         sid = event.stream_id
         ex = self._exchanges.get(sid)
+        if whole is not None:
+            self._conn.acknowledge(sid, whole.flow_len)
         if ex is None or ex.response.done():
             return
         status = 0
@@ -204,6 +223,10 @@ class H2ClientConnection(asyncio.Protocol):
         headers = Headers.from_lower(items)
         if event.end_stream:
             body: Body = EMPTY_BODY  # Trailers-Only (gRPC) or an empty reply
+            self._exchanges.pop(sid, None)
+            self._stream_closed(sid, ex)
+        elif whole is not None:
+            body = BytesBody(whole.data)
             self._exchanges.pop(sid, None)
             self._stream_closed(sid, ex)
         else:
@@ -273,11 +296,11 @@ class H2ClientConnection(asyncio.Protocol):
             raise StreamRefused("stream ids exhausted", upstream=self._pool.upstream)
         conn.send_headers(sid, fields, end_stream=empty)
         self._flush()
-        fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Response] = self._loop.create_future()
         ex = _Exchange(fut, body)
         self._exchanges[sid] = ex
         if not empty:
-            ex.writer = asyncio.get_running_loop().create_task(self._write_body(sid, body))
+            ex.writer = self._loop.create_task(self._write_body(sid, body))
         try:
             return await fut
         except asyncio.CancelledError:
@@ -337,7 +360,8 @@ class H2ClientConnection(asyncio.Protocol):
         the HEADERS, DATA and END_STREAM of one) share one write syscall."""
         if not self._flush_pending:
             self._flush_pending = True
-            asyncio.get_running_loop().call_soon(self._flush_now)
+            # (the loop kept: asyncio.get_running_loop() costs a getpid() system call)
+            self._loop.call_soon(self._flush_now)
 
     def _flush_now(self) -> None:
         self._flush_pending = False

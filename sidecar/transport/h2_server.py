@@ -422,7 +422,7 @@ class H2ServerConnection(asyncio.Protocol):
         ended = False
         try:
             if data is not None:
-                ended = body_trailers(body) is None
+                ended = True  # a body in memory has no trailers
                 await send_data(conn, sid, data, flush, waiters, flow, ended)
             else:
                 async for chunk in body:
@@ -514,7 +514,8 @@ class H2ServerConnection(asyncio.Protocol):
         the HEADERS, DATA and END_STREAM of one) share one write syscall."""
         if not self._flush_pending:
             self._flush_pending = True
-            asyncio.get_running_loop().call_soon(self._flush_now)
+            # (the loop kept: asyncio.get_running_loop() costs a getpid() system call)
+            self._loop.call_soon(self._flush_now)
 
     def _flush_now(self) -> None:
         self._flush_pending = False
@@ -544,6 +545,11 @@ def _fields(raw: list[tuple[bytes, bytes]]) -> Headers:
 
 
 def _abort(body: Body) -> None:
+    if isinstance(body, H2Body):
+        body.abort()
+        return
+    if isinstance(body, BytesBody):
+        return  # (getattr's AttributeError costs a formatted message)
     abort = getattr(body, "abort", None)
     if abort is not None:
         abort()
