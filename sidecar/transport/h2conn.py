@@ -16,6 +16,7 @@ the peer is an event and nothing more: the streams it still processes finish (§
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Final
 
 from sidecar.transport import h2wire as w
@@ -33,10 +34,10 @@ GOAWAY: Final = 8  # stream_id is the last stream the peer processes; code
 
 # Frames in one header block beyond which the block is refused (h2's bound, too).
 MAX_CONTINUATIONS: Final = 64
-# Closed streams remembered (how they closed decides the answer to a late frame).
-_CLOSED_MEMORY: Final = 512
-_BY_END: Final = 1
-_BY_RESET: Final = 2
+# Streams closed by RST_STREAM remembered: frames the peer had in flight on one are dropped
+# (RFC 9113 §5.4.2); a late frame on any other closed stream is answered as on one both ends
+# finished.
+_RESET_MEMORY: Final = 512
 _NO_LIMIT: Final = 2**31
 
 
@@ -131,7 +132,8 @@ class H2Conn:
         # owner answers 431 instead of the connection dying.
         self.decoder = LeanDecoder(max(65536, 2 * max_header_list_size))
         self.streams: dict[int, _Stream] = {}
-        self._closed: dict[int, int] = {}
+        self._resets: set[int] = set()
+        self._reset_order: deque[int] = deque()
         self._next_stream_id = 1
         self._highest_remote = 0
         self._out: list[bytes] = []
@@ -235,7 +237,7 @@ class H2Conn:
         if self.streams.pop(stream_id, None) is None:
             return
         self._out.append(w.rst_stream_frame(stream_id, code))
-        self._remember(stream_id, _BY_RESET)
+        self._remember_reset(stream_id)
 
     def acknowledge(self, stream_id: int, n: int) -> None:
         """The owner consumed `n` flow-controlled bytes of the stream: once half a window is
@@ -356,28 +358,27 @@ class H2Conn:
             return sid % 2 == 0 or sid >= self._next_stream_id
         return sid % 2 == 0 or sid > self._highest_remote
 
-    def _remember(self, sid: int, how: int) -> None:
-        closed = self._closed
-        closed[sid] = how
-        if len(closed) > _CLOSED_MEMORY:
-            del closed[next(iter(closed))]
+    def _remember_reset(self, sid: int) -> None:
+        self._resets.add(sid)
+        order = self._reset_order
+        order.append(sid)
+        if len(order) > _RESET_MEMORY:
+            self._resets.discard(order.popleft())
 
     def _end_local(self, stream: _Stream) -> None:
         stream.local_closed = True
         if stream.remote_closed:
             del self.streams[stream.id]
-            self._remember(stream.id, _BY_END)
 
     def _end_remote(self, stream: _Stream) -> None:
         stream.remote_closed = True
         if stream.local_closed:
             del self.streams[stream.id]
-            self._remember(stream.id, _BY_END)
 
     def _stream_error(self, sid: int, code: int, events: list[H2Event]) -> None:
         stream = self.streams.pop(sid, None)
         self._out.append(w.rst_stream_frame(sid, code))
-        self._remember(sid, _BY_RESET)
+        self._remember_reset(sid)
         if stream is not None:
             events.append(H2Event(LOCAL_RESET, sid, code=code))
 
@@ -405,7 +406,7 @@ class H2Conn:
                 self._fail(w.PROTOCOL_ERROR, f"DATA on idle stream {sid}")
             # Nobody reads it: the connection window is given back at once.
             self.acknowledge(sid, flow_len)
-            if stream is not None or self._closed.get(sid, _BY_END) == _BY_END:
+            if stream is not None or sid not in self._resets:
                 self._stream_error(sid, w.STREAM_CLOSED, events)
             return
         stream.recv_window -= flow_len
@@ -465,13 +466,13 @@ class H2Conn:
             if self.client_side or sid <= self._highest_remote or sid % 2 == 0:
                 if self._idle(sid):
                     self._fail(w.PROTOCOL_ERROR, f"HEADERS on idle stream {sid}")
-                if self._closed.get(sid, _BY_END) == _BY_RESET:
+                if sid in self._resets:
                     return  # in flight when we reset it (§5.4.2)
                 self._fail(w.STREAM_CLOSED, f"HEADERS on closed stream {sid}")
             self._highest_remote = sid
             if len(self.streams) >= self.max_concurrent_streams:
                 self._out.append(w.rst_stream_frame(sid, w.REFUSED_STREAM))
-                self._remember(sid, _BY_RESET)
+                self._remember_reset(sid)
                 return
             stream = _Stream(sid, self._remote_initial_window, self.stream_window)
             self.streams[sid] = stream
@@ -583,5 +584,5 @@ class H2Conn:
             self._fail(w.PROTOCOL_ERROR, f"RST_STREAM on idle stream {sid}")
         if self.streams.pop(sid, None) is None:
             return
-        self._remember(sid, _BY_RESET)
+        self._remember_reset(sid)
         events.append(H2Event(RESET, sid, code=int.from_bytes(payload, "big")))

@@ -47,17 +47,20 @@ def _integer(value: int, prefix_bits: int, flags: int) -> bytes:
     return bytes(out)
 
 
-def _static_maps() -> tuple[dict[tuple[bytes, bytes], bytes], dict[bytes, bytes]]:
-    pairs: dict[tuple[bytes, bytes], bytes] = {}
+def _static_maps() -> tuple[dict[bytes, dict[bytes, bytes]], dict[bytes, bytes]]:
+    pairs: dict[bytes, dict[bytes, bytes]] = {}
     names: dict[bytes, bytes] = {}
     for index, (name, value) in enumerate(STATIC_TABLE, start=1):
-        pairs.setdefault((name, value), _integer(index, 7, 0x80))
+        if value:
+            pairs.setdefault(name, {}).setdefault(value, _integer(index, 7, 0x80))
         names.setdefault(name, _integer(index, 4, 0x00))
     return pairs, names
 
 
-# Indexed field representations of the static table's (name, value) pairs, and the first
-# bytes of a literal field without indexing whose name is a static index.
+# Indexed field representations of the static table's (name, value) pairs, by name then
+# value (only a few names have static values: most fields cost one lookup, and no hashing
+# of their value), and the first bytes of a literal field without indexing whose name is a
+# static index.
 _STATIC_PAIRS, _STATIC_NAMES = _static_maps()
 # Value lengths below 127 are one byte: precomputed.
 _SHORT_LENGTHS = [bytes((n,)) for n in range(127)]
@@ -72,11 +75,14 @@ def encode_fields(fields: list[tuple[bytes, bytes]]) -> list[bytes]:
     out: list[bytes] = []
     append = out.append
     pairs, names = _STATIC_PAIRS, _STATIC_NAMES
+    short = _SHORT_LENGTHS
     for name, value in fields:
-        indexed = pairs.get((name, value))
-        if indexed is not None:
-            append(indexed)
-            continue
+        values = pairs.get(name)
+        if values is not None:
+            indexed = values.get(value)
+            if indexed is not None:
+                append(indexed)
+                continue
         prefix = names.get(name)
         if prefix is None:
             append(b"\x00")
@@ -84,7 +90,8 @@ def encode_fields(fields: list[tuple[bytes, bytes]]) -> list[bytes]:
             append(name)
         else:
             append(prefix)
-        append(_length(len(value)))
+        n = len(value)
+        append(short[n] if n < 127 else _integer(n, 7, 0x00))
         append(value)
     return out
 
@@ -211,7 +218,11 @@ def _read_integer(data: bytes, pos: int, prefix_bits: int) -> tuple[int, int]:
             raise HpackError("integer too large in a header block")
 
 
-def _read_string(data: bytes, pos: int) -> tuple[bytes, int]:
+_HUFFMAN_CACHE_SIZE = 128
+_HUFFMAN_CACHED_LENGTH = 64
+
+
+def _read_string(data: bytes, pos: int, cache: dict[bytes, bytes]) -> tuple[bytes, int]:
     """RFC 7541 §5.2: (octets, position after them), Huffman-decoded when flagged."""
     if pos >= len(data):
         raise HpackError("truncated string in a header block")
@@ -221,7 +232,17 @@ def _read_string(data: bytes, pos: int) -> tuple[bytes, int]:
     if end > len(data):
         raise HpackError("truncated string in a header block")
     raw = data[pos:end]
-    return (decode_huffman(raw) if huffman else raw), end
+    if not huffman:
+        return raw, end
+    if length > _HUFFMAN_CACHED_LENGTH:
+        return decode_huffman(raw), end
+    decoded = cache.get(raw)
+    if decoded is None:
+        decoded = decode_huffman(raw)
+        if len(cache) >= _HUFFMAN_CACHE_SIZE:
+            cache.clear()
+        cache[raw] = decoded
+    return decoded, end
 
 
 class LeanDecoder:
@@ -235,6 +256,9 @@ class LeanDecoder:
         self.table_size = DEFAULT_TABLE_SIZE  # the peer's current maximum
         self._entries: list[tuple[bytes, bytes]] = []
         self._used = 0
+        # Peers that index nothing (nginx) send the same Huffman strings on every response
+        # (server, content-type, the date of this second): decoded once per connection.
+        self._huffman: dict[bytes, bytes] = {}
 
     @property
     def dynamic_entries(self) -> list[tuple[bytes, bytes]]:
@@ -273,6 +297,7 @@ class LeanDecoder:
 
     def decode(self, data: bytes) -> list[tuple[bytes, bytes]]:
         limit = self.max_header_list_size
+        cache = self._huffman
         headers: list[tuple[bytes, bytes]] = []
         size = 0
         pos = 0
@@ -291,8 +316,8 @@ class LeanDecoder:
                 if index:
                     name = self._get(index)[0]
                 else:
-                    name, pos = _read_string(data, pos)
-                value, pos = _read_string(data, pos)
+                    name, pos = _read_string(data, pos, cache)
+                value, pos = _read_string(data, pos, cache)
                 self._add(name, value)
                 headers.append((name, value))
             elif first & 0x20:  # dynamic table size update
@@ -309,8 +334,8 @@ class LeanDecoder:
                 if index:
                     name = self._get(index)[0]
                 else:
-                    name, pos = _read_string(data, pos)
-                value, pos = _read_string(data, pos)
+                    name, pos = _read_string(data, pos, cache)
+                value, pos = _read_string(data, pos, cache)
                 headers.append((name, value))
             size += len(name) + len(value) + 32
             if size > limit:
