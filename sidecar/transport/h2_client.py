@@ -284,7 +284,11 @@ class H2ClientConnection(asyncio.Protocol):
         """Response bytes received and not yet read by the caller."""
         return sum(e.body.buffered for e in self._exchanges.values() if e.body is not None)
 
-    async def send(self, request: Request, fields: list[tuple[bytes, bytes]]) -> Response:
+    def start(
+        self, request: Request, fields: list[tuple[bytes, bytes]]
+    ) -> tuple[int, asyncio.Future[Response]]:
+        """Open a stream for the request: its id, and the future of its response (whose
+        awaiter must cancel() the stream if it gives up)."""
         if self.closed or self._transport is None:
             raise UpstreamReset("connection closed", upstream=self._pool.upstream)
         conn = self._conn
@@ -301,12 +305,7 @@ class H2ClientConnection(asyncio.Protocol):
         self._exchanges[sid] = ex
         if not empty:
             ex.writer = self._loop.create_task(self._write_body(sid, body))
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            # The caller gave up (client gone, timeout): so does the upstream.
-            self.cancel(sid)
-            raise
+        return sid, fut
 
     async def _write_body(self, sid: int, body: Body) -> None:
         conn, flush, waiters, flow = self._conn, self._flush, self._waiters, self._flow
@@ -387,6 +386,13 @@ class H2Pool:
         self.dialer = dialer
         self._conns: list[H2ClientConnection] = []
         self._connecting: asyncio.Future[H2ClientConnection] | None = None
+
+    def ready(self) -> H2ClientConnection | None:
+        """An open connection with room for another stream, if there is one."""
+        for conn in self._conns:
+            if conn.capacity > 0:
+                return conn
+        return None
 
     async def connection(self) -> H2ClientConnection:
         for conn in self._conns:
@@ -484,9 +490,15 @@ class H2Client:
         fields = request_fields(request)
         resends = 0
         while True:
-            conn = await pool.connection()
+            # (no coroutine for the usual case: a connection with room for the stream)
+            conn = pool.ready() or await pool.connection()
+            sid, response = conn.start(request, fields)
             try:
-                return await conn.send(request, fields)
+                return await response
+            except asyncio.CancelledError:
+                # The caller gave up (client gone, timeout): so does the upstream.
+                conn.cancel(sid)
+                raise
             except NotHttp2:
                 if fallback:
                     self._http1_only.add(endpoint)
