@@ -81,6 +81,7 @@ class _Stream:
     __slots__ = (
         "expected_length",
         "got_headers",
+        "head",
         "id",
         "local_closed",
         "received",
@@ -100,6 +101,7 @@ class _Stream:
         self.got_headers = False
         self.expected_length = -1
         self.received = 0
+        self.head = False  # a HEAD request (client side): its response's length is not its body's
 
 
 class H2Conn:
@@ -183,6 +185,7 @@ class H2Conn:
                 raise ConnectionResetError(f"stream {stream_id} is not open")
             self._next_stream_id += 2
             stream = _Stream(stream_id, self._remote_initial_window, self.stream_window)
+            stream.head = (b":method", b"HEAD") in fields[:4]
             self.streams[stream_id] = stream
         elif stream.local_closed:
             raise ConnectionResetError(f"stream {stream_id} is closed")
@@ -500,8 +503,10 @@ class H2Conn:
             if end:
                 self._stream_error(sid, w.PROTOCOL_ERROR, events)
             return
+        # A response to HEAD, and 204/304 responses, state a length without a body.
+        no_body = self.client_side and (stream.head or fields[0][1] in (b"204", b"304"))
         for name, value in fields:
-            if name == b"content-length":
+            if name == b"content-length" and not no_body:
                 if not value.isdigit() or (
                     stream.expected_length >= 0 and int(value) != stream.expected_length
                 ):
@@ -509,6 +514,7 @@ class H2Conn:
                     return
                 stream.expected_length = int(value)
         if end and stream.expected_length > 0:
+            # A request that announces a body and has none (RFC 9113 §8.1.1).
             self._stream_error(sid, w.PROTOCOL_ERROR, events)
             return
         stream.got_headers = True

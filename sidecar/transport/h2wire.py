@@ -148,9 +148,9 @@ _PSEUDO: Final = {
 _NAME_CHARS: Final = bytes(c for c in range(0x21, 0x7F) if not (0x41 <= c <= 0x5A) and c != 0x3A)
 # Valid names seen in most blocks (the static table's, without the colon): one set lookup
 # instead of a character scan.
-_KNOWN_NAMES: Final = frozenset(
-    n[1:] if n[:1] == b":" else n for n, _ in STATIC_TABLE
-) | frozenset({b"te", b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding", b"traceparent"})
+_KNOWN_NAMES: Final = frozenset(n[1:] if n[:1] == b":" else n for n, _ in STATIC_TABLE) | frozenset(
+    {b"te", b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding", b"traceparent"}
+)
 
 
 def check_fields(fields: list[tuple[bytes, bytes]], kind: int) -> str:

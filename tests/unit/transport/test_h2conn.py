@@ -435,3 +435,41 @@ def test_settings_are_acknowledged_and_pings_answered() -> None:
     assert out.count(wire.SETTINGS_ACK) == 2
     assert wire.ping_ack_frame(b"abcdefgh") in out
     assert conn.max_outbound_frame_size == 32768
+
+
+def _client_pair() -> tuple[H2Conn, h2.connection.H2Connection]:
+    client, server = H2Conn(True), _h2_server()
+    client.initiate()
+    server.receive_data(client.data_to_send())
+    client.receive(server.data_to_send())
+    return client, server
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "end_on_headers"),
+    [(b"HEAD", b"200", True), (b"HEAD", b"200", False), (b"GET", b"304", False)],
+)
+def test_responses_stating_a_length_without_a_body(
+    method: bytes, status: bytes, end_on_headers: bool
+) -> None:
+    """HEAD responses and 304s carry the representation's content-length with no body."""
+    client, server = _client_pair()
+    client.send_headers(1, [(b":method", method), *REQUEST[1:]], end_stream=True)
+    server.receive_data(client.data_to_send())
+    server.send_headers(1, [(":status", status), ("content-length", "1234")], end_on_headers)
+    if not end_on_headers:
+        server.end_stream(1)
+    events = client.receive(server.data_to_send())
+    assert h2conn.LOCAL_RESET not in [e.kind for e in events]
+    assert events[0].kind == h2conn.HEADERS and not client.streams
+
+
+def test_a_body_shorter_than_its_content_length_resets_the_response() -> None:
+    client, server = _client_pair()
+    client.send_headers(1, REQUEST, end_stream=True)
+    server.receive_data(client.data_to_send())
+    server.config.validate_outbound_headers = False
+    server.send_headers(1, [(":status", "200"), ("content-length", "10")])
+    server.send_data(1, b"short", end_stream=True)
+    events = client.receive(server.data_to_send())
+    assert [e.kind for e in events] == [h2conn.HEADERS, h2conn.LOCAL_RESET]
