@@ -24,7 +24,6 @@ from sidecar.http import EMPTY_BODY, Body, BytesBody, Headers, Request, Response
 from sidecar.transport import h2conn
 from sidecar.transport import h2wire as wire
 from sidecar.transport.client import Dialer, dial
-from sidecar.transport.driver import Driver
 from sidecar.transport.flow import WriteFlow
 from sidecar.transport.h2_body import H2Body
 from sidecar.transport.h2_common import (
@@ -61,7 +60,7 @@ class _Exchange:
         self.response = response
         self.request_body = request_body
         self.body: H2Body | None = None
-        self.writer: Driver | None = None
+        self.writer: asyncio.Task[None] | None = None
 
 
 class H2ClientConnection(asyncio.Protocol):
@@ -305,7 +304,7 @@ class H2ClientConnection(asyncio.Protocol):
         ex = _Exchange(fut, body)
         self._exchanges[sid] = ex
         if not empty:
-            ex.writer = Driver(self._loop, self._write_body(sid, body))
+            ex.writer = self._loop.create_task(self._write_body(sid, body))
         return sid, fut
 
     async def _write_body(self, sid: int, body: Body) -> None:

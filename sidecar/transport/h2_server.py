@@ -27,7 +27,6 @@ from sidecar.http import EMPTY_BODY, Body, BytesBody, Headers, Request, Response
 from sidecar.stack import Handler
 from sidecar.transport import h2conn
 from sidecar.transport import h2wire as wire
-from sidecar.transport.driver import Driver
 from sidecar.transport.flow import WriteFlow
 from sidecar.transport.h2_body import H2Body
 from sidecar.transport.h2_common import (
@@ -93,7 +92,7 @@ class _Stream:
         self.id = stream_id
         self.received = 0
         self.body: H2Body | None = None
-        self.task: Driver | None = None
+        self.task: asyncio.Task[None] | None = None
         self.reset = False
 
 
@@ -222,12 +221,11 @@ class H2ServerConnection(asyncio.Protocol):
         try:
             request = self._request(sid, event.headers or [], event.end_stream)
         except SidecarError as err:
-            stream.task = Driver(self._loop, self._reply_error(stream, err))
+            stream.task = self._loop.create_task(self._reply_error(stream, err))
             return
         if isinstance(request.body, H2Body):
             stream.body = request.body
-        # A Driver, not a Task, runs the stream: ~3.7 µs less per request (see driver.py).
-        stream.task = Driver(self._loop, self._serve(stream, request))
+        stream.task = self._loop.create_task(self._serve(stream, request))
 
     def _request(self, sid: int, raw: list[tuple[bytes, bytes]], ended: bool) -> Request:
         method = path = authority = ""
