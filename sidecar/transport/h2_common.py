@@ -15,7 +15,6 @@ from sidecar.transport.h2conn import H2Conn
 # connection is ever buffered unread.
 STREAM_WINDOW = 1024 * 1024
 CONNECTION_WINDOW = 4 * 1024 * 1024
-DEFAULT_WINDOW = 65_535
 # RFC 9113 §8.2.2: connection-specific fields must not appear in HTTP/2; `te` only as
 # "trailers". Framing fields are recomputed from the body we send.
 CONNECTION_SPECIFIC = frozenset(
