@@ -32,6 +32,7 @@ from sidecar.transport.h2_common import (
     STREAM_WINDOW,
     WindowWaiters,
     send_data,
+    send_now,
 )
 from sidecar.transport.h2_lazy import NotHttp2
 from sidecar.transport.h2conn import ConnectionProtocolError, H2Conn, H2Event
@@ -303,7 +304,10 @@ class H2ClientConnection(asyncio.Protocol):
         fut: asyncio.Future[Response] = self._loop.create_future()
         ex = _Exchange(fut, body)
         self._exchanges[sid] = ex
-        if not empty:
+        # A body in memory that the windows let through goes with the head; anything else is
+        # written by a task of its own, as the peer's windows open.
+        sent = isinstance(body, BytesBody) and send_now(conn, sid, body.data, self._flow, True)
+        if not empty and not sent:
             ex.writer = self._loop.create_task(self._write_body(sid, body))
         return sid, fut
 
@@ -311,7 +315,10 @@ class H2ClientConnection(asyncio.Protocol):
         conn, flush, waiters, flow = self._conn, self._flush, self._waiters, self._flow
         try:
             if isinstance(body, BytesBody):
-                await send_data(conn, sid, body.data, flush, waiters, flow, end_stream=True)
+                if send_now(conn, sid, body.data, flow, end_stream=True):
+                    flush()
+                else:
+                    await send_data(conn, sid, body.data, flush, waiters, flow, end_stream=True)
                 return
             async for chunk in body:
                 await send_data(conn, sid, chunk, flush, waiters, flow)

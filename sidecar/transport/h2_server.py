@@ -36,6 +36,7 @@ from sidecar.transport.h2_common import (
     ResetRate,
     WindowWaiters,
     send_data,
+    send_now,
 )
 from sidecar.transport.h2_lazy import H2Handover, RequestCounter
 from sidecar.transport.h2conn import ConnectionProtocolError, H2Conn, H2Event
@@ -423,13 +424,19 @@ class H2ServerConnection(asyncio.Protocol):
         try:
             if data is not None:
                 ended = True  # a body in memory has no trailers
-                await send_data(conn, sid, data, flush, waiters, flow, ended)
+                if send_now(conn, sid, data, flow, ended):
+                    flush()
+                else:
+                    await send_data(conn, sid, data, flush, waiters, flow, ended)
             else:
                 async for chunk in body:
                     # An upstream HTTP/2 body whose END_STREAM came with this chunk: end the
                     # stream on the chunk's last frame.
                     ended = isinstance(body, H2Body) and body.at_eof and body.trailers is None
-                    await send_data(conn, sid, chunk, flush, waiters, flow, ended)
+                    if send_now(conn, sid, chunk, flow, ended):
+                        flush()
+                    else:
+                        await send_data(conn, sid, chunk, flush, waiters, flow, ended)
                     if ended:
                         break
         except (asyncio.CancelledError, ConnectionResetError):

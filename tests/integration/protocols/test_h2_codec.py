@@ -4,10 +4,13 @@ or an oversized request head costs that stream, not the connection its neighbour
 from __future__ import annotations
 
 import asyncio
+import json
 
+import aiohttp
 import h2.errors
 import h2.events
 
+from tests.doubles.h2_upstream import H2Upstream
 from tests.integration.protocols.test_h2_attacks import RawH2, request_headers, start
 
 
@@ -50,3 +53,29 @@ async def test_an_oversized_request_head_is_431_on_its_stream(upstreams, sidecar
     await raw.flush()
     assert await _answers(raw, {1, 3}) == {1: b"431", 3: b"200"}
     raw.writer.close()
+
+
+async def test_small_and_large_bodies_reach_an_h2c_upstream_whole(sidecar_factory):
+    """A body in memory that fits the upstream's windows goes out with the request head; a
+    larger one is written as the windows open. Both arrive whole and in order."""
+    up = await H2Upstream().start()
+    try:
+        sc = await sidecar_factory(
+            {
+                "service": {"name": "caller", "port": up.port},
+                "discovery": {"static": {"h2svc": [f"127.0.0.1:{up.port}"]}},
+                "upstreams": {"h2svc": {"protocol": "h2c"}},
+            }
+        )
+        port = sc.bound_port("listeners.outbound")
+        async with aiohttp.ClientSession() as s:
+            for size in (1, 100, 16_384, 16_385, 200_000):
+                async with s.post(
+                    f"http://127.0.0.1:{port}/upload",
+                    data=b"x" * size,
+                    headers={"Host": "h2svc"},
+                ) as r:
+                    assert r.status == 200
+                    assert json.loads(await r.read())["body_len"] == size
+    finally:
+        await up.stop()
