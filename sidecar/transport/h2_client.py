@@ -1,4 +1,4 @@
-"""Upstream HTTP/2 cleartext client (prior knowledge) on the `h2` state machine.
+"""Upstream HTTP/2 cleartext client (prior knowledge) on our own codec (h2conn.py).
 
 Streams, not connections, are the unit: each endpoint gets one multiplexed connection (a
 second one only while the first is at the upstream's SETTINGS_MAX_CONCURRENT_STREAMS or going
@@ -18,29 +18,24 @@ import time
 from collections.abc import Callable
 from typing import cast
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
-
 from sidecar import grpc
 from sidecar.errors import SidecarError, UpstreamConnectFailure, UpstreamReset
 from sidecar.http import EMPTY_BODY, Body, BytesBody, Headers, Request, Response
+from sidecar.transport import h2conn
+from sidecar.transport import h2wire as wire
 from sidecar.transport.client import Dialer, dial
 from sidecar.transport.flow import WriteFlow
 from sidecar.transport.h2_body import H2Body
 from sidecar.transport.h2_common import (
     CONNECTION_SPECIFIC,
     CONNECTION_WINDOW,
-    DEFAULT_WINDOW,
     STREAM_WINDOW,
     WindowWaiters,
-    new_connection,
     send_data,
+    send_now,
 )
 from sidecar.transport.h2_lazy import NotHttp2
+from sidecar.transport.h2conn import ConnectionProtocolError, H2Conn, H2Event
 from sidecar.vocab.endpoint import Endpoint
 
 log = logging.getLogger(__name__)
@@ -72,6 +67,7 @@ class _Exchange:
 class H2ClientConnection(asyncio.Protocol):
     def __init__(self, pool: H2Pool) -> None:
         self._pool = pool
+        self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._flow = WriteFlow()
         self._waiters = WindowWaiters()
@@ -82,22 +78,17 @@ class H2ClientConnection(asyncio.Protocol):
         self.going_away = False
         self.speaks_h2 = False
         self.idle_since = time.monotonic()
-        self._conn = new_connection(client_side=True)
+        self._conn = H2Conn(
+            True,
+            max_header_list_size=MAX_RESPONSE_HEADER_LIST,
+            stream_window=STREAM_WINDOW,
+            connection_window=CONNECTION_WINDOW,
+        )
 
     # ---------------------------------------------------------- protocol events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
-        conn = self._conn
-        conn.local_settings = h2.settings.Settings(
-            client=True,
-            initial_values={
-                h2.settings.SettingCodes.ENABLE_PUSH: 0,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_RESPONSE_HEADER_LIST,
-            },
-        )
-        conn.initiate_connection()
-        conn.increment_flow_control_window(CONNECTION_WINDOW - DEFAULT_WINDOW)
+        self._conn.initiate()
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -124,65 +115,82 @@ class H2ClientConnection(asyncio.Protocol):
         if not self.speaks_h2 and len(self._first) < 8:
             self._first += data[:8]
         try:
-            events = self._conn.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
+            events = self._conn.receive(data)
+        except ConnectionProtocolError as exc:
             log.debug("HTTP/2 protocol error from %s: %s", self._pool.endpoint, exc)
             self._flush_now()
             self.close()
             return
-        for event in events:
+        i, n = 0, len(events)
+        while i < n:
+            event = events[i]
+            if event.kind == h2conn.HEADERS and not event.end_stream and i + 1 < n:
+                last = events[i + 1]
+                if (
+                    last.kind == h2conn.DATA
+                    and last.end_stream
+                    and last.stream_id == event.stream_id
+                ):
+                    self._on_response(event, last)
+                    i += 2
+                    continue
             self._on_event(event)
+            i += 1
         self._flush()
 
-    def _on_event(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.ResponseReceived):
+    def _on_event(self, event: H2Event) -> None:
+        kind = event.kind
+        sid = event.stream_id
+        if kind == h2conn.HEADERS:
             self._on_response(event)
-        elif isinstance(event, h2.events.DataReceived):
-            ex = self._exchanges.get(event.stream_id or 0)
-            flow_len = event.flow_controlled_length or 0
+        elif kind == h2conn.DATA:
+            ex = self._exchanges.get(sid)
             if ex is not None and ex.body is not None:
-                ex.body.feed(event.data or b"", flow_len)
-            elif flow_len:
-                with contextlib.suppress(h2.exceptions.ProtocolError):
-                    self._conn.acknowledge_received_data(flow_len, event.stream_id or 0)
-        elif isinstance(event, h2.events.TrailersReceived):
-            ex = self._exchanges.pop(event.stream_id or 0, None)
+                ex.body.feed(event.data, event.flow_len)
+            else:
+                self._conn.acknowledge(sid, event.flow_len)
+            if event.end_stream:
+                ex = self._exchanges.pop(sid, None)
+                if ex is not None:
+                    if ex.body is not None:
+                        ex.body.feed_eof()
+                    self._stream_closed(sid, ex)
+        elif kind == h2conn.TRAILERS:
+            ex = self._exchanges.pop(sid, None)
             if ex is not None:
                 trailers = _fields(event.headers or [])
                 if ex.body is not None:
                     ex.body.feed_eof(trailers)
-                self._stream_closed(ex)
-        elif isinstance(event, h2.events.StreamEnded):
-            ex = self._exchanges.pop(event.stream_id or 0, None)
-            if ex is not None:
-                if ex.body is not None:
-                    ex.body.feed_eof()
-                self._stream_closed(ex)
-        elif isinstance(event, h2.events.StreamReset):
-            sid = event.stream_id or 0
-            code = event.error_code
-            if code == h2.errors.ErrorCodes.REFUSED_STREAM:
+                self._stream_closed(sid, ex)
+        elif kind == h2conn.RESET or kind == h2conn.LOCAL_RESET:
+            code = event.code
+            if kind == h2conn.RESET and code == wire.REFUSED_STREAM:
                 err: SidecarError = self._unprocessed(sid, "upstream refused the stream")
+            elif kind == h2conn.RESET:
+                err = UpstreamReset(
+                    f"upstream reset the stream ({wire.error_name(code)})",
+                    upstream=self._pool.upstream,
+                )
             else:
                 err = UpstreamReset(
-                    f"upstream reset the stream ({_code_name(code)})", upstream=self._pool.upstream
+                    "malformed response from the upstream", upstream=self._pool.upstream
                 )
             self._waiters.fail(sid, ConnectionResetError("stream reset"))
             self._fail(sid, err)
-        elif isinstance(event, h2.events.WindowUpdated):
-            if event.stream_id:
-                self._waiters.wake(event.stream_id)
+        elif kind == h2conn.WINDOW_UPDATE:
+            if sid:
+                self._waiters.wake(sid)
             else:
                 self._waiters.wake_all()
-        elif isinstance(event, h2.events.RemoteSettingsChanged):
+        elif kind == h2conn.SETTINGS:
             self.speaks_h2 = True
             self._waiters.wake_all()
-        elif isinstance(event, h2.events.ConnectionTerminated):
+        elif kind == h2conn.GOAWAY:
             self.going_away = True
-            last = event.last_stream_id or 0
-            for sid in [s for s in self._exchanges if s > last]:
+            last = sid
+            for s in [s for s in self._exchanges if s > last]:
                 self._fail(
-                    sid, self._unprocessed(sid, "upstream sent GOAWAY before processing the stream")
+                    s, self._unprocessed(s, "upstream sent GOAWAY before processing the stream")
                 )
             if not self._exchanges:
                 self.close()
@@ -195,9 +203,14 @@ class H2ClientConnection(asyncio.Protocol):
             return StreamRefused(reason, upstream=self._pool.upstream)
         return UpstreamReset(reason, upstream=self._pool.upstream)
 
-    def _on_response(self, event: h2.events.ResponseReceived) -> None:
-        sid = event.stream_id or 0
+    def _on_response(self, event: H2Event, whole: H2Event | None = None) -> None:
+        """The response head; with `whole`, the DATA frame that ended the stream in the same
+        read: the response is then a body in memory (at most one frame; its window is given
+        back at once), without a streamed body's reads and acknowledgements."""
+        sid = event.stream_id
         ex = self._exchanges.get(sid)
+        if whole is not None:
+            self._conn.acknowledge(sid, whole.flow_len)
         if ex is None or ex.response.done():
             return
         status = 0
@@ -208,11 +221,15 @@ class H2ClientConnection(asyncio.Protocol):
                 status = int(v)
             elif k[:1] != ":" and k not in CONNECTION_SPECIFIC:
                 items.append((k, v))
-        if 100 <= status < 200:
-            return  # interim: h2 reports InformationalResponseReceived for these anyway
         headers = Headers.from_lower(items)
-        if event.stream_ended is not None:
+        if event.end_stream:
             body: Body = EMPTY_BODY  # Trailers-Only (gRPC) or an empty reply
+            self._exchanges.pop(sid, None)
+            self._stream_closed(sid, ex)
+        elif whole is not None:
+            body = BytesBody(whole.data)
+            self._exchanges.pop(sid, None)
+            self._stream_closed(sid, ex)
         else:
             length = _content_length(event.headers or [])
             h2body = H2Body(length, self._acker(sid), lambda: self.cancel(sid))
@@ -228,12 +245,16 @@ class H2ClientConnection(asyncio.Protocol):
             ex.response.set_exception(err)
         if ex.body is not None:
             ex.body.set_error(err)
-        self._stream_closed(ex)
+        self._stream_closed(sid, ex)
 
-    def _stream_closed(self, ex: _Exchange) -> None:
+    def _stream_closed(self, sid: int, ex: _Exchange) -> None:
         if ex.writer is not None and not ex.writer.done():
-            # The upstream finished (or reset) before the request body was all sent.
+            # The upstream finished (or reset) before the request body was all sent: stop
+            # sending it (RFC 9113 §8.1), which also frees the stream.
             ex.writer.cancel()
+            if not self.closed:
+                self._conn.reset_stream(sid, wire.NO_ERROR)
+                self._flush()
         if not self._exchanges:
             self.idle_since = time.monotonic()
             if self.going_away:
@@ -243,9 +264,8 @@ class H2ClientConnection(asyncio.Protocol):
         def ack(n: int) -> None:
             if self.closed or n <= 0:
                 return
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self._conn.acknowledge_received_data(n, sid)
-                self._flush()
+            self._conn.acknowledge(sid, n)
+            self._flush()
 
         return ack
 
@@ -254,7 +274,7 @@ class H2ClientConnection(asyncio.Protocol):
     def capacity(self) -> int:
         if self.closed or self.going_away:
             return 0
-        limit = self._conn.remote_settings.max_concurrent_streams
+        limit = self._conn.remote_max_concurrent_streams
         return limit - len(self._exchanges)
 
     @property
@@ -265,37 +285,40 @@ class H2ClientConnection(asyncio.Protocol):
         """Response bytes received and not yet read by the caller."""
         return sum(e.body.buffered for e in self._exchanges.values() if e.body is not None)
 
-    async def send(self, request: Request, fields: list[tuple[bytes, bytes]]) -> Response:
+    def start(
+        self, request: Request, fields: list[tuple[bytes, bytes]]
+    ) -> tuple[int, asyncio.Future[Response]]:
+        """Open a stream for the request: its id, and the future of its response (whose
+        awaiter must cancel() the stream if it gives up)."""
         if self.closed or self._transport is None:
             raise UpstreamReset("connection closed", upstream=self._pool.upstream)
         conn = self._conn
         body = request.body
         empty = isinstance(body, BytesBody) and not body.data
-        try:
-            sid = conn.get_next_available_stream_id()
-            conn.send_headers(sid, fields, end_stream=empty)
-        except h2.exceptions.ProtocolError as exc:
-            raise UpstreamReset(
-                f"cannot open a stream: {exc}", upstream=self._pool.upstream
-            ) from None
+        sid = conn.next_stream_id()
+        if sid > wire.MAX_WINDOW:  # stream ids are 31 bits
+            self.going_away = True
+            raise StreamRefused("stream ids exhausted", upstream=self._pool.upstream)
+        conn.send_headers(sid, fields, end_stream=empty)
         self._flush()
-        fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Response] = self._loop.create_future()
         ex = _Exchange(fut, body)
         self._exchanges[sid] = ex
-        if not empty:
-            ex.writer = asyncio.get_running_loop().create_task(self._write_body(sid, body))
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            # The caller gave up (client gone, timeout): so does the upstream.
-            self.cancel(sid)
-            raise
+        # A body in memory that the windows let through goes with the head; anything else is
+        # written by a task of its own, as the peer's windows open.
+        sent = isinstance(body, BytesBody) and send_now(conn, sid, body.data, self._flow, True)
+        if not empty and not sent:
+            ex.writer = self._loop.create_task(self._write_body(sid, body))
+        return sid, fut
 
     async def _write_body(self, sid: int, body: Body) -> None:
         conn, flush, waiters, flow = self._conn, self._flush, self._waiters, self._flow
         try:
             if isinstance(body, BytesBody):
-                await send_data(conn, sid, body.data, flush, waiters, flow, end_stream=True)
+                if send_now(conn, sid, body.data, flow, end_stream=True):
+                    flush()
+                else:
+                    await send_data(conn, sid, body.data, flush, waiters, flow, end_stream=True)
                 return
             async for chunk in body:
                 await send_data(conn, sid, chunk, flush, waiters, flow)
@@ -304,7 +327,7 @@ class H2ClientConnection(asyncio.Protocol):
                 self._flush()
         except asyncio.CancelledError:
             raise
-        except (ConnectionResetError, h2.exceptions.ProtocolError):
+        except ConnectionResetError:
             return  # the stream or connection went away; the response side reports it
         except Exception as exc:
             # A client body that broke (too large, reset) is the client's error, not the
@@ -326,10 +349,9 @@ class H2ClientConnection(asyncio.Protocol):
             return
         if ex.body is not None:
             ex.body.set_error(UpstreamReset("stream cancelled", upstream=self._pool.upstream))
-        with contextlib.suppress(h2.exceptions.ProtocolError):
-            self._conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
-            self._flush()
-        self._stream_closed(ex)
+        self._conn.reset_stream(sid, wire.CANCEL)
+        self._flush()
+        self._stream_closed(sid, ex)
 
     def close(self) -> None:
         if not self.closed:
@@ -344,7 +366,8 @@ class H2ClientConnection(asyncio.Protocol):
         the HEADERS, DATA and END_STREAM of one) share one write syscall."""
         if not self._flush_pending:
             self._flush_pending = True
-            asyncio.get_running_loop().call_soon(self._flush_now)
+            # (the loop kept: asyncio.get_running_loop() costs a getpid() system call)
+            self._loop.call_soon(self._flush_now)
 
     def _flush_now(self) -> None:
         self._flush_pending = False
@@ -370,6 +393,13 @@ class H2Pool:
         self.dialer = dialer
         self._conns: list[H2ClientConnection] = []
         self._connecting: asyncio.Future[H2ClientConnection] | None = None
+
+    def ready(self) -> H2ClientConnection | None:
+        """An open connection with room for another stream, if there is one."""
+        for conn in self._conns:
+            if conn.capacity > 0:
+                return conn
+        return None
 
     async def connection(self) -> H2ClientConnection:
         for conn in self._conns:
@@ -467,9 +497,15 @@ class H2Client:
         fields = request_fields(request)
         resends = 0
         while True:
-            conn = await pool.connection()
+            # (no coroutine for the usual case: a connection with room for the stream)
+            conn = pool.ready() or await pool.connection()
+            sid, response = conn.start(request, fields)
             try:
-                return await conn.send(request, fields)
+                return await response
+            except asyncio.CancelledError:
+                # The caller gave up (client gone, timeout): so does the upstream.
+                conn.cancel(sid)
+                raise
             except NotHttp2:
                 if fallback:
                     self._http1_only.add(endpoint)
@@ -534,10 +570,3 @@ def _content_length(raw: list[tuple[bytes, bytes]]) -> int | None:
         if k == b"content-length":
             return int(v) if v.isdigit() else None
     return None
-
-
-def _code_name(code: int | None) -> str:
-    try:
-        return h2.errors.ErrorCodes(code or 0).name
-    except ValueError:
-        return str(code)

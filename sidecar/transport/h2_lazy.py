@@ -53,15 +53,16 @@ class LazyH2Client:
     def speaks_h2(self, endpoint: Endpoint) -> bool:
         return self.get().speaks_h2(endpoint)
 
-    async def send(
+    def send(
         self,
         request: Request,
         connect_timeout: float,
         *,
         fallback: bool,
         dialer: Callable[[str], Awaitable[str]] | None = None,
-    ) -> Response:
-        return await self.get().send(request, connect_timeout, fallback=fallback, dialer=dialer)
+    ) -> Awaitable[Response]:
+        # The client's own coroutine, handed back to be awaited: no coroutine of ours around it.
+        return self.get().send(request, connect_timeout, fallback=fallback, dialer=dialer)
 
     def buffered_bytes(self) -> int:
         return 0 if self._client is None else self._client.buffered_bytes()

@@ -1,13 +1,14 @@
-"""HTTP/2 server protocol (cleartext, prior knowledge) on the `h2` state machine.
+"""HTTP/2 server protocol (cleartext, prior knowledge) on our own codec (h2conn.py).
 
 A listener hands a connection here when its first bytes are the HTTP/2 preface (see
 detect.py). Each stream becomes one protocol-neutral Request given to the same handler the
 HTTP/1.1 path calls, so routing, retries, breaker and telemetry apply unchanged; the Response
 goes back as HEADERS, DATA within the client's windows, and trailers when the body has them.
 
-Limits: SETTINGS_MAX_CONCURRENT_STREAMS and SETTINGS_MAX_HEADER_LIST_SIZE are advertised and
-enforced by h2; h2 bounds a header block to 64 CONTINUATION frames (CVE-2024-27316); rapid
-reset (CVE-2023-44487) is counted here. Reading stops while the socket's write buffer is full,
+Limits: SETTINGS_MAX_CONCURRENT_STREAMS (streams above it are refused with REFUSED_STREAM)
+and SETTINGS_MAX_HEADER_LIST_SIZE are advertised and enforced by the codec, which also bounds
+a header block to 64 CONTINUATION frames (CVE-2024-27316); rapid reset (CVE-2023-44487) is
+counted here. Reading stops while the socket's write buffer is full,
 so PING/SETTINGS floods from a peer that does not read cannot grow memory."""
 
 from __future__ import annotations
@@ -20,32 +21,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
-from hyperframe.frame import GoAwayFrame
-
 from sidecar import grpc
 from sidecar.errors import BadRequest, PayloadTooLarge, SidecarError, error_response
 from sidecar.http import EMPTY_BODY, Body, BytesBody, Headers, Request, Response, body_trailers
 from sidecar.stack import Handler
+from sidecar.transport import h2conn
+from sidecar.transport import h2wire as wire
 from sidecar.transport.flow import WriteFlow
 from sidecar.transport.h2_body import H2Body
 from sidecar.transport.h2_common import (
     CONNECTION_SPECIFIC,
     CONNECTION_WINDOW,
-    DEFAULT_WINDOW,
     STREAM_WINDOW,
     ResetRate,
     WindowWaiters,
-    new_connection,
-    oversized_frame_pending,
     send_data,
+    send_now,
 )
 from sidecar.transport.h2_lazy import H2Handover, RequestCounter
+from sidecar.transport.h2conn import ConnectionProtocolError, H2Conn, H2Event
 from sidecar.vocab.headers import EXPECTED_TIMEOUT_HEADER
 
 log = logging.getLogger(__name__)
@@ -128,7 +122,14 @@ class H2ServerConnection(asyncio.Protocol):
         self._goaway_sent = False
         self._last_stream = 0
         self._idle: asyncio.TimerHandle | None = None
-        self._conn = new_connection(client_side=False)
+        limits = self._limits
+        self._conn = H2Conn(
+            False,
+            max_concurrent_streams=limits.max_concurrent_streams,
+            max_header_list_size=limits.max_header_bytes,
+            stream_window=STREAM_WINDOW,
+            connection_window=CONNECTION_WINDOW,
+        )
 
     # ------------------------------------------------------------ connection events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -136,18 +137,7 @@ class H2ServerConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self._peer = peer[0] if isinstance(peer, tuple) else ""
         self._registry.connections.add(self)
-        conn = self._conn
-        limits = self._limits
-        conn.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_bytes,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-            },
-        )
-        conn.initiate_connection()
-        conn.increment_flow_control_window(CONNECTION_WINDOW - DEFAULT_WINDOW)
+        self._conn.initiate()
         self._flush()
         self._arm_idle()
         if self._registry.draining:
@@ -180,15 +170,11 @@ class H2ServerConnection(asyncio.Protocol):
         if self._closing:
             return
         try:
-            events = self._conn.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
-            # h2 has queued a GOAWAY with the right code (PROTOCOL_ERROR, FRAME_SIZE_ERROR,
-            # ENHANCE_YOUR_CALM for too many CONTINUATION frames...).
+            events = self._conn.receive(data)
+        except ConnectionProtocolError as exc:
+            # The codec has queued a GOAWAY with the right code (PROTOCOL_ERROR,
+            # FRAME_SIZE_ERROR, ENHANCE_YOUR_CALM for too many CONTINUATION frames...).
             log.debug("HTTP/2 protocol error from %s: %s", self._peer, exc)
-            self._linger_close()
-            return
-        if oversized_frame_pending(self._conn):
-            self._conn.close_connection(h2.errors.ErrorCodes.FRAME_SIZE_ERROR)
             self._linger_close()
             return
         for event in events:
@@ -197,47 +183,44 @@ class H2ServerConnection(asyncio.Protocol):
                 return
         self._flush()
 
-    def _on_event(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.RequestReceived):
+    def _on_event(self, event: H2Event) -> None:
+        kind = event.kind
+        if kind == h2conn.HEADERS:
             self._on_request(event)
-        elif isinstance(event, h2.events.DataReceived):
+        elif kind == h2conn.DATA:
             self._on_data(event)
-        elif isinstance(event, h2.events.StreamEnded):
-            stream = self._streams.get(event.stream_id or 0)
-            if stream is not None and stream.body is not None:
-                stream.body.feed_eof()
-        elif isinstance(event, h2.events.TrailersReceived):
-            stream = self._streams.get(event.stream_id or 0)
+        elif kind == h2conn.TRAILERS:
+            stream = self._streams.get(event.stream_id)
             if stream is not None and stream.body is not None:
                 stream.body.feed_eof(_fields(event.headers or []))
-        elif isinstance(event, h2.events.StreamReset):
+        elif kind == h2conn.RESET or kind == h2conn.LOCAL_RESET:
             self._on_reset(event)
-        elif isinstance(event, h2.events.WindowUpdated):
+        elif kind == h2conn.WINDOW_UPDATE:
             if event.stream_id:
                 self._waiters.wake(event.stream_id)
             else:
                 self._waiters.wake_all()
-        elif isinstance(event, h2.events.RemoteSettingsChanged):
+        elif kind == h2conn.SETTINGS:
             self._waiters.wake_all()
-        elif isinstance(event, h2.events.ConnectionTerminated):
+        elif kind == h2conn.GOAWAY:
             # The client is going away: finish what is in flight, then close.
             self._goaway_sent = True
             if not self._streams:
                 self.close()
 
     # ------------------------------------------------------------ streams
-    def _on_request(self, event: h2.events.RequestReceived) -> None:
-        sid = event.stream_id or 0
+    def _on_request(self, event: H2Event) -> None:
+        sid = event.stream_id
         if self._goaway_sent:
             # After our GOAWAY, a new stream was not processed: the client may retry it.
-            self._conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            self._conn.reset_stream(sid, wire.REFUSED_STREAM)
             return
         self._last_stream = max(self._last_stream, sid)
         stream = _Stream(sid)
         self._streams[sid] = stream
         self._cancel_idle()
         try:
-            request = self._request(sid, event.headers or [], event.stream_ended is not None)
+            request = self._request(sid, event.headers or [], event.end_stream)
         except SidecarError as err:
             stream.task = self._loop.create_task(self._reply_error(stream, err))
             return
@@ -251,6 +234,8 @@ class H2ServerConnection(asyncio.Protocol):
         items: list[tuple[str, str]] = []
         cookies: list[str] = []
         size = 0
+        has_host = False
+        length: int | None = None
         for kb, vb in raw:
             k, v = kb.decode("latin-1"), vb.decode("latin-1")
             size += len(k) + len(v) + 32
@@ -266,6 +251,10 @@ class H2ServerConnection(asyncio.Protocol):
             elif k == "cookie":
                 cookies.append(v)  # HTTP/2 may split cookies; HTTP/1.1 wants one field
             else:
+                if k == "host":
+                    has_host = True
+                elif k == "content-length" and length is None:
+                    length = int(v) if v.isdigit() and v.isascii() else None
                 items.append((k, v))
         if cookies:
             items.append(("cookie", "; ".join(cookies)))
@@ -273,7 +262,7 @@ class H2ServerConnection(asyncio.Protocol):
             raise BadRequest(f"more than {MAX_HEADERS} header fields", status=431)
         if method == "CONNECT":
             raise BadRequest("CONNECT is not supported: this is not an open proxy", status=405)
-        if authority and not any(k == "host" for k, _ in items):
+        if authority and not has_host:
             items.append(("host", authority))
         headers = Headers.from_lower(items)
         if grpc.TIMEOUT_HEADER in headers and EXPECTED_TIMEOUT_HEADER not in headers:
@@ -281,7 +270,6 @@ class H2ServerConnection(asyncio.Protocol):
             seconds = grpc.parse_timeout(headers.get(grpc.TIMEOUT_HEADER) or "")
             if seconds is not None:
                 headers.add(EXPECTED_TIMEOUT_HEADER, str(int(seconds * 1000)))
-        length = _content_length(items)
         max_body = self._limits.max_body_bytes
         if max_body is not None and length is not None and length > max_body:
             raise PayloadTooLarge(f"request body larger than {max_body} bytes")
@@ -304,23 +292,20 @@ class H2ServerConnection(asyncio.Protocol):
         def ack(n: int) -> None:
             if self._closing or n <= 0:
                 return
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self._conn.acknowledge_received_data(n, sid)
-                self._flush()
+            self._conn.acknowledge(sid, n)
+            self._flush()
 
         return ack
 
-    def _on_data(self, event: h2.events.DataReceived) -> None:
-        sid = event.stream_id or 0
-        data = event.data or b""
-        flow_len = event.flow_controlled_length or 0
+    def _on_data(self, event: H2Event) -> None:
+        sid = event.stream_id
+        data = event.data
+        flow_len = event.flow_len
         stream = self._streams.get(sid)
         body = stream.body if stream is not None else None
         if body is None:
             # Nobody will read it (stream already answered): give the window back at once.
-            if flow_len:
-                with contextlib.suppress(h2.exceptions.ProtocolError):
-                    self._conn.acknowledge_received_data(flow_len, sid)
+            self._conn.acknowledge(sid, flow_len)
             return
         max_body = self._limits.max_body_bytes
         assert stream is not None
@@ -328,15 +313,18 @@ class H2ServerConnection(asyncio.Protocol):
         if max_body is not None and stream.received > max_body:
             body.set_error(PayloadTooLarge(f"request body larger than {max_body} bytes"))
         body.feed(data, flow_len)
+        if event.end_stream:
+            body.feed_eof()
 
-    def _on_reset(self, event: h2.events.StreamReset) -> None:
-        stream = self._streams.get(event.stream_id or 0)
+    def _on_reset(self, event: H2Event) -> None:
+        stream = self._streams.get(event.stream_id)
         if stream is None:
             return
+        stream.reset = True  # the codec has closed it
         self._waiters.fail(stream.id, ConnectionResetError("stream reset by the client"))
-        if event.remote_reset and self._resets.record():
+        if event.kind == h2conn.RESET and self._resets.record():
             log.warning("HTTP/2 rapid reset from %s: closing the connection", self._peer)
-            self._conn.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+            self._conn.send_goaway(self._conn.last_remote_stream, wire.ENHANCE_YOUR_CALM)
             self._linger_close()
             return
         self._cancel_stream(stream, ConnectionResetError("stream reset by the client"))
@@ -349,14 +337,13 @@ class H2ServerConnection(asyncio.Protocol):
             # The caller gave up: so does the upstream call (its stream is reset in turn).
             stream.task.cancel()
 
-    def _reset(self, sid: int, code: int = h2.errors.ErrorCodes.CANCEL) -> None:
+    def _reset(self, sid: int, code: int = wire.CANCEL) -> None:
         stream = self._streams.get(sid)
         if self._closing or stream is None or stream.reset:
             return
         stream.reset = True
-        with contextlib.suppress(h2.exceptions.ProtocolError):
-            self._conn.reset_stream(sid, code)
-            self._flush()
+        self._conn.reset_stream(sid, code)
+        self._flush()
 
     async def _serve(self, stream: _Stream, request: Request) -> None:
         self._registry.requests.request_started()
@@ -369,7 +356,7 @@ class H2ServerConnection(asyncio.Protocol):
             # e.g. h2 refusing a header an HTTP/1.1 upstream sent: this stream fails, the
             # connection and its other streams carry on.
             log.exception("HTTP/2 stream %d failed", stream.id)
-            self._reset(stream.id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            self._reset(stream.id, wire.INTERNAL_ERROR)
         finally:
             self._registry.requests.request_finished()
             self._stream_done(stream)
@@ -436,14 +423,20 @@ class H2ServerConnection(asyncio.Protocol):
         ended = False
         try:
             if data is not None:
-                ended = body_trailers(body) is None
-                await send_data(conn, sid, data, flush, waiters, flow, ended)
+                ended = True  # a body in memory has no trailers
+                if send_now(conn, sid, data, flow, ended):
+                    flush()
+                else:
+                    await send_data(conn, sid, data, flush, waiters, flow, ended)
             else:
                 async for chunk in body:
                     # An upstream HTTP/2 body whose END_STREAM came with this chunk: end the
                     # stream on the chunk's last frame.
                     ended = isinstance(body, H2Body) and body.at_eof and body.trailers is None
-                    await send_data(conn, sid, chunk, flush, waiters, flow, ended)
+                    if send_now(conn, sid, chunk, flow, ended):
+                        flush()
+                    else:
+                        await send_data(conn, sid, chunk, flush, waiters, flow, ended)
                     if ended:
                         break
         except (asyncio.CancelledError, ConnectionResetError):
@@ -453,7 +446,7 @@ class H2ServerConnection(asyncio.Protocol):
             # The upstream failed mid-body: the only honest signal left is to cut the stream.
             log.debug("response body aborted on stream %d: %r", sid, exc)
             _abort(body)
-            self._reset(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            self._reset(sid, wire.INTERNAL_ERROR)
             return
         if ended or stream.reset or self.closing:
             return
@@ -468,7 +461,7 @@ class H2ServerConnection(asyncio.Protocol):
     def _stream_done(self, stream: _Stream) -> None:
         if stream.body is not None and not stream.body.at_eof:
             # The request body was not read to the end: tell the client to stop sending it.
-            self._reset(stream.id, h2.errors.ErrorCodes.NO_ERROR)
+            self._reset(stream.id, wire.NO_ERROR)
         self._streams.pop(stream.id, None)
         if not self._streams:
             if self._goaway_sent:
@@ -490,14 +483,12 @@ class H2ServerConnection(asyncio.Protocol):
 
     def goaway(self) -> None:
         """Graceful shutdown: streams up to the last one we saw finish; later ones are
-        refused. Written as a raw frame: h2 would refuse the in-flight streams' remaining
-        DATA once it has sent GOAWAY itself."""
+        refused."""
         if self._goaway_sent or self._closing or self._transport is None:
             return
         self._goaway_sent = True
+        self._conn.send_goaway(self._last_stream)
         self._flush_now()
-        frame = GoAwayFrame(stream_id=0, last_stream_id=self._last_stream, error_code=0)
-        self._transport.write(frame.serialize())
         if not self._streams:
             self.close()
 
@@ -530,7 +521,8 @@ class H2ServerConnection(asyncio.Protocol):
         the HEADERS, DATA and END_STREAM of one) share one write syscall."""
         if not self._flush_pending:
             self._flush_pending = True
-            asyncio.get_running_loop().call_soon(self._flush_now)
+            # (the loop kept: asyncio.get_running_loop() costs a getpid() system call)
+            self._loop.call_soon(self._flush_now)
 
     def _flush_now(self) -> None:
         self._flush_pending = False
@@ -559,14 +551,12 @@ def _fields(raw: list[tuple[bytes, bytes]]) -> Headers:
     )
 
 
-def _content_length(items: list[tuple[str, str]]) -> int | None:
-    for k, v in items:
-        if k == "content-length":
-            return int(v) if v.isdigit() and v.isascii() else None
-    return None
-
-
 def _abort(body: Body) -> None:
+    if isinstance(body, H2Body):
+        body.abort()
+        return
+    if isinstance(body, BytesBody):
+        return  # (getattr's AttributeError costs a formatted message)
     abort = getattr(body, "abort", None)
     if abort is not None:
         abort()

@@ -7,9 +7,14 @@ import asyncio
 import pytest
 
 from sidecar.http import Headers
+from sidecar.transport import h2conn
+from sidecar.transport import h2wire as wire
 from sidecar.transport.detect import H2_PREFACE, is_h2_preface
 from sidecar.transport.h2_body import H2Body
 from sidecar.transport.h2_common import ResetRate
+from sidecar.transport.h2conn import ConnectionProtocolError, H2Conn
+
+REQUEST = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a"), (b":path", b"/")]
 
 
 @pytest.mark.parametrize(
@@ -80,42 +85,37 @@ async def test_body_read_waits_for_data_and_raises_errors() -> None:
 
 
 def test_streams_in_flight_survive_the_peers_goaway() -> None:
-    """Contract test for the one reach into h2's internals (h2_common._GoawayTolerant)."""
+    """nginx, for one, sends GOAWAY after 1000 requests with others in flight: the streams up
+    to its last_stream_id still complete (RFC 9113 §6.8)."""
     import h2.config
     import h2.connection
-    import h2.events
     from hyperframe.frame import GoAwayFrame
 
-    from sidecar.transport.h2_common import new_connection
-
-    client = new_connection(client_side=True)
+    client = H2Conn(True)
     server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
-    client.initiate_connection()
+    client.initiate()
     server.initiate_connection()
     server.receive_data(client.data_to_send())
-    client.receive_data(server.data_to_send())
-    client.send_headers(
-        1, [(":method", "GET"), (":scheme", "http"), (":authority", "a"), (":path", "/")], True
-    )
+    client.receive(server.data_to_send())
+    client.send_headers(1, REQUEST, end_stream=True)
     server.receive_data(client.data_to_send())
     # GOAWAY (stream 1 will still be answered), then the answer, in one read
     goaway = GoAwayFrame(stream_id=0, last_stream_id=1, error_code=0).serialize()
     server.send_headers(1, [(":status", "200")], end_stream=True)
-    events = client.receive_data(goaway + server.data_to_send())
-    kinds = [type(e) for e in events]
-    assert h2.events.ConnectionTerminated in kinds
-    assert h2.events.ResponseReceived in kinds and h2.events.StreamEnded in kinds
+    events = client.receive(goaway + server.data_to_send())
+    assert [(e.kind, e.stream_id) for e in events] == [(h2conn.GOAWAY, 1), (h2conn.HEADERS, 1)]
+    assert events[1].end_stream and not client.streams
 
 
-def test_an_oversized_frame_is_seen_from_its_header() -> None:
-    """Contract test for h2_common.oversized_frame_pending (h2's frame buffer)."""
-    from sidecar.transport.detect import H2_PREFACE
-    from sidecar.transport.h2_common import new_connection, oversized_frame_pending
-
-    conn = new_connection(client_side=False)
-    conn.initiate_connection()
-    conn.receive_data(H2_PREFACE + b"GET")
-    assert not oversized_frame_pending(conn)
-    # a 4.6 MB "frame" (an HTTP/1.1 request after the preface): refused after 9 bytes
-    assert conn.receive_data(b" / HTTP/1.1\r\n") == []
-    assert oversized_frame_pending(conn)
+def test_an_oversized_frame_is_refused_from_its_header() -> None:
+    """A peer announcing a 4.6 MB frame is not buffered up to it: the 9-byte header is
+    enough for FRAME_SIZE_ERROR."""
+    conn = H2Conn(False)
+    conn.initiate()
+    conn.data_to_send()
+    assert conn.receive(H2_PREFACE + b"GET") == []
+    with pytest.raises(ConnectionProtocolError) as err:
+        conn.receive(b" / HTTP/1.1\r\n")
+    assert err.value.code == wire.FRAME_SIZE_ERROR
+    goaway = conn.data_to_send()
+    assert goaway[3] == wire.GOAWAY and goaway[-4:] == b"\x00\x00\x00\x06"
