@@ -25,7 +25,7 @@ from sidecar.resilience.deadline import TryHold, arriving, stamp_remaining
 from sidecar.resilience.expiry import Expiry, LoopRef
 from sidecar.resilience.grpc_replay import RecordingBody
 from sidecar.resilience.replay import ReplayBuffers, discard_body
-from sidecar.stack import Handler
+from sidecar.stack import Chain, Exchange, Handler
 from sidecar.vocab.headers import ATTEMPT_HEADER
 from sidecar.vocab.methods import IDEMPOTENT_METHODS
 
@@ -86,6 +86,61 @@ def backoff_delay(retry: int, base: float, cap: float, rng: random.Random) -> fl
     return step / 2 + rng.uniform(0.0, step / 2)
 
 
+class TryTimeout:
+    """The router's per-try timeout, a filter around each attempt: caps the try at the
+    deadline, stamps the budget left on the request, and turns its own timer firing into
+    UpstreamTimeout (a retryable timeout, unlike the deadline's)."""
+
+    __slots__ = ("_clock", "_loop", "_per_try", "_upstream")
+
+    def __init__(self, upstream: str, per_try_timeout: float, clock: Clock) -> None:
+        self._upstream = upstream
+        self._per_try = per_try_timeout
+        self._clock = clock
+        self._loop = LoopRef()
+
+    def on_request(self, x: Exchange) -> Response | None:
+        request = x.request
+        now = self._clock.monotonic()
+        timeout = self._per_try
+        if request.deadline is not None:
+            timeout = min(timeout, request.deadline - now)
+            if timeout <= 0:
+                raise UpstreamTimeout(
+                    "the deadline passed before this try", upstream=self._upstream
+                )
+        stamp_remaining(request, now)
+        # The upstream's time starts when it can have the whole request: a body still
+        # arriving from the client moves this try's timer (the client's share is not
+        # the upstream's, nor a reason to retry or to open the breaker).
+        body = arriving(request.body)
+        hold = None if body is None else TryHold(body, timeout)
+        x.try_timeout = timeout
+        x.try_expiry = Expiry(self._loop.timers(), timeout, hold)
+        return None
+
+    def on_response(self, x: Exchange, response: Response) -> Response:
+        expiry: Expiry = x.try_expiry
+        expiry.close()
+        return response
+
+    def on_error(self, x: Exchange, exc: BaseException) -> Response | None:
+        expiry: Expiry = x.try_expiry
+        if isinstance(exc, asyncio.CancelledError):
+            if not expiry.close():
+                return None
+            cause: BaseException | None = None  # the per-try timer fired
+        elif isinstance(exc, TimeoutError):
+            expiry.close()
+            cause = exc
+        else:
+            expiry.close()
+            return None
+        raise UpstreamTimeout(
+            f"no response headers within {x.try_timeout * 1000:.0f} ms", upstream=self._upstream
+        ) from cause
+
+
 class RetryLayer:
     __slots__ = (
         "_backoff_base",
@@ -121,7 +176,7 @@ class RetryLayer:
         self._policy = RetryPolicy(retries.on)
         self._backoff_base = retries.backoff_base
         self._backoff_max = retries.backoff_max
-        self._per_try = per_try_timeout
+        self._per_try = TryTimeout(upstream, per_try_timeout, clock)
         self._buffer_bytes = retry_buffer_bytes
         # Shared by every upstream's layer (the cap is on all in-flight requests together).
         self._replay = replay_buffers or ReplayBuffers(retry_buffer_bytes)
@@ -137,44 +192,11 @@ class RetryLayer:
 
     def wrap(self, inner: Handler) -> Handler:
         clock, policy, budget, observer = self._clock, self._policy, self._budget, self._observer
-        per_try, max_retries, upstream = self._per_try, self._max_retries, self._upstream
+        max_retries, upstream = self._max_retries, self._upstream
         base, cap, sleep, rng = self._backoff_base, self._backoff_max, self._sleep, self._rng
         buffer_bytes, replay = self._buffer_bytes, self._replay
         grpc_retries = bool(policy.grpc_codes)
-        loop = LoopRef()
-
-        async def attempt(request: Request) -> Response:
-            now = clock.monotonic()
-            timeout = per_try
-            if request.deadline is not None:
-                timeout = min(timeout, request.deadline - now)
-                if timeout <= 0:
-                    raise UpstreamTimeout("the deadline passed before this try", upstream=upstream)
-            stamp_remaining(request, now)
-            # The upstream's time starts when it can have the whole request: a body still
-            # arriving from the client moves this try's timer (the client's share is not
-            # the upstream's, nor a reason to retry or to open the breaker).
-            body = arriving(request.body)
-            hold = None if body is None else TryHold(body, timeout)
-            expiry = Expiry(loop.timers(), timeout, hold)
-            try:
-                response = await inner(request)
-            except asyncio.CancelledError:
-                if not expiry.close():
-                    raise
-                exc: BaseException | None = None  # the per-try timer fired
-            except TimeoutError as err:
-                expiry.close()
-                exc = err
-            except BaseException:
-                expiry.close()
-                raise
-            else:
-                expiry.close()
-                return response
-            raise UpstreamTimeout(
-                f"no response headers within {timeout * 1000:.0f} ms", upstream=upstream
-            ) from exc
+        attempt = Chain([self._per_try], inner)
 
         if max_retries == 0:
             return attempt
