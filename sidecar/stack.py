@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
+from sidecar.errors import SidecarError
 from sidecar.http import Request, Response
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -37,6 +38,7 @@ class Exchange:
         "deadline_expiry",
         "deadline_hold",
         "picked",
+        "replay_safe",
         "request",
         "server_call",
         "server_method",
@@ -66,6 +68,8 @@ class Exchange:
     caller_bound: bool
     # breaker
     breaker_ticket: int
+    # retry (the router): whether this try's request could be sent again
+    replay_safe: bool
     # per-try timeout (the router's attempts)
     try_expiry: Any
     try_timeout: float
@@ -108,11 +112,50 @@ class Layer(Protocol):
         ...
 
 
-class Chain:
-    """Runs filters around a terminal handler in one coroutine: every `on_request` in
-    order, the terminal, then `on_response` / `on_error` innermost first."""
+class Retry(Protocol):
+    """What the router asks of its retry policy (sidecar/resilience/retry.py). A decision
+    is (backoff delay, reason) for one more try, or None for no more."""
 
-    __slots__ = ("filters", "terminal")
+    def begin(self, x: Exchange) -> bool:
+        """Before the first try. False when the tries need a coroutine of their own (a body
+        to buffer for replay first): then `tries` runs all of them."""
+        ...
+
+    def tries(self, x: Exchange, attempt: Handler) -> Awaitable[Response]: ...
+    def after_error(self, x: Exchange, exc: SidecarError) -> tuple[float, str] | None: ...
+    def after_response(self, x: Exchange, response: Response) -> tuple[float, str] | None: ...
+    def pause(
+        self, x: Exchange, response: Response | None, decision: tuple[float, str]
+    ) -> Awaitable[None]:
+        """Between tries: drop the unused response, back off, mark the next try."""
+        ...
+
+
+class Router:
+    """The terminal stage of an upstream's path (Envoy's router filter): attempts, each the
+    per-attempt `filters` around `send`, as many as `retry` decides. Run inside the chain
+    that ends with it, in the same coroutine."""
+
+    __slots__ = ("attempt", "filters", "retry", "send")
+
+    def __init__(self, retry: Retry | None, filters: Sequence[Filter], send: Handler) -> None:
+        self.retry = retry
+        self.filters: tuple[Filter, ...] = tuple(f for f in filters if getattr(f, "active", True))
+        self.send = send
+        # One attempt as a handler of its own, for tries run outside the chain.
+        self.attempt = Chain(self.filters, send)
+
+    def __call__(self, request: Request) -> Awaitable[Response]:
+        return run_attempts(Exchange(request), self, [])
+
+
+class Chain:
+    """Runs filters around a terminal in one coroutine: every `on_request` in order, the
+    terminal, then `on_response` / `on_error` innermost first. The terminal may be a
+    `Router` (its attempts run here too) or a route: something with `path_for(request)`
+    naming the path to continue on, whose filters then run here as well."""
+
+    __slots__ = ("_path_for", "_router", "filters", "terminal")
 
     def __init__(self, filters: Sequence[Filter], terminal: Handler) -> None:
         if isinstance(terminal, Chain):
@@ -121,37 +164,96 @@ class Chain:
             terminal = terminal.terminal
         self.filters: tuple[Filter, ...] = tuple(filters)
         self.terminal: Handler = terminal
+        self._router = terminal if isinstance(terminal, Router) else None
+        self._path_for: Callable[[Request], Handler | None] | None = getattr(
+            terminal, "path_for", None
+        )
 
     async def __call__(self, request: Request) -> Response:
         x = Exchange(request)
-        filters = self.filters
-        entered = 0
+        entered: list[Filter] = []
+        chain = self
         response: Response | None = None
         try:
-            for f in filters:
-                response = f.on_request(x)
+            while True:
+                response = enter(x, chain.filters, entered)
                 if response is not None:
-                    break  # answered here: only the filters outside it see the reply
-                entered += 1
-            else:
-                response = await self.terminal(request)
+                    break  # answered there: only the filters outside it see the reply
+                router = chain._router
+                if router is not None:
+                    response = await run_attempts(x, router, entered)
+                    break
+                path_for = chain._path_for
+                if path_for is not None:
+                    path = path_for(request)
+                    if isinstance(path, Chain):
+                        chain = path
+                        continue
+                    if path is not None:
+                        response = await path(request)
+                        break
+                response = await chain.terminal(request)
+                break
         except BaseException as exc:
-            return unwind(filters, entered, x, None, exc)
-        return unwind(filters, entered, x, response, None)
+            return unwind(entered, 0, x, None, exc)
+        return unwind(entered, 0, x, response, None)
+
+
+def enter(x: Exchange, filters: tuple[Filter, ...], entered: list[Filter]) -> Response | None:
+    """`on_request` of each filter in order, until one answers."""
+    for f in filters:
+        response = f.on_request(x)
+        if response is not None:
+            return response
+        entered.append(f)
+    return None
+
+
+async def run_attempts(x: Exchange, router: Router, entered: list[Filter]) -> Response:
+    """The router's tries: each enters the per-attempt filters (on top of `entered`, the
+    filters of the request around it), sends, and leaves them; then the retry policy
+    decides on one more."""
+    request, retry = x.request, router.retry
+    if retry is not None and not retry.begin(x):
+        return await retry.tries(x, router.attempt)
+    while True:
+        base = len(entered)
+        response: Response | None = None
+        err: BaseException | None = None
+        try:
+            response = enter(x, router.filters, entered)
+            if response is None:
+                response = await router.send(request)
+        except BaseException as exc:
+            err = exc
+        if retry is None:
+            return unwind(entered, base, x, response, err)
+        try:
+            response = unwind(entered, base, x, response, err)
+        except SidecarError as exc:
+            decision = retry.after_error(x, exc)
+            if decision is None:
+                raise
+            response = None
+        else:
+            decision = retry.after_response(x, response)
+            if decision is None:
+                return response
+        await retry.pause(x, response, decision)
 
 
 def unwind(
-    filters: tuple[Filter, ...],
-    entered: int,
+    entered: list[Filter],
+    base: int,
     x: Exchange,
     response: Response | None,
     err: BaseException | None,
 ) -> Response:
-    """The after-hooks of `filters[:entered]`, innermost first: a response goes out through
-    `on_response`, an exception through `on_error` until a filter answers instead of it."""
-    while entered > 0:
-        entered -= 1
-        f = filters[entered]
+    """The after-hooks of `entered[base:]`, innermost first (and taken off the list): a
+    response goes out through `on_response`, an exception through `on_error` until a filter
+    answers instead of it."""
+    while len(entered) > base:
+        f = entered.pop()
         try:
             if err is None:
                 assert response is not None

@@ -190,70 +190,115 @@ class RetryLayer:
     def budget(self) -> RetryBudget:
         return self._budget
 
-    def wrap(self, inner: Handler) -> Handler:
-        clock, policy, budget, observer = self._clock, self._policy, self._budget, self._observer
-        max_retries, upstream = self._max_retries, self._upstream
-        base, cap, sleep, rng = self._backoff_base, self._backoff_max, self._sleep, self._rng
-        buffer_bytes, replay = self._buffer_bytes, self._replay
-        grpc_retries = bool(policy.grpc_codes)
-        attempt = Chain([self._per_try], inner)
+    @property
+    def per_try(self) -> TryTimeout:
+        """The per-try timeout, the first of the router's per-attempt filters."""
+        return self._per_try
 
-        if max_retries == 0:
+    def wrap(self, inner: Handler) -> Handler:
+        """The retry stage on its own (the router runs it inline, see sidecar.stack)."""
+        attempt = Chain([self._per_try], inner)
+        if self._max_retries == 0:
             return attempt
 
-        async def retry(request: Request, buffered: bool = False) -> Response:
-            idempotent = request.method in IDEMPOTENT_METHODS
-            grpc_call = (
-                grpc_retries and request.http_version == "2" and grpc.is_grpc(request.headers)
-            )
-            if not buffered:  # (buffered: back from replay.buffered, deposited already)
-                budget.deposit()
-                if grpc_call:
-                    # A gRPC stream is recorded as it goes (a bidi call must not wait for its
-                    # whole request): retried only if the recording still holds all of it.
-                    request.body = RecordingBody(request.body, buffer_bytes)
-                elif idempotent and policy.wants_body() and not request.body.replayable:
-                    # Its body held for a retry if there is room: every try runs in `tries`.
-                    return await replay.buffered(request, buffer_bytes, tries)
-            retries = 0
-            while True:
-                replay_safe = idempotent and request.body.replayable
-                try:
-                    response = await attempt(request)
-                except SidecarError as exc:
-                    reason = policy.reason_for_error(classify_error(exc), replay_safe)
-                    delay = None if reason is None else _decide(request, retries + 1, reason)
-                    if reason is None or delay is None:
-                        raise
-                else:
-                    reason = policy.reason_for_status(response.status, replay_safe)
-                    if reason is None and grpc_call:
-                        reason = policy.reason_for_grpc(response, request.body.replayable)
-                    delay = None if reason is None else _decide(request, retries + 1, reason)
-                    if reason is None or delay is None:
-                        return response
-                    await discard_body(response.body)
-                await sleep(delay)
-                retries += 1
-                request.attempt = retries + 1
-                request.retry_reason = reason
-                request.headers.set(ATTEMPT_HEADER, str(request.attempt))
-
-        async def tries(request: Request) -> Response:
-            return await retry(request, True)
-
-        def _decide(request: Request, retry_no: int, reason: str) -> float | None:
-            """The backoff before retry number `retry_no`, or None if it must not happen.
-            Only a "yes" withdraws from the budget and is counted."""
-            if retry_no > max_retries:
-                return None
-            delay = backoff_delay(retry_no, base, cap, rng)
-            if request.deadline is not None and clock.monotonic() + delay >= request.deadline:
-                return None
-            if not budget.try_withdraw():
-                observer.retry_budget_exhausted(upstream)
-                return None
-            observer.retry(upstream, reason)
-            return delay
+        async def retry(request: Request) -> Response:
+            x = Exchange(request)
+            if not self.begin(x):
+                return await self.tries(x, attempt)
+            return await self._loop(x, attempt)
 
         return retry
+
+    # ---------------------------------------------------------------- the router's policy
+    def begin(self, x: Exchange) -> bool:
+        """Before the first try; False when the body must be buffered for replay first (the
+        tries then run in `tries`)."""
+        if self._max_retries == 0:
+            return True
+        request = x.request
+        self._budget.deposit()
+        idempotent = request.method in IDEMPOTENT_METHODS
+        if self._grpc_call(request):
+            # A gRPC stream is recorded as it goes (a bidi call must not wait for its
+            # whole request): retried only if the recording still holds all of it.
+            request.body = RecordingBody(request.body, self._buffer_bytes)
+        elif idempotent and self._policy.wants_body() and not request.body.replayable:
+            return False
+        x.replay_safe = idempotent and request.body.replayable
+        return True
+
+    async def tries(self, x: Exchange, attempt: Handler) -> Response:
+        """Every try of a request whose body is held for a retry if there is room."""
+
+        async def send(request: Request) -> Response:
+            x.replay_safe = request.method in IDEMPOTENT_METHODS and request.body.replayable
+            return await self._loop(x, attempt)
+
+        return await self._replay.buffered(x.request, self._buffer_bytes, send)
+
+    async def _loop(self, x: Exchange, attempt: Handler) -> Response:
+        request = x.request
+        while True:
+            try:
+                response: Response | None = await attempt(request)
+            except SidecarError as exc:
+                decision = self.after_error(x, exc)
+                if decision is None:
+                    raise
+                response = None
+            else:
+                assert response is not None
+                decision = self.after_response(x, response)
+                if decision is None:
+                    return response
+            await self.pause(x, response, decision)
+
+    def after_error(self, x: Exchange, exc: SidecarError) -> tuple[float, str] | None:
+        if self._max_retries == 0:
+            return None
+        reason = self._policy.reason_for_error(classify_error(exc), x.replay_safe)
+        return None if reason is None else self._decide(x.request, reason)
+
+    def after_response(self, x: Exchange, response: Response) -> tuple[float, str] | None:
+        if self._max_retries == 0:
+            return None
+        request = x.request
+        reason = self._policy.reason_for_status(response.status, x.replay_safe)
+        if reason is None and self._grpc_call(request):
+            reason = self._policy.reason_for_grpc(response, request.body.replayable)
+        return None if reason is None else self._decide(request, reason)
+
+    async def pause(
+        self, x: Exchange, response: Response | None, decision: tuple[float, str]
+    ) -> None:
+        delay, reason = decision
+        request = x.request
+        if response is not None:
+            await discard_body(response.body)
+        await self._sleep(delay)
+        request.attempt += 1
+        request.retry_reason = reason
+        request.headers.set(ATTEMPT_HEADER, str(request.attempt))
+        x.replay_safe = request.method in IDEMPOTENT_METHODS and request.body.replayable
+
+    def _grpc_call(self, request: Request) -> bool:
+        return (
+            bool(self._policy.grpc_codes)
+            and request.http_version == "2"
+            and grpc.is_grpc(request.headers)
+        )
+
+    def _decide(self, request: Request, reason: str) -> tuple[float, str] | None:
+        """The backoff before the next retry, or None if it must not happen. Only a "yes"
+        withdraws from the budget and is counted."""
+        retry_no = request.attempt
+        if retry_no > self._max_retries:
+            return None
+        delay = backoff_delay(retry_no, self._backoff_base, self._backoff_max, self._rng)
+        if request.deadline is not None and self._clock.monotonic() + delay >= request.deadline:
+            return None
+        if not self._budget.try_withdraw():
+            self._observer.retry_budget_exhausted(self._upstream)
+            return None
+        self._observer.retry(self._upstream, reason)
+        return delay, reason
