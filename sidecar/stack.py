@@ -136,7 +136,7 @@ class Router:
     per-attempt `filters` around `send`, as many as `retry` decides. Run inside the chain
     that ends with it, in the same coroutine."""
 
-    __slots__ = ("_alone", "attempt", "filters", "retry", "send")
+    __slots__ = ("attempt", "filters", "retry", "send")
 
     def __init__(self, retry: Retry | None, filters: Sequence[Filter], send: Handler) -> None:
         self.retry = retry
@@ -144,13 +144,9 @@ class Router:
         self.send = send
         # One attempt as a handler of its own, for tries run outside the chain.
         self.attempt = Chain(self.filters, send)
-        self._alone: Chain | None = None
 
     def __call__(self, request: Request) -> Awaitable[Response]:
-        alone = self._alone
-        if alone is None:
-            alone = self._alone = Chain((), self)
-        return alone(request)
+        return run_attempts(Exchange(request), self, [])
 
 
 class Chain:
@@ -174,12 +170,9 @@ class Chain:
         )
 
     async def __call__(self, request: Request) -> Response:
-        # The one coroutine of a request's path: no other frame between the listener and
-        # the forwarder on the common path, the router's tries included.
         x = Exchange(request)
-        entered: list[Filter] = []  # whose on_request ran: they get the after-hooks
+        entered: list[Filter] = []
         chain = self
-        router: Router | None = None
         response: Response | None = None
         try:
             while True:
@@ -188,50 +181,19 @@ class Chain:
                     break  # answered there: only the filters outside it see the reply
                 router = chain._router
                 if router is not None:
+                    response = await run_attempts(x, router, entered)
                     break
                 path_for = chain._path_for
                 if path_for is not None:
                     path = path_for(request)
                     if isinstance(path, Chain):
-                        chain = path  # the route's choice: its filters run here too
+                        chain = path
                         continue
                     if path is not None:
                         response = await path(request)
                         break
                 response = await chain.terminal(request)
                 break
-            if router is not None and response is None:
-                # The router's tries: each enters the per-attempt filters on top of the
-                # request's, sends, and leaves them; then the retry policy decides.
-                retry = router.retry
-                if retry is not None and not retry.begin(x):
-                    response = await retry.tries(x, router.attempt)
-                else:
-                    while True:
-                        base = len(entered)
-                        err: BaseException | None = None
-                        try:
-                            response = enter(x, router.filters, entered)
-                            if response is None:
-                                response = await router.send(request)
-                        except BaseException as exc:
-                            err = exc
-                        if retry is None:
-                            response = unwind(entered, base, x, response, err)
-                            break
-                        decision: tuple[float, str] | None = None
-                        try:
-                            response = unwind(entered, base, x, response, err)
-                        except SidecarError as exc:
-                            decision = retry.after_error(x, exc)
-                            if decision is None:
-                                raise
-                            response = None
-                        else:
-                            decision = retry.after_response(x, response)
-                            if decision is None:
-                                break
-                        await retry.pause(x, response, decision)
         except BaseException as exc:
             return unwind(entered, 0, x, None, exc)
         return unwind(entered, 0, x, response, None)
@@ -245,6 +207,39 @@ def enter(x: Exchange, filters: tuple[Filter, ...], entered: list[Filter]) -> Re
             return response
         entered.append(f)
     return None
+
+
+async def run_attempts(x: Exchange, router: Router, entered: list[Filter]) -> Response:
+    """The router's tries: each enters the per-attempt filters (on top of `entered`, the
+    filters of the request around it), sends, and leaves them; then the retry policy
+    decides on one more."""
+    request, retry = x.request, router.retry
+    if retry is not None and not retry.begin(x):
+        return await retry.tries(x, router.attempt)
+    while True:
+        base = len(entered)
+        response: Response | None = None
+        err: BaseException | None = None
+        try:
+            response = enter(x, router.filters, entered)
+            if response is None:
+                response = await router.send(request)
+        except BaseException as exc:
+            err = exc
+        if retry is None:
+            return unwind(entered, base, x, response, err)
+        try:
+            response = unwind(entered, base, x, response, err)
+        except SidecarError as exc:
+            decision = retry.after_error(x, exc)
+            if decision is None:
+                raise
+            response = None
+        else:
+            decision = retry.after_response(x, response)
+            if decision is None:
+                return response
+        await retry.pause(x, response, decision)
 
 
 def unwind(

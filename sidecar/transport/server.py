@@ -459,34 +459,7 @@ class ServerConnection(asyncio.Protocol):
                 self._current = request
                 self._state.request_started()
                 try:
-                    # One request, inline rather than in a coroutine of its own (one frame
-                    # fewer per request): refused here, or answered by the handler; written.
-                    self._responding = False
-                    response = self._refusal(request)
-                    if response is None:
-                        try:
-                            response = await self._handler(request)
-                        except SidecarError as exc:
-                            response = _error_reply(request, exc)
-                        except (asyncio.CancelledError, ConnectionResetError):
-                            raise
-                        except Exception:
-                            response = _internal_error(request)
-                        body = request.body
-                        if isinstance(body, StreamBody) and not body.at_eof:
-                            # The request body was not read to the end (e.g. an early
-                            # error): the connection's framing is unknown from here.
-                            keep_alive = False
-                    elif _body_broke(request):
-                        keep_alive = False
-                    sent = self._write_whole(request, response, keep_alive)
-                    if sent is None:
-                        sent = await self._stream(request, response, keep_alive)
-                    elif self._flow.blocked:
-                        # A pipelining client that reads nothing must not have response
-                        # after response queued for it in memory.
-                        await self._flow.drain()
-                    keep_alive = sent
+                    keep_alive = await self._handle(request, keep_alive)
                 finally:
                     self._state.request_finished()
                     self._current = None
@@ -509,19 +482,55 @@ class ServerConnection(asyncio.Protocol):
         finally:
             self._task = None
 
-    def _refusal(self, request: Request) -> Response | None:
-        """The answer to a request refused before the handler, or None."""
+    async def _handle(self, request: Request, keep_alive: bool) -> bool:
+        self._responding = False
         body = request.body
         if isinstance(body, StreamBody) and isinstance(body.error, SidecarError):
             # Its body broke (a bad chunk size in the same packet as the head): refuse it
             # before anything goes upstream.
-            return error_response(body.error)
+            return await self._write(request, error_response(body.error), False)
         if self._prepare is not None:
             try:
                 self._prepare(request)
             except SidecarError as err:
-                return error_response(err)
-        return None
+                return await self._write(request, error_response(err), keep_alive)
+        try:
+            response = await self._handler(request)
+        except SidecarError as exc:
+            body_err = request.body.error if isinstance(request.body, StreamBody) else None
+            # If the upstream call failed because the client's body broke (too large,
+            # malformed chunk), that, not the upstream, is what the client must hear.
+            failure = body_err if isinstance(body_err, SidecarError) else exc
+            response = error_response(failure, request_id=request.request_id)
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception:
+            log.exception("unhandled error while handling %s %s", request.method, request.target)
+            response = error_response(
+                SidecarError("internal error in the sidecar"), request_id=request.request_id
+            )
+        body = request.body
+        if isinstance(body, StreamBody) and not body.at_eof:
+            # The request body was not read to the end (e.g. an early error): the connection's
+            # framing is unknown from here, so don't reuse it.
+            keep_alive = False
+        sent = self._write_whole(request, response, keep_alive)
+        if sent is None:
+            return await self._stream(request, response, keep_alive)
+        if self._flow.blocked:
+            await self._flow.drain()
+        return sent
+
+    async def _write(self, request: Request, response: Response, keep_alive: bool) -> bool:
+        """Send the response; False when the connection must not be reused."""
+        sent = self._write_whole(request, response, keep_alive)
+        if sent is None:
+            return await self._stream(request, response, keep_alive)
+        if self._flow.blocked:
+            # A pipelining client that reads nothing must not have response after
+            # response queued for it in memory.
+            await self._flow.drain()
+        return sent
 
     def _write_whole(self, request: Request, response: Response, keep_alive: bool) -> bool | None:
         """The common case without a coroutine: a response whose body is all in memory (or
@@ -750,26 +759,6 @@ class ServerConnection(asyncio.Protocol):
             self._reading_paused = False
             with contextlib.suppress(RuntimeError):
                 self._transport.resume_reading()
-
-
-def _body_broke(request: Request) -> bool:
-    body = request.body
-    return isinstance(body, StreamBody) and isinstance(body.error, SidecarError)
-
-
-def _error_reply(request: Request, exc: SidecarError) -> Response:
-    body_err = request.body.error if isinstance(request.body, StreamBody) else None
-    # If the upstream call failed because the client's body broke (too large, malformed
-    # chunk), that, not the upstream, is what the client must hear.
-    failure = body_err if isinstance(body_err, SidecarError) else exc
-    return error_response(failure, request_id=request.request_id)
-
-
-def _internal_error(request: Request) -> Response:
-    log.exception("unhandled error while handling %s %s", request.method, request.target)
-    return error_response(
-        SidecarError("internal error in the sidecar"), request_id=request.request_id
-    )
 
 
 def _chunk(data: bytes) -> bytes:
