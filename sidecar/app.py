@@ -9,7 +9,7 @@ path of each direction once, in order (`_outbound_path`, `_upstream_path`, `_inb
 (`prepare` runs in the transport for every request before the first stage, see
 `ServerConnection`; `route` picks the upstream and its path, built per upstream on first use.)
 Nearly every stage is a filter (synchronous hooks before and after the call) and one `Chain`
-coroutine runs a request through all of them, the router's attempts included; see
+coroutine runs a request through all of them, the router's attempts in one more; see
 sidecar/stack.py.
 
 The rest lives by job: per-upstream state in sidecar/registry.py, the /admin/* views in
