@@ -52,7 +52,7 @@ def span_name(method: str, route: str) -> str:
 
 
 def trace_id_hex(sc: SpanContext) -> str:
-    return f"{sc[otelfast.TRACE_ID]:032x}" if otelfast.is_valid(sc) else ""
+    return sc[otelfast.TRACE_ID].to_bytes(16, "big").hex() if otelfast.is_valid(sc) else ""
 
 
 def _valid_request_id(value: str | None) -> bool:
@@ -96,7 +96,7 @@ class ServerTelemetryLayer:
         x.server_start = request.start or self._clock.monotonic()
         rid = request.headers.get("x-request-id")
         if rid is None or not _valid_request_id(rid):
-            rid = f"{random.getrandbits(128):032x}"
+            rid = random.randbytes(16).hex()
             request.headers.set("x-request-id", rid)
         request.request_id = rid
         method = method_label(request.method)
