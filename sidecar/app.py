@@ -224,8 +224,9 @@ class Sidecar:
             [
                 ConcurrencyLimitLayer(name, p.max_concurrent_requests, obs),
                 FallbackLayer(name, p.fallback, clock, obs),
-                # stamp=False: each of the router's attempts stamps the budget left.
-                DeadlineLayer(p.timeouts.total, clock, obs, stamp=False),
+                # stamp=False: each of the router's attempts stamps the budget left;
+                # lazy: its timer is left to the router's per-try timer (one per request).
+                DeadlineLayer(p.timeouts.total, clock, obs, stamp=False, lazy=True),
                 CircuitBreakerLayer(name, parts.breaker, obs),
             ],
             # the router: attempts, as many as `retry` decides, each through these filters

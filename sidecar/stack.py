@@ -37,6 +37,7 @@ class Exchange:
         "client_upstream",
         "deadline_expiry",
         "deadline_hold",
+        "deadline_lazy",
         "picked",
         "replay_safe",
         "request",
@@ -65,6 +66,7 @@ class Exchange:
     # deadline
     deadline_expiry: Any
     deadline_hold: Any
+    deadline_lazy: bool  # its timer is left to the router's tries (see DeadlineLayer)
     caller_bound: bool
     # breaker
     breaker_ticket: int
@@ -89,6 +91,7 @@ class Exchange:
 
     def __init__(self, request: Request) -> None:
         self.request = request
+        self.deadline_lazy = False
 
 
 class Filter(Protocol):

@@ -28,7 +28,7 @@ from sidecar.clock import Clock
 from sidecar.errors import BadRequest, DeadlineExceeded, UpstreamTimeout
 from sidecar.events import NullObserver, Observer
 from sidecar.http import Body, BytesBody, Request, Response
-from sidecar.resilience.expiry import Expiry, Hold, LoopRef
+from sidecar.resilience.expiry import Expiry, Hold, LoopRef, TimerQueue
 from sidecar.stack import Exchange, Handler, alone
 from sidecar.transport.body import StreamBody
 from sidecar.vocab.headers import EXPECTED_TIMEOUT_HEADER
@@ -139,17 +139,29 @@ class DeadlineLayer:
     """Sets `request.deadline`, refuses already-spent budgets, and enforces the total timeout
     around everything inside it (breaker, retries with their backoff, balancer, upstream)."""
 
-    __slots__ = ("_clock", "_loop", "_observer", "_stamp", "_total")
+    __slots__ = ("_clock", "_lazy", "_loop", "_observer", "_stamp", "_total")
 
     def __init__(
-        self, total: float, clock: Clock, observer: Observer | None = None, stamp: bool = True
+        self,
+        total: float,
+        clock: Clock,
+        observer: Observer | None = None,
+        stamp: bool = True,
+        lazy: bool = False,
     ) -> None:
         """`stamp=False` when a retry layer inside stamps each attempt anyway: the header
-        would be written twice per request (a header-list rebuild each)."""
+        would be written twice per request (a header-list rebuild each).
+        `lazy=True` when a router inside times each try (`TryTimeout`): one timer per
+        request instead of two. The total timer is then not armed here for a request
+        whose body is in: a try is capped at the deadline, so during a try its own timer
+        comes due first, or is the deadline's when the deadline is the tighter limit; the
+        total timer is armed (`arm_total`) only before waiting outside a try (backoff,
+        buffering a body for replay)."""
         self._total = total
         self._clock = clock
         self._observer: Observer = observer or NullObserver()
         self._stamp = stamp
+        self._lazy = lazy
         self._loop = LoopRef()
 
     # ---------------------------------------------------------------- filter hooks
@@ -175,25 +187,31 @@ class DeadlineLayer:
         hold = None if body is None else _TotalHold(body, request, delay, caller_bound)
         x.caller_bound = caller_bound
         x.deadline_hold = hold
-        x.deadline_expiry = Expiry(self._loop.timers(), delay, hold)
+        if self._lazy and hold is None:
+            x.deadline_lazy = True
+            x.deadline_expiry = None
+        else:
+            x.deadline_expiry = Expiry(self._loop.timers(), delay, hold)
         return None
 
     def on_response(self, x: Exchange, response: Response) -> Response:
-        expiry: Expiry = x.deadline_expiry
-        expiry.close()
+        expiry: Expiry | None = x.deadline_expiry
+        if expiry is not None:
+            expiry.close()
         return response
 
     def on_error(self, x: Exchange, exc: BaseException) -> Response | None:
-        expiry: Expiry = x.deadline_expiry
+        expiry: Expiry | None = x.deadline_expiry
+        # Closed (disarmed) first in every case; True when it is our timer that fired.
+        fired = expiry is not None and expiry.close()
         request = x.request
         if isinstance(exc, asyncio.CancelledError):
-            if not expiry.close():
+            if not fired:
                 return None
             # our own total timer fired
         elif isinstance(exc, TimeoutError):
-            expiry.close()
+            pass
         elif isinstance(exc, UpstreamTimeout):
-            expiry.close()
             # The retry stage caps each try at the deadline, so its timeout may be the one
             # that fires when the caller's budget runs out: report whose budget it was.
             if (
@@ -207,7 +225,6 @@ class DeadlineLayer:
                 ) from exc
             return None
         else:
-            expiry.close()
             return None
         cause = None if isinstance(exc, asyncio.CancelledError) else exc
         hold: _TotalHold | None = x.deadline_hold
@@ -229,3 +246,11 @@ class DeadlineLayer:
 
     def wrap(self, inner: Handler) -> Handler:
         return alone(self, inner)
+
+
+def arm_total(x: Exchange, timers: TimerQueue, now: float) -> None:
+    """Before waiting outside a try: arm the total timer a lazy `DeadlineLayer` left to the
+    router (due at the deadline, at once if it has passed)."""
+    deadline = x.request.deadline
+    if x.deadline_lazy and x.deadline_expiry is None and deadline is not None:
+        x.deadline_expiry = Expiry(timers, max(0.0, deadline - now))

@@ -21,7 +21,7 @@ from sidecar.events import NullObserver, Observer
 from sidecar.http import Request, Response
 from sidecar.resilience.budget import RetryBudget
 from sidecar.resilience.classify import Outcome, classify_error
-from sidecar.resilience.deadline import TryHold, arriving, stamp_remaining
+from sidecar.resilience.deadline import TryHold, arm_total, arriving, stamp_remaining
 from sidecar.resilience.expiry import Expiry, LoopRef
 from sidecar.resilience.grpc_replay import RecordingBody
 from sidecar.resilience.replay import ReplayBuffers, discard_body
@@ -104,11 +104,22 @@ class TryTimeout:
         now = self._clock.monotonic()
         timeout = self._per_try
         if request.deadline is not None:
-            timeout = min(timeout, request.deadline - now)
-            if timeout <= 0:
-                raise UpstreamTimeout(
-                    "the deadline passed before this try", upstream=self._upstream
-                )
+            left = request.deadline - now
+            if left <= timeout:
+                timeout = left
+                if timeout <= 0:
+                    raise UpstreamTimeout(
+                        "the deadline passed before this try", upstream=self._upstream
+                    )
+                if x.deadline_lazy and x.deadline_expiry is None:
+                    # The deadline is this try's limit and its timer is not armed yet (see
+                    # DeadlineLayer, lazy): the one timer is the deadline's, and the
+                    # deadline stage says what its firing means.
+                    stamp_remaining(request, now)
+                    arm_total(x, self._loop.timers(), now)
+                    x.try_expiry = None
+                    x.try_timeout = timeout
+                    return None
         stamp_remaining(request, now)
         # The upstream's time starts when it can have the whole request: a body still
         # arriving from the client moves this try's timer (the client's share is not
@@ -120,12 +131,15 @@ class TryTimeout:
         return None
 
     def on_response(self, x: Exchange, response: Response) -> Response:
-        expiry: Expiry = x.try_expiry
-        expiry.close()
+        expiry: Expiry | None = x.try_expiry
+        if expiry is not None:
+            expiry.close()
         return response
 
     def on_error(self, x: Exchange, exc: BaseException) -> Response | None:
-        expiry: Expiry = x.try_expiry
+        expiry: Expiry | None = x.try_expiry
+        if expiry is None:
+            return None  # the deadline's timer timed this try
         if isinstance(exc, asyncio.CancelledError):
             if not expiry.close():
                 return None
@@ -155,6 +169,7 @@ class RetryLayer:
         "_replay",
         "_rng",
         "_sleep",
+        "_timers",
         "_upstream",
     )
 
@@ -185,6 +200,7 @@ class RetryLayer:
         self._budget = budget or RetryBudget(retries.budget_ratio, retries.min_retries_per_s, clock)
         self._sleep = sleep
         self._rng = rng or random.Random()
+        self._timers = LoopRef()
 
     @property
     def budget(self) -> RetryBudget:
@@ -234,6 +250,7 @@ class RetryLayer:
             x.replay_safe = request.method in IDEMPOTENT_METHODS and request.body.replayable
             return await self._loop(x, attempt)
 
+        arm_total(x, self._timers.timers(), self._clock.monotonic())  # waits outside a try
         return await self._replay.buffered(x.request, self._buffer_bytes, send)
 
     async def _loop(self, x: Exchange, attempt: Handler) -> Response:
@@ -273,6 +290,7 @@ class RetryLayer:
     ) -> None:
         delay, reason = decision
         request = x.request
+        arm_total(x, self._timers.timers(), self._clock.monotonic())  # waits outside a try
         if response is not None:
             await discard_body(response.body)
         await self._sleep(delay)
