@@ -51,8 +51,14 @@ class Headers:
     def set(self, name: str, value: str) -> None:
         """Replace every field called `name` with one field."""
         name = name.lower()
-        self._items = [(k, v) for k, v in self._items if k != name]
-        self._items.append((name, value))
+        items = self._items
+        for k, _ in items:
+            if k == name:
+                self._items = [(k, v) for k, v in items if k != name]
+                self._items.append((name, value))
+                return
+        # Not there (the common case: a field we add): no rebuild of the list.
+        items.append((name, value))
 
     def add(self, name: str, value: str) -> None:
         self._items.append((name.lower(), value))
@@ -61,8 +67,13 @@ class Headers:
         """Drop every field named in `names` (lower-case), then append `fields`: the result
         of `set`/`remove` for each, in one pass (propagators write several fields per
         request)."""
-        self._items = [(k, v) for k, v in self._items if k not in names]
-        self._items.extend(fields)
+        items = self._items
+        for k, _ in items:
+            if k in names:
+                self._items = [(k, v) for k, v in items if k not in names]
+                self._items.extend(fields)
+                return
+        items.extend(fields)  # none there: no rebuild
 
     def remove(self, name: str) -> None:
         self._items = [(k, v) for k, v in self._items if k != name]
