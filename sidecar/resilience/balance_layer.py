@@ -1,6 +1,6 @@
-"""The balance layer: choose this attempt's endpoint and feed back what happened.
+"""The balance filter: choose this attempt's endpoint and feed back what happened.
 
-Per attempt (it sits inside the retry layer): pick among the cluster's available endpoints
+Per attempt (one of the router's per-attempt filters): pick among the cluster's available endpoints
 (not ejected, not failing an active health check), preferring ones this request has not tried;
 count it in flight until response headers; then give the balancer the RTT (for EWMA), the
 endpoint its failure penalty (`sidecar.balance.penalty`) and the outlier detector the
