@@ -136,8 +136,8 @@ class Retry(Protocol):
 
 class Router:
     """The terminal stage of an upstream's path (Envoy's router filter): attempts, each the
-    per-attempt `filters` around `send`, as many as `retry` decides. Run inside the chain
-    that ends with it, in the same coroutine."""
+    per-attempt `filters` around `send`, as many as `retry` decides. The chain that ends
+    with it runs the attempts (`run_attempts`) on the request's own `Exchange`."""
 
     __slots__ = ("attempt", "filters", "retry", "send")
 
@@ -155,8 +155,8 @@ class Router:
 class Chain:
     """Runs filters around a terminal in one coroutine: every `on_request` in order, the
     terminal, then `on_response` / `on_error` innermost first. The terminal may be a
-    `Router` (its attempts run here too) or a route: something with `path_for(request)`
-    naming the path to continue on, whose filters then run here as well."""
+    `Router` (its attempts are awaited from here, `run_attempts`) or a route: something with
+    `path_for(request)` naming the path to continue on, whose filters then run here too."""
 
     __slots__ = ("_path_for", "_router", "filters", "terminal")
 
