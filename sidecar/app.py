@@ -195,7 +195,8 @@ class Sidecar:
 
     def _upstream_path(self, name: str) -> Handler:
         """One upstream's stages, built on its first request from its policy (again after a
-        reload). The router's stages (retry, balance, client telemetry) run per attempt."""
+        reload). The router's filters (per-try timeout, balance, client telemetry) run per
+        attempt, as many attempts as retry decides."""
         p, clock, obs = self.config.policy(name), self.clock, self.metrics
         parts = self.upstreams.parts(name)
         egress = self._egress_dialer(name)
