@@ -3,9 +3,10 @@
 `ServerTelemetryLayer` is the outermost filter of a listener: it continues the caller's trace
 with a SERVER span, owns `x-request-id`, records the request duration and proxy overhead, and
 turns a raised SidecarError into its error reply (so the body carries the trace id).
-`ClientTelemetryLayer` is the router's last per-attempt filter, next to the forwarder: one CLIENT span per attempt, whose id is
-injected as the parent the upstream sees, and the per-attempt client duration with a
-`trace_id` exemplar. Sampled-out requests skip every attribute and exemplar."""
+`ClientTelemetryLayer` is the router's last per-attempt filter, next to the forwarder: one
+CLIENT span per attempt, whose id is injected as the parent the upstream sees, and the
+per-attempt client duration with a `trace_id` exemplar. Sampled-out requests skip every
+attribute and exemplar."""
 
 from __future__ import annotations
 
