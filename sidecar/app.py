@@ -8,6 +8,9 @@ path of each direction once, in order (`_outbound_path`, `_upstream_path`, `_inb
 
 (`prepare` runs in the transport for every request before the first stage, see
 `ServerConnection`; `route` picks the upstream and its path, built per upstream on first use.)
+Nearly every stage is a filter (synchronous hooks before and after the call) and one `Chain`
+coroutine runs a request through all of them, the router's attempts in one more; see
+sidecar/stack.py.
 
 The rest lives by job: per-upstream state in sidecar/registry.py, the /admin/* views in
 sidecar/admin/views.py, binding/readiness/drain/stop/signals in sidecar/runtime.py.
@@ -35,8 +38,9 @@ from sidecar.egress.forward import EgressForwarder
 from sidecar.egress.policy import EgressPolicy
 from sidecar.http import BytesBody, Headers, Request, Response
 from sidecar.proxy.forward import Forwarder
+from sidecar.proxy.local import ToLocalApp
 from sidecar.proxy.prepare import RequestPreparer
-from sidecar.proxy.routing import OutboundRouter
+from sidecar.proxy.routing import OutboundRouter, PinnedUpstream
 from sidecar.registry import UpstreamRegistry
 from sidecar.resilience.balance_layer import BalanceLayer
 from sidecar.resilience.breaker import CircuitBreaker, CircuitBreakerLayer
@@ -48,7 +52,7 @@ from sidecar.resilience.outlier import OutlierDetector
 from sidecar.resilience.replay import ReplayBuffers
 from sidecar.resilience.retry import RetryLayer
 from sidecar.runtime import Listener, ListenError, Runtime, Services, restart_needed
-from sidecar.stack import Handler, compose
+from sidecar.stack import Handler, Router, compose
 from sidecar.telemetry.access_log import AccessLog
 from sidecar.telemetry.layers import ClientTelemetryLayer, ServerTelemetryLayer
 from sidecar.telemetry.metrics import Metrics
@@ -57,7 +61,7 @@ from sidecar.transport.budget import ConnectionBudget
 from sidecar.transport.client import UpstreamClient
 from sidecar.transport.h2_lazy import LazyH2Client, LazyH2Connections
 from sidecar.transport.server import ServerLimits, ServerState
-from sidecar.transport.tunnel import TunnelRegistry, refused_upgrade
+from sidecar.transport.tunnel import TunnelRegistry
 from sidecar.vocab.endpoint import Endpoint
 
 __all__ = ["Egress", "ListenError", "Sidecar"]
@@ -185,12 +189,14 @@ class Sidecar:
 
     # ================================================================ the request path
     def _outbound_path(self) -> Handler:
-        """prepare (transport) → server telemetry → route → the upstream's path."""
+        """prepare (transport) → server telemetry → route → the upstream's path (the route
+        hands the request on: the upstream's stages run in the same chain)."""
         return compose([self._server_telemetry("outbound")], terminal=self.router)
 
     def _upstream_path(self, name: str) -> Handler:
         """One upstream's stages, built on its first request from its policy (again after a
-        reload). The router's stages (retry, balance, client telemetry) run per attempt."""
+        reload). The router's filters (per-try timeout, balance, client telemetry) run per
+        attempt, as many attempts as retry decides."""
         p, clock, obs = self.config.policy(name), self.clock, self.metrics
         parts = self.upstreams.parts(name)
         egress = self._egress_dialer(name)
@@ -219,35 +225,42 @@ class Sidecar:
             [
                 ConcurrencyLimitLayer(name, p.max_concurrent_requests, obs),
                 FallbackLayer(name, p.fallback, clock, obs),
-                # stamp=False: each of the router's attempts stamps the budget left.
-                DeadlineLayer(p.timeouts.total, clock, obs, stamp=False),
+                # stamp=False: each of the router's attempts stamps the budget left;
+                # lazy: its timer is left to the router's per-try timer (one per request).
+                DeadlineLayer(p.timeouts.total, clock, obs, stamp=False, lazy=True),
                 CircuitBreakerLayer(name, parts.breaker, obs),
-                # the router: attempts
-                retry,
-                BalanceLayer(
-                    parts.cluster, parts.balancer, clock, parts.outlier, obs, p.timeouts.per_try
-                ),
-                self.client_telemetry,
             ],
-            terminal=forwarder.forward if egress is None else EgressForwarder(forwarder).forward,
+            # the router: attempts, as many as `retry` decides, each through these filters
+            terminal=Router(
+                retry,
+                [
+                    retry.per_try,
+                    BalanceLayer(
+                        parts.cluster, parts.balancer, clock, parts.outlier, obs, p.timeouts.per_try
+                    ),
+                    self.client_telemetry,
+                ],
+                send=forwarder.forward if egress is None else EgressForwarder(forwarder).forward,
+            ),
         )
 
     def _inbound_path(self) -> Handler:
         """prepare (transport) → server telemetry → deadline → client telemetry → local app."""
         cfg = self.config
-        total = cfg.policy(cfg.service.name).timeouts.total
+        name = cfg.service.name
         return compose(
             [
                 self._server_telemetry("inbound"),
-                DeadlineLayer(total, self.clock, self.metrics),
+                DeadlineLayer(cfg.policy(name).timeouts.total, self.clock, self.metrics),
                 ClientTelemetryLayer(
                     tracing=self.tracing,
                     metrics=self.metrics,
                     direction="inbound",
-                    default_upstream=cfg.service.name,
+                    default_upstream=name,
                 ),
+                ToLocalApp(name, self._local_endpoint, self._upgrades_for),
             ],
-            terminal=self._to_local_app,
+            terminal=self._local.forward,
         )
 
     def _plan_listeners(self) -> list[Listener]:
@@ -334,25 +347,8 @@ class Sidecar:
     def _upgrades_for(self, name: str) -> list[str]:
         return self.config.policy(name).upgrades
 
-    async def _to_local_app(self, request: Request) -> Response:
-        request.upstream = self.config.service.name
-        if request.upgrade:
-            name = request.upstream
-            refused = refused_upgrade(request.upgrade, self._upgrades_for(name), name)
-            if refused is not None:
-                raise refused
-        request.endpoint = self._local_endpoint
-        return await self._local.forward(request)
-
     def _fixed_port_handler(self, name: str) -> Handler:
-        outbound = self.outbound
-
-        async def handle(request: Request) -> Response:
-            request.upstream = name
-            request.authority = name
-            return await outbound(request)
-
-        return handle
+        return compose([PinnedUpstream(name)], self.outbound)
 
     async def _probe_local_app(self) -> Response:
         return await self._local.forward(

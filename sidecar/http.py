@@ -51,8 +51,14 @@ class Headers:
     def set(self, name: str, value: str) -> None:
         """Replace every field called `name` with one field."""
         name = name.lower()
-        self._items = [(k, v) for k, v in self._items if k != name]
-        self._items.append((name, value))
+        items = self._items
+        for k, _ in items:
+            if k == name:
+                self._items = [(k, v) for k, v in items if k != name]
+                self._items.append((name, value))
+                return
+        # Not there (the common case: a field we add): no rebuild of the list.
+        items.append((name, value))
 
     def add(self, name: str, value: str) -> None:
         self._items.append((name.lower(), value))
@@ -61,8 +67,13 @@ class Headers:
         """Drop every field named in `names` (lower-case), then append `fields`: the result
         of `set`/`remove` for each, in one pass (propagators write several fields per
         request)."""
-        self._items = [(k, v) for k, v in self._items if k not in names]
-        self._items.extend(fields)
+        items = self._items
+        for k, _ in items:
+            if k in names:
+                self._items = [(k, v) for k, v in items if k not in names]
+                self._items.extend(fields)
+                return
+        items.extend(fields)  # none there: no rebuild
 
     def remove(self, name: str) -> None:
         self._items = [(k, v) for k, v in self._items if k != name]
@@ -140,7 +151,7 @@ class InterimSink(Protocol):
     ) -> None: ...
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Request:
     """One request travelling through the layer stack.
 
@@ -173,19 +184,82 @@ class Request:
     # Where an upstream's 1xx interim responses go (the client connection), if anywhere.
     interim: InterimSink | None = None
 
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        headers: Headers,
+        body: Body,
+        http_version: str = "1.1",
+        client_addr: str = "",
+        scheme: str = "http",
+        direction: str = "outbound",
+        upstream: str = "",
+        authority: str = "",
+        request_id: str = "",
+        start: float = 0.0,
+        deadline: float | None = None,
+        endpoint: Endpoint | None = None,
+        attempt: int = 1,
+        tried: list[Endpoint] | None = None,
+        retry_reason: str = "",
+        trace: Any = None,
+        upstream_time: float = 0.0,
+        upgrade: str = "",
+        interim: InterimSink | None = None,
+    ) -> None:
+        # Written out (init=False): the dataclass-generated __init__ is interpreted code
+        # even in the compiled build, ~1.6 µs per request; this one is compiled.
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.body = body
+        self.http_version = http_version
+        self.client_addr = client_addr
+        self.scheme = scheme
+        self.direction = direction
+        self.upstream = upstream
+        self.authority = authority
+        self.request_id = request_id
+        self.start = start
+        self.deadline = deadline
+        self.endpoint = endpoint
+        self.attempt = attempt
+        self.tried = [] if tried is None else tried
+        self.retry_reason = retry_reason
+        self.trace = trace
+        self.upstream_time = upstream_time
+        self.upgrade = upgrade
+        self.interim = interim
+
     @property
     def path(self) -> str:
         q = self.target.find("?")
         return self.target if q < 0 else self.target[:q]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Response:
     status: int
     headers: Headers
     body: Body = EMPTY_BODY
     reason: str = ""
     error_code: str = ""  # the error code when the sidecar produced this reply itself
+
+    def __init__(
+        self,
+        status: int,
+        headers: Headers,
+        body: Body = EMPTY_BODY,
+        reason: str = "",
+        error_code: str = "",
+    ) -> None:
+        # Written out for the compiled build, as Request's.
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.reason = reason
+        self.error_code = error_code
 
 
 def body_trailers(body: Body) -> Headers | None:

@@ -78,8 +78,13 @@ class Forwarder:
             self.dialer,
         )
         headers = request.headers.items()
-        if request.authority:
-            headers = [("host", request.authority), *[(k, v) for k, v in headers if k != "host"]]
+        authority = request.authority
+        # Host goes first; usually the client sent it first, with this value, already (an
+        # HTTP/1.1 listener refuses a second Host, so there is none further on).
+        if authority and not (
+            request.http_version != "2" and headers and headers[0] == ("host", authority)
+        ):
+            headers = [("host", authority), *[(k, v) for k, v in headers if k != "host"]]
         if request.upgrade:
             return await self._upgrade(request, pool, headers)
         conn = pool.take_idle()

@@ -30,7 +30,8 @@ _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHI
 def new_request_id() -> str:
     # Uniqueness, not secrecy: the process-wide PRNG (seeded from urandom) avoids a
     # getrandom() syscall per request.
-    return f"{random.getrandbits(128):032x}"
+    # randbytes().hex(), not a format spec: cheaper in the compiled build.
+    return random.randbytes(16).hex()
 
 
 def _forwarded_value(value: str) -> str:

@@ -15,7 +15,7 @@ import httptools
 from sidecar.discovery.resolver import Directory
 from sidecar.errors import BadRequest, NoRoute
 from sidecar.http import Request, Response
-from sidecar.stack import Handler
+from sidecar.stack import Exchange, Handler
 from sidecar.transport.tunnel import CONNECT_UPGRADE, refused_upgrade
 from sidecar.vocab.addresses import is_literal_ip
 
@@ -151,12 +151,13 @@ class OutboundRouter:
             raise NoRoute(f"unknown upstream {name!r}", upstream=name)
         return name
 
-    def __call__(self, request: Request) -> Awaitable[Response]:
-        # Not a coroutine: on the common path this hands back the upstream stack's own
-        # awaitable (one frame fewer per request). A refusal raised here is raised where the
-        # caller awaits the call, as it would be from a coroutine.
+    def path_for(self, request: Request) -> Handler | None:
+        """The path of the upstream `request` is for, for the caller to continue on (a
+        `Chain` runs its stages in the same coroutine); None when there is none to take at
+        once (CONNECT, or a name no source has published yet): then call the router.
+        A refusal is raised here."""
         if request.upgrade == CONNECT_UPGRADE and self._connect is not None:
-            return self._connect(request)
+            return None
         if not request.upstream:
             request.upstream = self.upstream_name(request)
         name = request.upstream
@@ -165,8 +166,19 @@ class OutboundRouter:
             if refused is not None:
                 raise refused
         if self._directory.lookup(name) is None:
-            return self._resolve_then_call(name, request)
-        return self._stack_for(name)(request)
+            return None
+        return self._stack_for(name)
+
+    def __call__(self, request: Request) -> Awaitable[Response]:
+        # Not a coroutine: on the common path this hands back the upstream path's own
+        # awaitable (one frame fewer per request). A refusal raised here is raised where the
+        # caller awaits the call, as it would be from a coroutine.
+        if request.upgrade == CONNECT_UPGRADE and self._connect is not None:
+            return self._connect(request)
+        path = self.path_for(request)
+        if path is None:
+            return self._resolve_then_call(request.upstream, request)
+        return path(request)
 
     async def _resolve_then_call(self, name: str, request: Request) -> Response:
         # First call of a name no source has published yet (e.g. a Consul service used for
@@ -175,3 +187,24 @@ class OutboundRouter:
         if snap is None and not self._is_configured(name):
             raise NoRoute(f"unknown upstream {name!r}", upstream=name)
         return await self._stack_for(name)(request)
+
+
+class PinnedUpstream:
+    """A filter for a listener bound to one upstream (`upstreams.<name>.listen`): every
+    request on it is for that upstream, whatever its Host says."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def on_request(self, x: Exchange) -> Response | None:
+        x.request.upstream = self._name
+        x.request.authority = self._name
+        return None
+
+    def on_response(self, x: Exchange, response: Response) -> Response:
+        return response
+
+    def on_error(self, x: Exchange, exc: BaseException) -> Response | None:
+        return None

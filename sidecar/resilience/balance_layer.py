@@ -1,6 +1,6 @@
-"""The balance layer: choose this attempt's endpoint and feed back what happened.
+"""The balance filter: choose this attempt's endpoint and feed back what happened.
 
-Per attempt (it sits inside the retry layer): pick among the cluster's available endpoints
+Per attempt (one of the router's per-attempt filters): pick among the cluster's available endpoints
 (not ejected, not failing an active health check), preferring ones this request has not tried;
 count it in flight until response headers; then give the balancer the RTT (for EWMA), the
 endpoint its failure penalty (`sidecar.balance.penalty`) and the outlier detector the
@@ -22,7 +22,8 @@ from sidecar.http import Request, Response
 from sidecar.resilience.classify import Outcome, classify_error, classify_reply
 from sidecar.resilience.deadline import arriving
 from sidecar.resilience.outlier import OutlierDetector
-from sidecar.stack import Handler
+from sidecar.stack import Exchange, Handler, alone
+from sidecar.transport.body import StreamBody
 
 # A cancellation this close to the attempt's time limit is the per-try timeout firing.
 _TIMEOUT_SLACK = 0.002
@@ -47,91 +48,103 @@ class BalanceLayer:
         self._observer: Observer = observer or NullObserver()
         self._per_try = per_try_timeout
 
-    def wrap(self, inner: Handler) -> Handler:
-        cluster, balancer, clock = self._cluster, self._balancer, self._clock
-        outlier, observer, per_try = self._outlier, self._observer, self._per_try
+    def _repick(
+        self, candidates: list[EndpointState], request: Request, state: EndpointState
+    ) -> EndpointState:
+        """`state` is on probation and its one probe is already out: pick another (rare;
+        allocates). Bounded; if every try lands on a busy probationer, it gets the request
+        anyway rather than failing it."""
+        avoid = [*request.tried]
+        for _ in range(3):
+            avoid.append(state.endpoint)
+            state = self._balancer.pick(candidates, avoid)
+            if state.passive is not PassiveState.PROBATION or not state.inflight:
+                break
+        return state
 
-        def repick(
-            candidates: list[EndpointState], request: Request, state: EndpointState
-        ) -> EndpointState:
-            """`state` is on probation and its one probe is already out: pick another (rare;
-            allocates). Bounded; if every try lands on a busy probationer, it gets the request
-            anyway rather than failing it."""
-            avoid = [*request.tried]
-            for _ in range(3):
-                avoid.append(state.endpoint)
-                state = balancer.pick(candidates, avoid)
-                if state.passive is not PassiveState.PROBATION or not state.inflight:
-                    break
-            return state
+    # ---------------------------------------------------------------- filter hooks
+    def on_request(self, x: Exchange) -> Response | None:
+        cluster, outlier, request = self._cluster, self._outlier, x.request
+        start = self._clock.monotonic()
+        # Common case: nothing ejected or held out, so the cluster's own list serves as
+        # is (no copy).
+        if cluster.active_down or (outlier is not None and outlier.any_ejected(start)):
+            candidates = cluster.available(start)
+        else:
+            candidates = cluster.states
+        if not candidates:
+            self._observer.rejected(cluster.name, "no_healthy_endpoints")
+            raise NoHealthyEndpoints(
+                f"no healthy endpoint for {cluster.name!r}", upstream=cluster.name
+            )
+        state = self._balancer.pick(candidates, request.tried)
+        if state.passive is PassiveState.PROBATION and state.inflight:
+            state = self._repick(candidates, request, state)
+        request.endpoint = state.endpoint
+        request.tried.append(state.endpoint)
+        state.inflight += 1
+        # A body still arriving: the client's share of this try is not the endpoint's.
+        body = arriving(request.body)
+        x.picked = state
+        x.try_start = start
+        x.body = body
+        x.since = 0.0 if body is None else time.monotonic()
+        return None
 
-        async def balance(request: Request) -> Response:
-            start = clock.monotonic()
-            # Common case: nothing ejected or held out, so the cluster's own list serves as
-            # is (no copy).
-            if cluster.active_down or (outlier is not None and outlier.any_ejected(start)):
-                candidates = cluster.available(start)
-            else:
-                candidates = cluster.states
-            if not candidates:
-                observer.rejected(cluster.name, "no_healthy_endpoints")
-                raise NoHealthyEndpoints(
-                    f"no healthy endpoint for {cluster.name!r}", upstream=cluster.name
-                )
-            state = balancer.pick(candidates, request.tried)
-            if state.passive is PassiveState.PROBATION and state.inflight:
-                state = repick(candidates, request, state)
-            request.endpoint = state.endpoint
-            request.tried.append(state.endpoint)
-            state.inflight += 1
-            # A body still arriving: the client's share of this try is not the endpoint's.
-            body = arriving(request.body)
-            since = 0.0 if body is None else time.monotonic()
+    def on_response(self, x: Exchange, response: Response) -> Response:
+        self._feedback(x, classify_reply(response), response.status)
+        return response
+
+    def on_error(self, x: Exchange, exc: BaseException) -> Response | None:
+        if isinstance(exc, SidecarError):
+            outcome = classify_error(exc)
+        elif isinstance(exc, asyncio.CancelledError):
+            outcome = self._cancelled(x)
+        else:
             outcome = Outcome.CANCELLED
-            status = 0
-            try:
-                response = await inner(request)
-                status = response.status
-                outcome = classify_reply(response)
-                return response
-            except SidecarError as exc:
-                outcome = classify_error(exc)
-                raise
-            except asyncio.CancelledError:
-                # The retry layer's per-try timer cancels the attempt: that is a timeout
-                # (the endpoint did not answer in time), unlike a caller going away.
-                limit = per_try
-                if request.deadline is not None:
-                    limit = min(limit, request.deadline - start)
-                waited = clock.monotonic() - start
-                if body is not None:
-                    # The timers start once the body is in: the client's share is not the
-                    # endpoint's, and a body still arriving is decided below (408 or not).
-                    waited = waited - (body.received_at - since) if body.received_at else -1.0
-                if waited >= limit - _TIMEOUT_SLACK:
-                    outcome = Outcome.TIMEOUT
-                raise
-            finally:
-                state.inflight -= 1
-                now = clock.monotonic()
-                rtt = now - start
-                if body is not None:
-                    if body.received_at:
-                        # The endpoint's time began when it could have the whole request.
-                        rtt = max(0.0, rtt - (body.received_at - since))
-                    elif outcome is Outcome.CANCELLED and not body.throttled:
-                        outcome = Outcome.LOCAL  # cut short waiting on the client (408)
-                if outcome is Outcome.SUCCESS:
-                    balancer.observe(state, rtt, now, True)
-                    if state.failure_score != 0.0:
-                        record_success(state, now)
-                elif outcome is not Outcome.LOCAL and outcome is not Outcome.INTERNAL:
-                    # A cancelled try (caller gone) still tells us the endpoint took at
-                    # least `rtt`; feed it as a failed sample.
-                    balancer.observe(state, rtt, now, False)
-                    if outcome.is_failure:
-                        record_failure(state, outcome.value, now)
-                if outlier is not None:
-                    outlier.record(state, outcome, now, status)
+        self._feedback(x, outcome, 0)
+        return None
 
-        return balance
+    def _cancelled(self, x: Exchange) -> Outcome:
+        """The retry stage's per-try timer cancels the attempt: that is a timeout (the
+        endpoint did not answer in time), unlike a caller going away."""
+        request, start = x.request, x.try_start
+        body: StreamBody | None = x.body
+        limit = self._per_try
+        if request.deadline is not None:
+            limit = min(limit, request.deadline - start)
+        waited = self._clock.monotonic() - start
+        if body is not None:
+            # The timers start once the body is in: the client's share is not the
+            # endpoint's, and a body still arriving is decided below (408 or not).
+            waited = waited - (body.received_at - x.since) if body.received_at else -1.0
+        return Outcome.TIMEOUT if waited >= limit - _TIMEOUT_SLACK else Outcome.CANCELLED
+
+    def _feedback(self, x: Exchange, outcome: Outcome, status: int) -> None:
+        state: EndpointState = x.picked
+        body: StreamBody | None = x.body
+        balancer, outlier = self._balancer, self._outlier
+        state.inflight -= 1
+        now = self._clock.monotonic()
+        rtt = now - x.try_start
+        if body is not None:
+            if body.received_at:
+                # The endpoint's time began when it could have the whole request.
+                rtt = max(0.0, rtt - (body.received_at - x.since))
+            elif outcome is Outcome.CANCELLED and not body.throttled:
+                outcome = Outcome.LOCAL  # cut short waiting on the client (408)
+        if outcome is Outcome.SUCCESS:
+            balancer.observe(state, rtt, now, True)
+            if state.failure_score != 0.0:
+                record_success(state, now)
+        elif outcome is not Outcome.LOCAL and outcome is not Outcome.INTERNAL:
+            # A cancelled try (caller gone) still tells us the endpoint took at
+            # least `rtt`; feed it as a failed sample.
+            balancer.observe(state, rtt, now, False)
+            if outcome.is_failure:
+                record_failure(state, outcome.value, now)
+        if outlier is not None:
+            outlier.record(state, outcome, now, status)
+
+    def wrap(self, inner: Handler) -> Handler:
+        return alone(self, inner)

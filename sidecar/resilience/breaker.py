@@ -24,11 +24,11 @@ from sidecar.clock import Clock
 from sidecar.config import CircuitBreakerConfig
 from sidecar.errors import CircuitOpen, SidecarError
 from sidecar.events import NullObserver, Observer
-from sidecar.http import Request, Response
+from sidecar.http import Response
 from sidecar.resilience.classify import Outcome, classify_error, classify_reply
 from sidecar.resilience.log_limit import LogLimiter
 from sidecar.resilience.window import BucketedCounter
-from sidecar.stack import Handler
+from sidecar.stack import Exchange, Handler, alone
 
 _CALLS = 0
 _FAILURES = 1
@@ -210,32 +210,36 @@ class CircuitBreakerLayer:
     def breaker(self) -> CircuitBreaker:
         return self._breaker
 
+    @property
+    def active(self) -> bool:
+        return self._breaker.enabled
+
+    # ---------------------------------------------------------------- filter hooks
+    def on_request(self, x: Exchange) -> Response | None:
+        ticket = self._breaker.acquire()
+        if ticket is None:
+            self._observer.rejected(self._upstream, "circuit_open")
+            raise CircuitOpen(
+                f"circuit breaker for {self._upstream!r} is open",
+                upstream=self._upstream,
+                retry_after=self._breaker.retry_after(),
+            )
+        x.breaker_ticket = ticket
+        return None
+
+    def on_response(self, x: Exchange, response: Response) -> Response:
+        self._breaker.record(x.breaker_ticket, classify_reply(response))
+        return response
+
+    def on_error(self, x: Exchange, exc: BaseException) -> Response | None:
+        if isinstance(exc, SidecarError):
+            self._breaker.record(x.breaker_ticket, classify_error(exc))
+        else:
+            self._breaker.release(x.breaker_ticket)
+        return None
+
     def wrap(self, inner: Handler) -> Handler:
-        breaker, observer, upstream = self._breaker, self._observer, self._upstream
-        if not breaker.enabled:
-            return inner
-
-        async def circuit_breaker(request: Request) -> Response:
-            ticket = breaker.acquire()
-            if ticket is None:
-                observer.rejected(upstream, "circuit_open")
-                raise CircuitOpen(
-                    f"circuit breaker for {upstream!r} is open",
-                    upstream=upstream,
-                    retry_after=breaker.retry_after(),
-                )
-            try:
-                response = await inner(request)
-            except SidecarError as exc:
-                breaker.record(ticket, classify_error(exc))
-                raise
-            except BaseException:
-                breaker.release(ticket)
-                raise
-            breaker.record(ticket, classify_reply(response))
-            return response
-
-        return circuit_breaker
+        return alone(self, inner)
 
 
 _TRANSITION_LOG = {

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from sidecar.errors import Overloaded
 from sidecar.events import NullObserver, Observer
-from sidecar.http import Request, Response
-from sidecar.stack import Handler
+from sidecar.http import Response
+from sidecar.stack import Exchange, Handler, alone
 
 RETRY_AFTER_S = 1.0
 
@@ -30,21 +30,25 @@ class ConcurrencyLimitLayer:
     def inflight(self) -> int:
         return self._inflight
 
+    # ---------------------------------------------------------------- filter hooks
+    def on_request(self, x: Exchange) -> Response | None:
+        if self._inflight >= self._limit:
+            self._observer.rejected(self._upstream, "overloaded")
+            raise Overloaded(
+                f"{self._upstream!r} already has {self._limit} requests in flight",
+                upstream=self._upstream,
+                retry_after=RETRY_AFTER_S,
+            )
+        self._inflight += 1
+        return None
+
+    def on_response(self, x: Exchange, response: Response) -> Response:
+        self._inflight -= 1
+        return response
+
+    def on_error(self, x: Exchange, exc: BaseException) -> Response | None:
+        self._inflight -= 1
+        return None
+
     def wrap(self, inner: Handler) -> Handler:
-        limit, observer, upstream = self._limit, self._observer, self._upstream
-
-        async def concurrency_limit(request: Request) -> Response:
-            if self._inflight >= limit:
-                observer.rejected(upstream, "overloaded")
-                raise Overloaded(
-                    f"{upstream!r} already has {limit} requests in flight",
-                    upstream=upstream,
-                    retry_after=RETRY_AFTER_S,
-                )
-            self._inflight += 1
-            try:
-                return await inner(request)
-            finally:
-                self._inflight -= 1
-
-        return concurrency_limit
+        return alone(self, inner)

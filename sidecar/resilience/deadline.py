@@ -28,8 +28,8 @@ from sidecar.clock import Clock
 from sidecar.errors import BadRequest, DeadlineExceeded, UpstreamTimeout
 from sidecar.events import NullObserver, Observer
 from sidecar.http import Body, BytesBody, Request, Response
-from sidecar.resilience.expiry import Expiry, Hold, LoopRef
-from sidecar.stack import Handler
+from sidecar.resilience.expiry import Expiry, Hold, LoopRef, TimerQueue
+from sidecar.stack import Exchange, Handler, alone
 from sidecar.transport.body import StreamBody
 from sidecar.vocab.headers import EXPECTED_TIMEOUT_HEADER
 
@@ -139,81 +139,118 @@ class DeadlineLayer:
     """Sets `request.deadline`, refuses already-spent budgets, and enforces the total timeout
     around everything inside it (breaker, retries with their backoff, balancer, upstream)."""
 
-    __slots__ = ("_clock", "_observer", "_stamp", "_total")
+    __slots__ = ("_clock", "_lazy", "_loop", "_observer", "_stamp", "_total")
 
     def __init__(
-        self, total: float, clock: Clock, observer: Observer | None = None, stamp: bool = True
+        self,
+        total: float,
+        clock: Clock,
+        observer: Observer | None = None,
+        stamp: bool = True,
+        lazy: bool = False,
     ) -> None:
         """`stamp=False` when a retry layer inside stamps each attempt anyway: the header
-        would be written twice per request (a header-list rebuild each)."""
+        would be written twice per request (a header-list rebuild each).
+        `lazy=True` when a router inside times each try (`TryTimeout`): one timer per
+        request instead of two. The total timer is then not armed here for a request
+        whose body is in: a try is capped at the deadline, so during a try its own timer
+        comes due first, or is the deadline's when the deadline is the tighter limit; the
+        total timer is armed (`arm_total`) only before waiting outside a try (backoff,
+        buffering a body for replay)."""
         self._total = total
         self._clock = clock
         self._observer: Observer = observer or NullObserver()
         self._stamp = stamp
+        self._lazy = lazy
+        self._loop = LoopRef()
 
-    def wrap(self, inner: Handler) -> Handler:
-        total, clock, observer, stamp = self._total, self._clock, self._observer, self._stamp
-        loop = LoopRef()
+    # ---------------------------------------------------------------- filter hooks
+    def on_request(self, x: Exchange) -> Response | None:
+        request = x.request
+        now = self._clock.monotonic()
+        own = now + self._total
+        budget = caller_budget(request)
+        callers = None if budget is None else now + budget
+        if request.deadline is not None and (callers is None or request.deadline < callers):
+            callers = request.deadline  # an outer stage already set a tighter deadline
+        if budget is not None and budget <= 0:
+            self._observer.rejected(request.upstream, "deadline_exceeded")
+            raise DeadlineExceeded(
+                "the caller's deadline was already spent", upstream=request.upstream
+            )
+        caller_bound = callers is not None and callers < own
+        request.deadline = callers if callers is not None and caller_bound else own
+        if self._stamp:
+            stamp_remaining(request, now)
+        delay = request.deadline - now
+        body = arriving(request.body)
+        hold = None if body is None else _TotalHold(body, request, delay, caller_bound)
+        x.caller_bound = caller_bound
+        x.deadline_hold = hold
+        if self._lazy and hold is None:
+            x.deadline_lazy = True
+            x.deadline_expiry = None
+        else:
+            x.deadline_expiry = Expiry(self._loop.timers(), delay, hold)
+        return None
 
-        async def deadline(request: Request) -> Response:
-            now = clock.monotonic()
-            own = now + total
-            budget = caller_budget(request)
-            callers = None if budget is None else now + budget
-            if request.deadline is not None and (callers is None or request.deadline < callers):
-                callers = request.deadline  # an outer layer already set a tighter deadline
-            if budget is not None and budget <= 0:
-                observer.rejected(request.upstream, "deadline_exceeded")
-                raise DeadlineExceeded(
-                    "the caller's deadline was already spent", upstream=request.upstream
-                )
-            caller_bound = callers is not None and callers < own
-            request.deadline = callers if callers is not None and caller_bound else own
-            if stamp:
-                stamp_remaining(request, now)
-            delay = request.deadline - now
-            body = arriving(request.body)
-            hold = None if body is None else _TotalHold(body, request, delay, caller_bound)
-            expiry = Expiry(loop.timers(), delay, hold)
-            try:
-                response = await inner(request)
-            except asyncio.CancelledError:
-                if not expiry.close():
-                    raise
-                exc: BaseException | None = None  # our own total timer fired
-            except TimeoutError as err:
-                expiry.close()
-                exc = err
-            except UpstreamTimeout as err:
-                expiry.close()
-                # The retry layer caps each try at the deadline, so its timeout may be the one
-                # that fires when the caller's budget runs out: report whose budget it was.
-                if caller_bound and clock.monotonic() >= request.deadline - _SLACK:
-                    raise DeadlineExceeded(
-                        "the caller's deadline expired waiting for the upstream",
-                        upstream=request.upstream,
-                    ) from err
-                raise
-            except BaseException:
-                expiry.close()
-                raise
-            else:
-                expiry.close()
-                return response
-            if hold is not None and hold.client_stalled:
-                raise BadRequest(
-                    f"request body not received within {total:g}s",
-                    upstream=request.upstream,
-                    status=408,
-                ) from exc
-            if caller_bound:
+    def on_response(self, x: Exchange, response: Response) -> Response:
+        expiry: Expiry | None = x.deadline_expiry
+        if expiry is not None:
+            expiry.close()
+        return response
+
+    def on_error(self, x: Exchange, exc: BaseException) -> Response | None:
+        expiry: Expiry | None = x.deadline_expiry
+        # Closed (disarmed) first in every case; True when it is our timer that fired.
+        fired = expiry is not None and expiry.close()
+        request = x.request
+        if isinstance(exc, asyncio.CancelledError):
+            if not fired:
+                return None
+            # our own total timer fired
+        elif isinstance(exc, TimeoutError):
+            pass
+        elif isinstance(exc, UpstreamTimeout):
+            # The retry stage caps each try at the deadline, so its timeout may be the one
+            # that fires when the caller's budget runs out: report whose budget it was.
+            if (
+                x.caller_bound
+                and request.deadline is not None
+                and self._clock.monotonic() >= request.deadline - _SLACK
+            ):
                 raise DeadlineExceeded(
                     "the caller's deadline expired waiting for the upstream",
                     upstream=request.upstream,
                 ) from exc
-            raise UpstreamTimeout(
-                f"no response within the total timeout of {total:g}s",
+            return None
+        else:
+            return None
+        cause = None if isinstance(exc, asyncio.CancelledError) else exc
+        hold: _TotalHold | None = x.deadline_hold
+        if hold is not None and hold.client_stalled:
+            raise BadRequest(
+                f"request body not received within {self._total:g}s",
                 upstream=request.upstream,
-            ) from exc
+                status=408,
+            ) from cause
+        if x.caller_bound:
+            raise DeadlineExceeded(
+                "the caller's deadline expired waiting for the upstream",
+                upstream=request.upstream,
+            ) from cause
+        raise UpstreamTimeout(
+            f"no response within the total timeout of {self._total:g}s",
+            upstream=request.upstream,
+        ) from cause
 
-        return deadline
+    def wrap(self, inner: Handler) -> Handler:
+        return alone(self, inner)
+
+
+def arm_total(x: Exchange, timers: TimerQueue, now: float) -> None:
+    """Before waiting outside a try: arm the total timer a lazy `DeadlineLayer` left to the
+    router (due at the deadline, at once if it has passed)."""
+    deadline = x.request.deadline
+    if x.deadline_lazy and x.deadline_expiry is None and deadline is not None:
+        x.deadline_expiry = Expiry(timers, max(0.0, deadline - now))

@@ -19,7 +19,7 @@ from sidecar.errors import CircuitOpen, NoHealthyEndpoints, SidecarError
 from sidecar.events import NullObserver, Observer
 from sidecar.http import BytesBody, Headers, Request, Response
 from sidecar.resilience.last_good import CachedResponse, LastGoodCache
-from sidecar.stack import Handler
+from sidecar.stack import Exchange, Handler, alone
 from sidecar.vocab.headers import ERROR_HEADER, FALLBACK_HEADER
 
 _CODES = {"circuit_open": CircuitOpen.code, "no_healthy_endpoints": NoHealthyEndpoints.code}
@@ -78,9 +78,33 @@ class FallbackLayer:
     def cache(self) -> LastGoodCache | None:
         return self._cache
 
+    @property
+    def active(self) -> bool:
+        return bool(self._codes) and (self._static is not None or self._cache is not None)
+
+    @property
+    def waits(self) -> bool:
+        """Keeping last-good replies means reading a response's body before passing it on:
+        then this stage runs as a layer (a coroutine), not as a filter."""
+        return self._cache is not None
+
+    # ---------------------------------------------------------------- filter hooks
+    def on_request(self, x: Exchange) -> Response | None:
+        return None
+
+    def on_response(self, x: Exchange, response: Response) -> Response:
+        return response
+
+    def on_error(self, x: Exchange, exc: BaseException) -> Response | None:
+        if isinstance(exc, SidecarError) and exc.code in self._codes:
+            return self._reply(x.request, exc.code)
+        return None
+
     def wrap(self, inner: Handler) -> Handler:
-        if not self._codes or (self._static is None and self._cache is None):
+        if not self.active:
             return inner
+        if self._cache is None:
+            return alone(self, inner)
         cache, clock, codes = self._cache, self._clock, self._codes
 
         async def fallback(request: Request) -> Response:
@@ -94,8 +118,7 @@ class FallbackLayer:
                     raise
                 return reply
             if (
-                cache is not None
-                and _cacheable_request(request)
+                _cacheable_request(request)
                 and _cacheable_response(response)
                 and cache.fits(response.body.length or 0)
             ):

@@ -1,11 +1,12 @@
-"""The telemetry layers of the data path.
+"""The telemetry filters of the data path (sidecar.stack.Filter).
 
-`ServerTelemetryLayer` is the outermost layer of a listener: it continues the caller's trace
+`ServerTelemetryLayer` is the outermost filter of a listener: it continues the caller's trace
 with a SERVER span, owns `x-request-id`, records the request duration and proxy overhead, and
 turns a raised SidecarError into its error reply (so the body carries the trace id).
-`ClientTelemetryLayer` sits next to the forwarder: one CLIENT span per attempt, whose id is
-injected as the parent the upstream sees, and the per-attempt client duration with a
-`trace_id` exemplar. Sampled-out requests skip every attribute and exemplar."""
+`ClientTelemetryLayer` is the router's last per-attempt filter, next to the forwarder: one
+CLIENT span per attempt, whose id is injected as the parent the upstream sees, and the
+per-attempt client duration with a `trace_id` exemplar. Sampled-out requests skip every
+attribute and exemplar."""
 
 from __future__ import annotations
 
@@ -29,11 +30,11 @@ from sidecar.errors import SidecarError, error_response
 from sidecar.grpc import is_grpc, status_for_error
 from sidecar.http import Request, Response
 from sidecar.resilience.classify import error_type_of_exception, error_type_of_status
-from sidecar.stack import Handler
+from sidecar.stack import Exchange, Handler, alone
 from sidecar.telemetry import otelfast, rpc
 from sidecar.telemetry.access_log import AccessLog
 from sidecar.telemetry.labels import OTHER, RouteMatcher, method_label
-from sidecar.telemetry.metrics import Metrics
+from sidecar.telemetry.metrics import LiveCount, Metrics
 from sidecar.telemetry.rpc import rpc_call
 from sidecar.telemetry.tracing import SpanStarter, Tracing
 from sidecar.vocab.headers import EXPECTED_TIMEOUT_HEADER
@@ -52,7 +53,7 @@ def span_name(method: str, route: str) -> str:
 
 
 def trace_id_hex(sc: SpanContext) -> str:
-    return f"{sc[otelfast.TRACE_ID]:032x}" if otelfast.is_valid(sc) else ""
+    return sc[otelfast.TRACE_ID].to_bytes(16, "big").hex() if otelfast.is_valid(sc) else ""
 
 
 def _valid_request_id(value: str | None) -> bool:
@@ -88,104 +89,118 @@ class ServerTelemetryLayer:
         # sidecar refuses them, in sidecar_requests_rejected_total; counting them here too
         # would add every call the app makes to the traffic the app receives.
         self._server_metrics = direction == "inbound"
+        self._inflight = metrics.inflight_gauge(direction, "")
+
+    # ---------------------------------------------------------------- filter hooks
+    def on_request(self, x: Exchange) -> Response | None:
+        request, propagator, starter = x.request, self._propagator, self._starter
+        x.server_start = request.start or self._clock.monotonic()
+        rid = request.headers.get("x-request-id")
+        if rid is None or not _valid_request_id(rid):
+            rid = random.randbytes(16).hex()
+            request.headers.set("x-request-id", rid)
+        request.request_id = rid
+        method = method_label(request.method)
+        route = self._routes.match(request.path)
+        x.server_method = method
+        x.server_route = route
+
+        parent = propagator.extract(request.headers)
+        call = rpc_call(request) if request.http_version == "2" else None
+        sc = starter.dropped(otelfast.span_context_of(parent))
+        span: Span | None = None
+        recording = False
+        if sc is not None and call is None and not request.upgrade:
+            # Sampled out (nearly every request): ids for propagation only, no span or
+            # Context objects. The client filter takes its parent from `request.trace`.
+            if otelfast.has_baggage(parent):
+                request.trace = otelfast.with_span(NonRecordingSpan(sc), parent)
+                if self._inject:
+                    propagator.inject(request.headers, request.trace)
+            else:
+                request.trace = sc
+                if self._inject:
+                    propagator.inject_ids(request.headers, sc)
+        else:
+            span = (
+                NonRecordingSpan(sc)
+                if sc is not None
+                else starter.start_sampled(span_name(method, route), parent, SpanKind.SERVER)
+            )
+            sc = span.get_span_context()
+            ctx = otelfast.with_span(span, parent)
+            request.trace = ctx
+            recording = span.is_recording()
+            if recording:
+                self._start_attributes(span, request, route, rid)
+            if call is not None and recording:
+                rpc.start_attributes(span, call)
+            if self._inject:
+                propagator.inject(request.headers, ctx)
+        x.server_sc = sc
+        x.server_span = span
+        x.server_call = call
+        x.server_recording = recording
+        self._inflight.inc()
+        return None
+
+    def on_error(self, x: Exchange, exc: BaseException) -> Response | None:
+        self._inflight.dec()
+        if not isinstance(exc, SidecarError):
+            self._failed(x.server_span, exc, x.server_method, x.server_route, x.server_start)
+            return None
+        request = x.request
+        if exc.code in REJECTIONS:
+            self._metrics.rejected(request.upstream or exc.upstream, exc.code)
+        response = error_response(
+            exc,
+            trace_id=trace_id_hex(x.server_sc),
+            request_id=request.request_id,
+            grpc=request.http_version == "2" and is_grpc(request.headers),
+        )
+        return self._done(x, response, exc.code)
+
+    def on_response(self, x: Exchange, response: Response) -> Response:
+        self._inflight.dec()
+        return self._done(x, response, response.error_code)
+
+    def _done(self, x: Exchange, response: Response, error_type: str) -> Response:
+        request, metrics, start = x.request, self._metrics, x.server_start
+        elapsed = self._clock.monotonic() - start
+        sc = x.server_sc
+        sampled = otelfast.is_sampled(sc)
+        trace_hex = trace_id_hex(sc) if sampled or self._access_log else ""
+        status = response.status
+        server_metrics = self._server_metrics
+        if server_metrics:
+            metrics.observe_server(
+                x.server_method,
+                x.server_route,
+                status,
+                error_type,
+                elapsed,
+                trace_hex if sampled else "",
+            )
+        metrics.observe_overhead(self.direction, elapsed - request.upstream_time)
+        span: Span | None = x.server_span
+        if span is not None:  # else sampled out: nothing to end
+            call = x.server_call
+            if x.server_recording:
+                _end_attributes(span, status, error_type)
+            if call is not None:
+                response = rpc.on_completion(
+                    response, self._rpc_done(span, call, start if server_metrics else None)
+                )
+            elif request.upgrade and x.server_recording:
+                _end_after_tunnel(span, response.body)
+            else:
+                span.end()
+        if self._access_log is not None:
+            self._access_log.log(request, status, elapsed, trace_hex, error_type, self.direction)
+        return response
 
     def wrap(self, inner: Handler) -> Handler:
-        starter, propagator, metrics = self._starter, self._propagator, self._metrics
-        routes, clock, direction = self._routes, self._clock, self.direction
-        inflight = metrics.inflight_gauge(direction, "")
-        server_metrics = self._server_metrics
-
-        async def handle(request: Request) -> Response:
-            start = request.start or clock.monotonic()
-            rid = request.headers.get("x-request-id")
-            if not _valid_request_id(rid):
-                rid = f"{random.getrandbits(128):032x}"
-                request.headers.set("x-request-id", rid)
-            assert rid is not None
-            request.request_id = rid
-            method = method_label(request.method)
-            route = routes.match(request.path)
-
-            parent = propagator.extract(request.headers)
-            call = rpc_call(request) if request.http_version == "2" else None
-            sc = starter.dropped(otelfast.span_context_of(parent))
-            span: Span | None = None
-            recording = False
-            if sc is not None and call is None and not request.upgrade:
-                # Sampled out (nearly every request): ids for propagation only, no span or
-                # Context objects. The client layer takes its parent from `request.trace`.
-                if otelfast.has_baggage(parent):
-                    request.trace = otelfast.with_span(NonRecordingSpan(sc), parent)
-                    if self._inject:
-                        propagator.inject(request.headers, request.trace)
-                else:
-                    request.trace = sc
-                    if self._inject:
-                        propagator.inject_ids(request.headers, sc)
-            else:
-                name = span_name(method, route)
-                span = (
-                    NonRecordingSpan(sc)
-                    if sc is not None
-                    else starter.start_sampled(name, parent, SpanKind.SERVER)
-                )
-                sc = span.get_span_context()
-                ctx = otelfast.with_span(span, parent)
-                request.trace = ctx
-                recording = span.is_recording()
-                if recording:
-                    self._start_attributes(span, request, route, rid)
-                if call is not None and recording:
-                    rpc.start_attributes(span, call)
-                if self._inject:
-                    propagator.inject(request.headers, ctx)
-
-            inflight.inc()
-            try:
-                try:
-                    response = await inner(request)
-                    error_type = response.error_code
-                except SidecarError as err:
-                    error_type = err.code
-                    if err.code in REJECTIONS:
-                        metrics.rejected(request.upstream or err.upstream, err.code)
-                    response = error_response(
-                        err,
-                        trace_id=trace_id_hex(sc),
-                        request_id=rid,
-                        grpc=request.http_version == "2" and is_grpc(request.headers),
-                    )
-            except BaseException as exc:
-                self._failed(span, exc, method, route, start)
-                raise
-            finally:
-                inflight.dec()
-
-            elapsed = clock.monotonic() - start
-            sampled = otelfast.is_sampled(sc)
-            trace_hex = trace_id_hex(sc) if sampled or self._access_log else ""
-            status = response.status
-            if server_metrics:
-                metrics.observe_server(
-                    method, route, status, error_type, elapsed, trace_hex if sampled else ""
-                )
-            metrics.observe_overhead(direction, elapsed - request.upstream_time)
-            if span is not None:  # else sampled out: nothing to end
-                if recording:
-                    _end_attributes(span, status, error_type)
-                if call is not None:
-                    response = rpc.on_completion(
-                        response, self._rpc_done(span, call, start if server_metrics else None)
-                    )
-                elif request.upgrade and recording:
-                    _end_after_tunnel(span, response.body)
-                else:
-                    span.end()
-            if self._access_log is not None:
-                self._access_log.log(request, status, elapsed, trace_hex, error_type, direction)
-            return response
-
-        return handle
+        return alone(self, inner)
 
     def _rpc_done(
         self, span: Span, call: tuple[str, str], start: float | None
@@ -258,107 +273,123 @@ class ClientTelemetryLayer:
         self._default_upstream = default_upstream
         self._clock = clock or SystemClock()
 
-    def wrap(self, inner: Handler) -> Handler:
-        starter, propagator, metrics = self._starter, self._propagator, self._metrics
-        routes, clock, direction = self._routes, self._clock, self._direction
-        default_upstream = self._default_upstream
-
-        async def handle(request: Request) -> Response:
-            trace = request.trace
-            parent: Context | None = None
-            if isinstance(trace, SpanContext):  # the server layer's, sampled out
-                parent_sc = trace
-            else:
-                parent = trace if isinstance(trace, Context) else None
-                if parent is None:
-                    parent = propagator.extract(request.headers)
-                parent_sc = otelfast.span_context_of(parent)
-            upstream = metrics.upstream(request.upstream or default_upstream)
-            method = method_label(request.method)
-            route = routes.match(request.path)
-            call = rpc_call(request) if request.http_version == "2" else None
-            sc = starter.dropped(parent_sc)
-            span: Span | None = None
-            recording = False
-            baggage = parent is not None and otelfast.has_baggage(parent)
-            if sc is not None and call is None and not baggage:
-                # Sampled out: the upstream gets ids to continue the trace, and no span
-                # object is made.
-                propagator.inject_ids(request.headers, sc)
-            else:
-                if parent is None:
-                    parent = otelfast.with_span(NonRecordingSpan(parent_sc), Context())
-                span = (
-                    NonRecordingSpan(sc)
-                    if sc is not None
-                    else starter.start_sampled(span_name(method, route), parent, SpanKind.CLIENT)
-                )
-                sc = span.get_span_context()
-                propagator.inject(request.headers, otelfast.with_span(span, parent))
-                recording = span.is_recording()
-                if recording:
-                    _client_attributes(span, request, upstream, method, route)
-                if call is not None and recording:
-                    rpc.start_attributes(span, call)
-
-            inflight = metrics.inflight_gauge(direction, upstream)
-            inflight.inc()
-            start = clock.monotonic()
-            try:
-                response = await inner(request)
-            except BaseException as exc:
-                elapsed = clock.monotonic() - start
-                request.upstream_time += elapsed
-                error_type = error_type_of_exception(exc)
-                metrics.observe_client(
-                    upstream,
-                    method,
-                    0,
-                    error_type,
-                    elapsed,
-                    trace_id_hex(sc) if otelfast.is_sampled(sc) else "",
-                )
+    # ---------------------------------------------------------------- filter hooks
+    def on_request(self, x: Exchange) -> Response | None:
+        request, starter, propagator = x.request, self._starter, self._propagator
+        metrics = self._metrics
+        trace = request.trace
+        parent: Context | None = None
+        if isinstance(trace, SpanContext):  # the server filter's, sampled out
+            parent_sc = trace
+        else:
+            parent = trace if isinstance(trace, Context) else None
+            if parent is None:
+                parent = propagator.extract(request.headers)
+            parent_sc = otelfast.span_context_of(parent)
+        upstream = metrics.upstream(request.upstream or self._default_upstream)
+        method = method_label(request.method)
+        route = self._routes.match(request.path)
+        call = rpc_call(request) if request.http_version == "2" else None
+        sc = starter.dropped(parent_sc)
+        span: Span | None = None
+        baggage = parent is not None and otelfast.has_baggage(parent)
+        if sc is not None and call is None and not baggage:
+            # Sampled out: the upstream gets ids to continue the trace, and no span
+            # object is made.
+            propagator.inject_ids(request.headers, sc)
+        else:
+            if parent is None:
+                parent = otelfast.with_span(NonRecordingSpan(parent_sc), Context())
+            span = (
+                NonRecordingSpan(sc)
+                if sc is not None
+                else starter.start_sampled(span_name(method, route), parent, SpanKind.CLIENT)
+            )
+            sc = span.get_span_context()
+            propagator.inject(request.headers, otelfast.with_span(span, parent))
+            if span.is_recording():
+                _client_attributes(span, request, upstream, method, route)
                 if call is not None:
-                    # No reply (connect failure, reset, timeout): the attempt still counts,
-                    # with the status a gRPC client sees for it (UNAVAILABLE, ...).
-                    code = int(status_for_error(error_type))
-                    metrics.rpc.observe_client(upstream, call, code, elapsed)
-                if span is not None:
-                    if recording:
-                        span.set_attribute("error.type", error_type)
-                        span.set_status(_ERROR)
-                    span.end()
-                raise
-            finally:
-                inflight.dec()
+                    rpc.start_attributes(span, call)
+        x.client_upstream = upstream
+        x.client_method = method
+        x.client_call = call
+        x.client_sc = sc
+        x.client_span = span
+        inflight = metrics.inflight_gauge(self._direction, upstream)
+        inflight.inc()
+        x.client_inflight = inflight
+        x.client_start = self._clock.monotonic()
+        return None
 
-            elapsed = clock.monotonic() - start
-            request.upstream_time += elapsed
-            status = response.status
-            error_type = response.error_code or error_type_of_status(status)
-            metrics.observe_client(
-                upstream,
-                method,
-                status,
-                error_type,
-                elapsed,
-                trace_id_hex(sc) if otelfast.is_sampled(sc) else "",
-            )
-            if span is None:
-                return response
-            if recording:
-                span.set_attribute("http.response.status_code", status)
-                if error_type:
-                    span.set_attribute("error.type", error_type)
-                    span.set_status(_ERROR)
-            if call is None:
-                span.end()
-                return response
-            return rpc.on_completion(
-                response, _rpc_client_done(span, call, upstream, start, metrics, clock)
-            )
+    def on_error(self, x: Exchange, exc: BaseException) -> Response | None:
+        request, metrics = x.request, self._metrics
+        inflight: LiveCount = x.client_inflight
+        inflight.dec()
+        elapsed = self._clock.monotonic() - x.client_start
+        request.upstream_time += elapsed
+        error_type = error_type_of_exception(exc)
+        sc = x.client_sc
+        metrics.observe_client(
+            x.client_upstream,
+            x.client_method,
+            0,
+            error_type,
+            elapsed,
+            trace_id_hex(sc) if otelfast.is_sampled(sc) else "",
+        )
+        call = x.client_call
+        if call is not None:
+            # No reply (connect failure, reset, timeout): the attempt still counts,
+            # with the status a gRPC client sees for it (UNAVAILABLE, ...).
+            code = int(status_for_error(error_type))
+            metrics.rpc.observe_client(x.client_upstream, call, code, elapsed)
+        span: Span | None = x.client_span
+        if span is not None:
+            if span.is_recording():
+                span.set_attribute("error.type", error_type)
+                span.set_status(_ERROR)
+            span.end()
+        return None
 
-        return handle
+    def on_response(self, x: Exchange, response: Response) -> Response:
+        request, metrics = x.request, self._metrics
+        inflight: LiveCount = x.client_inflight
+        inflight.dec()
+        elapsed = self._clock.monotonic() - x.client_start
+        request.upstream_time += elapsed
+        status = response.status
+        error_type = response.error_code or error_type_of_status(status)
+        sc = x.client_sc
+        metrics.observe_client(
+            x.client_upstream,
+            x.client_method,
+            status,
+            error_type,
+            elapsed,
+            trace_id_hex(sc) if otelfast.is_sampled(sc) else "",
+        )
+        span: Span | None = x.client_span
+        if span is None:
+            return response
+        if span.is_recording():
+            span.set_attribute("http.response.status_code", status)
+            if error_type:
+                span.set_attribute("error.type", error_type)
+                span.set_status(_ERROR)
+        call = x.client_call
+        if call is None:
+            span.end()
+            return response
+        return rpc.on_completion(
+            response,
+            _rpc_client_done(
+                span, call, x.client_upstream, x.client_start, metrics, self._clock
+            ),
+        )
+
+    def wrap(self, inner: Handler) -> Handler:
+        return alone(self, inner)
 
 
 def _end_attributes(span: Span, status: int, error_type: str) -> None:

@@ -42,6 +42,10 @@ SETTER = HeadersSetter()
 Fields = tuple[frozenset[str], list[tuple[str, str]]]
 
 
+# trace-flags as written in traceparent, looked up rather than formatted per request.
+_FLAGS_HEX = tuple(f"{i:02x}" for i in range(256))
+
+
 class Ids:
     """A span context's ids formatted once for every format that injects it (SpanContext's
     attributes are properties, and hex formatting is not free)."""
@@ -50,8 +54,9 @@ class Ids:
 
     def __init__(self, ctx: SpanContext) -> None:
         trace_id, span_id, _remote, flags, state = ctx[:5]
-        self.trace_hex = f"{trace_id:032x}"
-        self.span_hex = f"{span_id:016x}"
+        # (to_bytes().hex(): cheaper than a format spec in the compiled build)
+        self.trace_hex = trace_id.to_bytes(16, "big").hex()
+        self.span_hex = span_id.to_bytes(8, "big").hex()
         self.flags = int(flags)
         self.sampled = bool(self.flags & TraceFlags.SAMPLED)
         self.trace_state: TraceState | None = state
@@ -130,7 +135,7 @@ class W3CTraceContext:
     def fields(self, ids: Ids) -> Fields:
         # Formatted directly: the same output as OTel's propagator at a fraction of the cost
         # (this runs on every forwarded request).
-        value = f"00-{ids.trace_hex}-{ids.span_hex}-{ids.flags:02x}"
+        value = f"00-{ids.trace_hex}-{ids.span_hex}-{_FLAGS_HEX[ids.flags & 0xFF]}"
         state = ids.trace_state
         if state is not None and otelfast.has_state(state):
             return _W3C_WITH_STATE, [

@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # Names and plain values; imports nothing of ours.
     ("vocabulary", ("sidecar.vocab", "sidecar.clock", "sidecar.events", "sidecar.native")),
     # The HTTP model every stage passes along, the errors that become replies, and the
-    # shape of a stage (Handler, Layer).
+    # shape of a stage (Handler, Filter, Layer) and the Chain that runs filters.
     ("types", ("sidecar.http", "sidecar.grpc", "sidecar.errors", "sidecar.stack")),
     ("config", ("sidecar.config",)),
     ("discovery", ("sidecar.discovery",)),

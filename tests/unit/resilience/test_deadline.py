@@ -3,8 +3,12 @@ import asyncio
 import pytest
 
 from sidecar.clock import SystemClock
+from sidecar.config import RetriesConfig
 from sidecar.errors import DeadlineExceeded, UpstreamTimeout
+from sidecar.http import Headers, Request, Response
 from sidecar.resilience.deadline import DeadlineLayer, stamp_remaining
+from sidecar.resilience.retry import RetryLayer
+from sidecar.stack import Handler, Router, compose
 from sidecar.vocab.headers import EXPECTED_TIMEOUT_HEADER
 from tests.unit.resilience.fakes import (
     FakeClock,
@@ -108,3 +112,58 @@ async def test_inner_timeout_before_deadline_stays_upstream_timeout() -> None:
     req = make_request(headers=[(EXPECTED_TIMEOUT_HEADER, "5000")])
     with pytest.raises(UpstreamTimeout):
         await DeadlineLayer(10.0, clock).wrap(up)(req)
+
+
+# ---- lazy: the router's per-try timer is the request's one timer (as app.py builds it)
+def _lazy_path(total: float, per_try: float, up: Handler, **retries: object) -> Handler:
+    clock = SystemClock()
+    retry = RetryLayer("svc", RetriesConfig(**retries), per_try, 65536, clock)  # type: ignore[arg-type]
+    return compose(
+        [DeadlineLayer(total, clock, stamp=False, lazy=True)],
+        Router(retry, [retry.per_try], up),
+    )
+
+
+async def test_lazy_per_try_timeout_tighter_is_a_per_try_timeout() -> None:
+    handler = _lazy_path(10.0, 0.05, hang_forever, attempts=0)
+    with pytest.raises(UpstreamTimeout, match="no response headers within 50 ms"):
+        await asyncio.wait_for(handler(make_request()), 2.0)
+
+
+async def test_lazy_total_tighter_is_the_total_timeout() -> None:
+    handler = _lazy_path(0.05, 10.0, hang_forever, attempts=0)
+    with pytest.raises(UpstreamTimeout, match="total timeout"):
+        await asyncio.wait_for(handler(make_request()), 2.0)
+
+
+async def test_lazy_caller_deadline_tighter_is_deadline_exceeded() -> None:
+    handler = _lazy_path(10.0, 10.0, hang_forever, attempts=0)
+    req = make_request(headers=[(EXPECTED_TIMEOUT_HEADER, "50")])
+    with pytest.raises(DeadlineExceeded):
+        await asyncio.wait_for(handler(req), 2.0)
+
+
+async def test_lazy_total_timer_covers_the_wait_between_tries() -> None:
+    # The per-try timer is the tighter, so no total timer runs during the first try; it is
+    # answered with a 503 at once, and the pause before the retry drains that answer's
+    # body, which never ends: only the total timer, armed for the pause, ends it.
+    class Endless:
+        length = None
+        replayable = False
+
+        def __aiter__(self) -> "Endless":
+            return self
+
+        async def __anext__(self) -> bytes:
+            await asyncio.Event().wait()
+            return b""
+
+    async def endless_503(request: Request) -> Response:
+        return Response(503, Headers(), Endless())
+
+    handler = _lazy_path(0.3, 0.1, endless_503, attempts=1, on=[503])
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with pytest.raises(UpstreamTimeout, match="total timeout"):
+        await asyncio.wait_for(handler(make_request()), 2.0)
+    assert loop.time() - t0 < 1.0
