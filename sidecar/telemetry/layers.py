@@ -383,9 +383,7 @@ class ClientTelemetryLayer:
             return response
         return rpc.on_completion(
             response,
-            _rpc_client_done(
-                span, call, x.client_upstream, x.client_start, metrics, self._clock
-            ),
+            _rpc_client_done(span, call, x.client_upstream, x.client_start, metrics, self._clock),
         )
 
     def wrap(self, inner: Handler) -> Handler:

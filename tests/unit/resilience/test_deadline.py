@@ -148,7 +148,7 @@ async def test_lazy_total_timer_covers_the_wait_between_tries() -> None:
     # answered with a 503 at once, and the pause before the retry drains that answer's
     # body, which never ends: only the total timer, armed for the pause, ends it.
     class Endless:
-        length = None
+        length: int | None = None
         replayable = False
 
         def __aiter__(self) -> "Endless":
