@@ -14,14 +14,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sidecar.errors import UpstreamReset
 from sidecar.http import Request, Response
 from sidecar.stack import Handler
+from sidecar.transport.budget import ConnectionBudget
 from sidecar.vocab.endpoint import Endpoint
 
 if TYPE_CHECKING:
     from sidecar.transport.h2_client import H2Client
     from sidecar.transport.h2_server import H2Connections
 
-# A listener calls this when a connection's first bytes are the HTTP/2 preface.
-H2Handover = Callable[[asyncio.Transport, bytes], None]
+# A listener calls this when a connection's first bytes are the HTTP/2 preface, with the
+# listener's connection budget: the HTTP/2 connection takes its slot over.
+H2Handover = Callable[[asyncio.Transport, bytes, ConnectionBudget | None], None]
 
 
 class NotHttp2(UpstreamReset):
@@ -130,11 +132,13 @@ def lazy_handover(
     """A listener's HTTP/2 handover, bound to the real one on the first HTTP/2 connection."""
     real: list[H2Handover] = []
 
-    def take_over(transport: asyncio.Transport, first: bytes) -> None:
+    def take_over(
+        transport: asyncio.Transport, first: bytes, budget: ConnectionBudget | None
+    ) -> None:
         if not real:
             from sidecar.transport.h2_server import h2_handover
 
             real.append(h2_handover(handler, registry.get(), direction, prepare))
-        real[0](transport, first)
+        real[0](transport, first, budget)
 
     return take_over

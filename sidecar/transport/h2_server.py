@@ -27,6 +27,7 @@ from sidecar.http import EMPTY_BODY, Body, BytesBody, Headers, Request, Response
 from sidecar.stack import Handler
 from sidecar.transport import h2conn
 from sidecar.transport import h2wire as wire
+from sidecar.transport.budget import ConnectionBudget
 from sidecar.transport.flow import WriteFlow
 from sidecar.transport.h2_body import H2Body
 from sidecar.transport.h2_common import (
@@ -104,9 +105,13 @@ class H2ServerConnection(asyncio.Protocol):
         registry: H2Connections,
         direction: str,
         prepare: Callable[[Request], None] | None = None,
+        budget: ConnectionBudget | None = None,
     ) -> None:
         self._handler = handler
         self._registry = registry
+        # The listener's connection budget: this connection holds a slot until it closes,
+        # and may be evicted for a newcomer while it has no stream open.
+        self._budget = budget
         self._limits = registry.limits
         self._direction = direction
         self._prepare = prepare
@@ -137,6 +142,11 @@ class H2ServerConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self._peer = peer[0] if isinstance(peer, tuple) else ""
         self._registry.connections.add(self)
+        if self._budget is not None and not self._budget.admit(self):
+            self._budget = None
+            self._closing = True
+            self._transport.close()
+            return
         self._conn.initiate()
         self._flush()
         self._arm_idle()
@@ -146,6 +156,8 @@ class H2ServerConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self._registry.connections.discard(self)
+        if self._budget is not None:
+            self._budget.release(self)
         self._cancel_idle()
         self._flow.connection_lost()
         err = ConnectionResetError("client closed the connection")
@@ -217,6 +229,8 @@ class H2ServerConnection(asyncio.Protocol):
             return
         self._last_stream = max(self._last_stream, sid)
         stream = _Stream(sid)
+        if not self._streams and self._budget is not None:
+            self._budget.busy(self)
         self._streams[sid] = stream
         self._cancel_idle()
         try:
@@ -464,6 +478,8 @@ class H2ServerConnection(asyncio.Protocol):
             self._reset(stream.id, wire.NO_ERROR)
         self._streams.pop(stream.id, None)
         if not self._streams:
+            if self._budget is not None:
+                self._budget.idle(self)
             if self._goaway_sent:
                 self.close()
             else:
@@ -491,6 +507,12 @@ class H2ServerConnection(asyncio.Protocol):
         self._flush_now()
         if not self._streams:
             self.close()
+
+    def evict(self) -> None:
+        """The listener's budget needs this connection's slot (it has no stream open): a
+        GOAWAY, then close."""
+        self.goaway()
+        self.close()
 
     def _linger_close(self) -> None:
         """Close after a fatal error with the GOAWAY saying why. Closing a socket with unread
@@ -571,8 +593,10 @@ def h2_handover(
     """What a listener calls when a connection's first bytes are the HTTP/2 preface: the
     connection becomes an H2ServerConnection, which then reads those bytes."""
 
-    def take_over(transport: asyncio.Transport, first: bytes) -> None:
-        proto = H2ServerConnection(handler, registry, direction, prepare)
+    def take_over(
+        transport: asyncio.Transport, first: bytes, budget: ConnectionBudget | None
+    ) -> None:
+        proto = H2ServerConnection(handler, registry, direction, prepare, budget)
         transport.set_protocol(proto)
         proto.connection_made(transport)
         proto.data_received(first)

@@ -184,7 +184,7 @@ class ServerConnection(asyncio.Protocol):
         state: ServerState,
         direction: str,
         prepare: Callable[[Request], None] | None = None,
-        h2: Callable[[asyncio.Transport, bytes], None] | None = None,
+        h2: Callable[[asyncio.Transport, bytes, ConnectionBudget | None], None] | None = None,
         budget: ConnectionBudget | None = None,
     ) -> None:
         self._handler = handler
@@ -337,11 +337,12 @@ class ServerConnection(asyncio.Protocol):
         """HTTP/2 with prior knowledge: from here the connection is the HTTP/2 protocol's."""
         self._closing = True
         self._state.connections.discard(self)
+        # The slot goes to the HTTP/2 connection, which holds it until it closes.
         self._budget.release(self)
         self._cancel_timer()
         self._parser = httptools.HttpRequestParser(NoCallbacks())
         if self._h2 is not None and self._transport is not None:
-            self._h2(self._transport, data)
+            self._h2(self._transport, data, self._budget)
 
     def _too_large(self) -> BadRequest:
         if self._reading_head:

@@ -14,7 +14,7 @@ import h2.errors
 import h2.events
 from hyperframe.frame import ContinuationFrame, Frame, GoAwayFrame, HeadersFrame
 
-from tests.integration.hardening.conftest import eventually
+from tests.integration.hardening.conftest import assert_error, eventually, exchange
 
 
 class RawH2:
@@ -201,3 +201,45 @@ async def test_preface_then_garbage_is_a_protocol_error_never_forwarded(upstream
     assert up.state.started_requests == 0
     w.close()
     await still_serving(port)
+
+
+async def test_http2_connections_hold_their_listener_budget(upstreams, sidecar_factory):
+    """An HTTP/2 connection keeps the listener slot of the connection it came in on: opening
+    HTTP/2 connections must not be a way around `max_connections`. While it has a stream open
+    it is never evicted; once idle, a newcomer may take its slot (it gets a GOAWAY)."""
+    up = await upstreams("user-service")
+    up.release = asyncio.Event()
+    sc = await sidecar_factory(
+        {
+            "service": {"name": "caller", "port": up.port},
+            "discovery": {"static": {"user-service": [f"127.0.0.1:{up.port}"]}},
+            "listeners": {"outbound_max_connections": 2},
+        }
+    )
+    port = sc.bound_port("listeners.outbound")
+    raws = []
+    for _ in range(2):
+        raw = await RawH2.open(port)
+        raw.conn.send_headers(1, request_headers("/slow"), end_stream=True)
+        await raw.flush()
+        raws.append(raw)
+    await eventually(lambda: sum(s.path_qs == "/slow" for s in up.seen) == 2)
+    get = b"GET /x HTTP/1.1\r\nHost: user-service\r\nConnection: close\r\n\r\n"
+    ex = await exchange(port, get)
+    assert_error(ex.responses[0], 503, "overloaded")
+
+    up.release.set()
+    for raw in raws:  # both streams finish: both connections are idle now
+        async with asyncio.timeout(5):
+            while not any(isinstance(e, h2.events.StreamEnded) for e in raw.events):
+                data = await raw.reader.read(65536)
+                assert data, "closed before the response ended"
+                raw.events.extend(raw.conn.receive_data(data))
+    ex = await exchange(port, get)
+    assert [r.status for r in ex.responses] == [200]
+    # The one idle longest made room, with a GOAWAY; the other is still open.
+    await raws[0].read_until_closed()
+    assert raws[0].goaway() is not None
+    assert sc.h2_connections.connections and len(sc.h2_connections.connections) == 1
+    for raw in raws:
+        raw.writer.close()
