@@ -566,9 +566,13 @@ class H2Client:
             try:
                 # (no coroutine for the usual case: a connection with room for the stream)
                 conn = pool.ready() or await pool.connection()
-            except AlpnHttp1:
+            except AlpnHttp1 as exc:
                 if fallback:
                     self._http1_only.add(endpoint)
+                if grpc.is_grpc(request.headers):
+                    raise UpstreamConnectFailure(
+                        f"{exc.message}; gRPC needs HTTP/2", upstream=request.upstream
+                    ) from None
                 raise
             sid, response = conn.start(request, fields)
             try:

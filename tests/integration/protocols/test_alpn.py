@@ -169,3 +169,20 @@ async def test_auto_speaks_http1_to_a_tls_server_that_chose_it_and_remembers(
     # the h2 attempt's handshake, then one pooled HTTP/1.1 connection
     assert up.handshakes == 2
     assert up.paths == ["/v/0", "/v/1", "/v/2"]
+
+
+async def test_grpc_to_a_tls_server_that_chose_http1_is_unavailable_with_the_reason(
+    sidecar_factory: Callable[..., Any], ca: trustme.CA, ca_file: str, stoppers: list[Any]
+) -> None:
+    up = await TlsUpstream(ca.issue_cert("old-api"), alpn=["http/1.1"]).start()
+    stoppers.append(up)
+    sc = await sidecar_factory(_config("old-api", up.port, ca_file, retries={"attempts": 0}))
+    async with channel(_outbound(sc), "old-api") as ch:
+        for _ in range(2):  # learnt in the handshake, then known
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await method(ch, "unary_unary", "Say")(b"x", timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "gRPC needs HTTP/2" in (info.value.details() or "")
+            md = dict(info.value.trailing_metadata() or ())
+            assert md.get("x-sidecar-error") == "upstream_connect_failure"
+    assert up.handshakes == 1 and up.paths == []
