@@ -186,3 +186,33 @@ async def test_grpc_to_a_tls_server_that_chose_http1_is_unavailable_with_the_rea
             md = dict(info.value.trailing_metadata() or ())
             assert md.get("x-sidecar-error") == "upstream_connect_failure"
     assert up.handshakes == 1 and up.paths == []
+
+
+async def test_auto_falls_back_to_http1_with_a_streamed_body_nothing_was_sent(
+    sidecar_factory: Callable[..., Any],
+    ca: trustme.CA,
+    ca_file: str,
+    stoppers: list[Any],
+    tmp_path: Path,
+) -> None:
+    up = await TlsUpstream(ca.issue_cert("old-api"), alpn=["http/1.1"]).start()
+    stoppers.append(up)
+    sc = await sidecar_factory(
+        {**_config("old-api", up.port, ca_file), "limits": {"retry_buffer_bytes": 1024}}
+    )
+    body = tmp_path / "body.bin"
+    body.write_bytes(b"x" * 500_000)  # past the replay buffer: not replayable
+    rc, out, err = await curl(
+        "--http2-prior-knowledge",
+        "-H",
+        "Host: old-api",
+        "--data-binary",
+        f"@{body}",
+        "-w",
+        "\n%{http_code}",
+        f"http://127.0.0.1:{_outbound(sc)}/upload",
+    )
+    assert rc == 0, err
+    got, code = out.rsplit("\n", 1)
+    assert code == "200", got
+    assert up.paths == ["/upload"]
