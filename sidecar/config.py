@@ -446,7 +446,8 @@ class UpstreamConfig(StrictModel):
 
     health_check: HealthCheckConfig | None = None
     # http1 | h2c | auto: auto speaks h2c to the upstream for gRPC requests and HTTP/2 callers.
-    protocol: Literal["http1", "h2c", "auto"] = "auto"
+    # h2: HTTP/2 always, cleartext or over TLS as the endpoint says (h2c is the same, kept).
+    protocol: Literal["http1", "h2c", "auto", "h2"] = "auto"
 
 
 class TracingConfig(StrictModel):

@@ -7,7 +7,7 @@ from sidecar.grpc import is_grpc
 from sidecar.http import Request, Response
 from sidecar.resilience.budget import RetryBudget
 from sidecar.transport.client import Dialer, EndpointPool, StaleConnection, UpstreamClient
-from sidecar.transport.h2_lazy import LazyH2Client, NotHttp2
+from sidecar.transport.h2_lazy import AlpnHttp1, LazyH2Client, NotHttp2
 from sidecar.transport.tls import TlsOrigination
 from sidecar.transport.tunnel import Tunnel
 from sidecar.vocab.methods import IDEMPOTENT_METHODS as _IDEMPOTENT
@@ -42,9 +42,9 @@ class Forwarder:
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.stream_idle_timeout = stream_idle_timeout
-        # upstreams.<name>.protocol: h2c always, auto for callers that came over HTTP/2.
+        # upstreams.<name>.protocol: h2 / h2c always, auto for callers that came over HTTP/2.
         self._h2 = h2 if protocol != "http1" else None
-        self._h2_always = protocol == "h2c"
+        self._h2_always = protocol in ("h2", "h2c")
         self.budget = budget
         self.stale_resends = 0
 
@@ -60,9 +60,13 @@ class Forwarder:
                         self.connect_timeout,
                         fallback=not self._h2_always,
                         dialer=self.dialer,
+                        tls=self.tls,
                     )
-                except NotHttp2:
-                    if self._h2_always or is_grpc(request.headers) or not request.body.replayable:
+                except NotHttp2 as exc:
+                    if self._h2_always or is_grpc(request.headers):
+                        raise
+                    # (refused in the TLS handshake: not a byte of the body was taken)
+                    if not request.body.replayable and not isinstance(exc, AlpnHttp1):
                         raise
             elif is_grpc(request.headers):
                 raise UpstreamConnectFailure(

@@ -7,7 +7,11 @@ streams with per-stream flow control. A caller that gives up (cancelled, or abor
 cancels the stream upstream with RST_STREAM.
 
 `protocol: auto` reaches HTTP/1.1-only upstreams too: an endpoint that answers the preface
-with HTTP/1.x text is remembered as such, and the forwarder speaks HTTP/1.1 to it."""
+with HTTP/1.x text is remembered as such, and the forwarder speaks HTTP/1.1 to it.
+
+Over TLS (the upstream's `tls` policy, or an https:// endpoint) the protocol is agreed in the
+handshake (ALPN, RFC 7301): `h2` is offered alone when HTTP/2 is required, `h2, http/1.1`
+under `auto`, where an endpoint choosing HTTP/1.1 is remembered the same way."""
 
 from __future__ import annotations
 
@@ -34,8 +38,15 @@ from sidecar.transport.h2_common import (
     send_data,
     send_now,
 )
-from sidecar.transport.h2_lazy import NotHttp2
+from sidecar.transport.h2_lazy import AlpnHttp1, NotHttp2
 from sidecar.transport.h2conn import ConnectionProtocolError, H2Conn, H2Event
+from sidecar.transport.tls import (
+    ALPN_H2,
+    ALPN_H2_OR_HTTP1,
+    TlsOrigination,
+    default_tls,
+    dial_tls,
+)
 from sidecar.vocab.endpoint import Endpoint
 
 log = logging.getLogger(__name__)
@@ -77,6 +88,8 @@ class H2ClientConnection(asyncio.Protocol):
         self.closed = False
         self.going_away = False
         self.speaks_h2 = False
+        # Over TLS, the protocol the server chose when it was not h2 ("": none at all).
+        self.refused_alpn: str | None = None
         self.idle_since = time.monotonic()
         self._conn = H2Conn(
             True,
@@ -88,6 +101,15 @@ class H2ClientConnection(asyncio.Protocol):
     # ---------------------------------------------------------- protocol events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            chosen = ssl_object.selected_alpn_protocol()
+            if chosen != "h2":
+                # Not a byte of HTTP/2 to a server that did not agree to it.
+                self.refused_alpn = chosen or ""
+                self.closed = True
+                self._transport.close()
+                return
         self._conn.initiate()
         self._flush()
 
@@ -385,12 +407,18 @@ class H2Pool:
         upstream: str,
         connect_timeout: float,
         dialer: Dialer | None = None,
+        tls: TlsOrigination | None = None,
+        fallback: bool = False,
     ) -> None:
         self.endpoint = endpoint
         self.upstream = upstream
         self.connect_timeout = connect_timeout
         # Egress: the host is resolved and its address checked at every connect.
         self.dialer = dialer
+        # TLS for this endpoint (its upstream's policy, or the default for https://).
+        self.tls = tls
+        # protocol auto: the server may choose HTTP/1.1 in the TLS handshake.
+        self.fallback = fallback
         self._conns: list[H2ClientConnection] = []
         self._connecting: asyncio.Future[H2ClientConnection] | None = None
 
@@ -426,6 +454,8 @@ class H2Pool:
         return conn
 
     async def _connect(self) -> H2ClientConnection:
+        if self.tls is not None:
+            return await self._connect_tls(self.tls)
         proto = cast(
             H2ClientConnection,
             await dial(
@@ -436,6 +466,34 @@ class H2Pool:
                 self.upstream,
             ),
         )
+        self._conns.append(proto)
+        return proto
+
+    async def _connect_tls(self, tls: TlsOrigination) -> H2ClientConnection:
+        proto = cast(
+            H2ClientConnection,
+            await dial_tls(
+                lambda: H2ClientConnection(self),
+                self.endpoint,
+                self.dialer,
+                self.connect_timeout,
+                self.upstream,
+                tls,
+                ALPN_H2_OR_HTTP1 if self.fallback else ALPN_H2,
+            ),
+        )
+        chosen = proto.refused_alpn
+        if chosen is not None:
+            # RFC 7301: no protocol chosen means the server's default, HTTP/1.1.
+            what = f"chose ALPN {chosen!r}" if chosen else "chose no ALPN protocol"
+            if self.fallback and chosen in ("http/1.1", ""):
+                raise AlpnHttp1(f"{self.endpoint} {what}, not h2", upstream=self.upstream)
+            offered = ", ".join(ALPN_H2_OR_HTTP1 if self.fallback else ALPN_H2)
+            raise UpstreamConnectFailure(
+                f"TLS to {self.endpoint}: the server {what} (offered: {offered}); "
+                "HTTP/2 over TLS needs h2",
+                upstream=self.upstream,
+            )
         self._conns.append(proto)
         return proto
 
@@ -471,14 +529,18 @@ class H2Client:
         endpoint: Endpoint,
         connect_timeout: float,
         dialer: Dialer | None = None,
+        tls: TlsOrigination | None = None,
+        fallback: bool = False,
     ) -> H2Pool:
         key = (upstream, endpoint)
         pool = self._pools.get(key)
         if pool is None:
-            pool = H2Pool(endpoint, upstream, connect_timeout, dialer)
+            pool = H2Pool(endpoint, upstream, connect_timeout, dialer, tls, fallback)
             self._pools[key] = pool
         else:
             pool.connect_timeout = connect_timeout
+            pool.tls = tls  # after a reload: new connections use the new policy
+            pool.fallback = fallback
         return pool
 
     async def send(
@@ -488,17 +550,30 @@ class H2Client:
         *,
         fallback: bool,
         dialer: Dialer | None = None,
+        tls: TlsOrigination | None = None,
     ) -> Response:
-        """Forward over HTTP/2. With `fallback` (protocol auto), raises NotHttp2 for an
-        endpoint that speaks only HTTP/1.x, after remembering it."""
+        """Forward over HTTP/2 (over TLS with `tls`, or for an https:// endpoint). With
+        `fallback` (protocol auto), raises NotHttp2 for an endpoint that speaks only HTTP/1.x,
+        after remembering it."""
         endpoint = request.endpoint
         assert endpoint is not None, "the balance layer sets request.endpoint"
-        pool = self.pool(request.upstream, endpoint, connect_timeout, dialer)
-        fields = request_fields(request)
+        if tls is None and endpoint.tls:
+            tls = default_tls()
+        pool = self.pool(request.upstream, endpoint, connect_timeout, dialer, tls, fallback)
+        fields = request_fields(request, https=tls is not None)
         resends = 0
         while True:
-            # (no coroutine for the usual case: a connection with room for the stream)
-            conn = pool.ready() or await pool.connection()
+            try:
+                # (no coroutine for the usual case: a connection with room for the stream)
+                conn = pool.ready() or await pool.connection()
+            except AlpnHttp1 as exc:
+                if fallback:
+                    self._http1_only.add(endpoint)
+                if grpc.is_grpc(request.headers):
+                    raise UpstreamConnectFailure(
+                        f"{exc.message}; gRPC needs HTTP/2", upstream=request.upstream
+                    ) from None
+                raise
             sid, response = conn.start(request, fields)
             try:
                 return await response
@@ -531,7 +606,7 @@ class H2Client:
         self._pools.clear()
 
 
-def request_fields(request: Request) -> list[tuple[bytes, bytes]]:
+def request_fields(request: Request, https: bool = False) -> list[tuple[bytes, bytes]]:
     """HTTP/2 request fields: pseudo-headers first, connection-specific fields dropped, and
     for gRPC `te: trailers` and a `grpc-timeout` cut to the budget left. As bytes, encoded
     back as latin-1 (how the fields were decoded): a value with obs-text reaches the upstream
@@ -540,7 +615,7 @@ def request_fields(request: Request) -> list[tuple[bytes, bytes]]:
     authority = request.authority or headers.get("host") or ""
     fields = [
         (b":method", request.method.encode("latin-1")),
-        (b":scheme", b"http"),
+        (b":scheme", b"https" if https else b"http"),
         (b":authority", authority.encode("latin-1")),
         (b":path", request.target.encode("latin-1")),
     ]

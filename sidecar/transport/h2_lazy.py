@@ -20,6 +20,7 @@ from sidecar.vocab.endpoint import Endpoint
 if TYPE_CHECKING:
     from sidecar.transport.h2_client import H2Client
     from sidecar.transport.h2_server import H2Connections
+    from sidecar.transport.tls import TlsOrigination
 
 # A listener calls this when a connection's first bytes are the HTTP/2 preface, with the
 # listener's connection budget: the HTTP/2 connection takes its slot over.
@@ -29,6 +30,11 @@ H2Handover = Callable[[asyncio.Transport, bytes, ConnectionBudget | None], None]
 class NotHttp2(UpstreamReset):
     """The endpoint answered the HTTP/2 preface with HTTP/1.x: it never saw the request (but
     part of a streamed body may be gone, so only a replayable one may be sent again)."""
+
+
+class AlpnHttp1(NotHttp2):
+    """The endpoint chose HTTP/1.1 (or no protocol) in the TLS handshake: nothing of the
+    request was sent, so any request may go over HTTP/1.1 instead."""
 
 
 class RequestCounter(Protocol):
@@ -62,9 +68,10 @@ class LazyH2Client:
         *,
         fallback: bool,
         dialer: Callable[[str], Awaitable[str]] | None = None,
+        tls: TlsOrigination | None = None,
     ) -> Awaitable[Response]:
         # The client's own coroutine, handed back to be awaited: no coroutine of ours around it.
-        return self.get().send(request, connect_timeout, fallback=fallback, dialer=dialer)
+        return self.get().send(request, connect_timeout, fallback=fallback, dialer=dialer, tls=tls)
 
     def buffered_bytes(self) -> int:
         return 0 if self._client is None else self._client.buffered_bytes()

@@ -8,16 +8,24 @@ does not offer by itself: the context hands the session to each new SSLObject.""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import ssl
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from sidecar.config import TlsConfig
+from sidecar.errors import UpstreamConnectFailure
 from sidecar.vocab.addresses import is_literal_ip
 from sidecar.vocab.endpoint import Endpoint
 
 # Server names whose last session is kept (each holds a finished SSLObject, a few KiB).
 MAX_SESSIONS = 1024
+
+# What an HTTP/2 connection offers: only h2 when the upstream must speak HTTP/2 (protocol h2 /
+# h2c), h2 then http/1.1 when the server may choose (protocol auto).
+ALPN_H2 = ("h2",)
+ALPN_H2_OR_HTTP1 = ("h2", "http/1.1")
 
 
 class ResumingContext(ssl.SSLContext):
@@ -55,6 +63,24 @@ class TlsOrigination:
     sni: str | None = None  # fixed server name; None: derived per endpoint
     verify: bool = True
     alpn: tuple[str, ...] = ()
+    # The policy the context was built from, to build the same context offering other ALPN
+    # protocols (HTTP/2 connections); None: the default policy.
+    config: TlsConfig | None = None
+    _offering: dict[tuple[str, ...], ResumingContext] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def offering(self, alpn: tuple[str, ...]) -> ResumingContext:
+        """The policy's context offering `alpn`: same trust, verification and client
+        certificate. Built once per list, as a context's ALPN applies to every connection it
+        makes; each keeps its own sessions (one resumes only on the context that made it)."""
+        if alpn == self.alpn:
+            return self.context
+        context = self._offering.get(alpn)
+        if context is None:
+            context = _context(self.config or TlsConfig(), alpn)
+            self._offering[alpn] = context
+        return context
 
     def server_hostname(self, endpoint: Endpoint, upstream: str) -> str | None:
         """The name sent as SNI and checked against the certificate: the configured one,
@@ -79,6 +105,11 @@ def build_tls(config: TlsConfig | None) -> TlsOrigination | None:
     """The TLS origination of a policy, or None when TLS is not configured/enabled."""
     if config is None or not config.enabled:
         return None
+    context = _context(config, tuple(config.alpn))
+    return TlsOrigination(context, config.sni, config.verify, tuple(config.alpn), config)
+
+
+def _context(config: TlsConfig, alpn: tuple[str, ...]) -> ResumingContext:
     # PROTOCOL_TLS_CLIENT: what create_default_context uses (verification, hostname check).
     context = ResumingContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
@@ -96,9 +127,9 @@ def build_tls(config: TlsConfig | None) -> TlsOrigination | None:
             context.load_cert_chain(config.client_cert, config.client_key)
         except (OSError, ssl.SSLError) as exc:
             raise TlsSetupError(f"client_cert/client_key: {exc}") from None
-    if config.alpn:
-        context.set_alpn_protocols(config.alpn)
-    return TlsOrigination(context, config.sni, config.verify, tuple(config.alpn))
+    if alpn:
+        context.set_alpn_protocols(list(alpn))
+    return context
 
 
 @functools.cache
@@ -108,3 +139,50 @@ def default_tls() -> TlsOrigination:
     tls = build_tls(TlsConfig())
     assert tls is not None
     return tls
+
+
+async def dial_tls(
+    factory: Callable[[], asyncio.BaseProtocol],
+    endpoint: Endpoint,
+    dialer: Callable[[str], Awaitable[str]] | None,
+    connect_timeout: float,
+    upstream: str,
+    tls: TlsOrigination,
+    alpn: tuple[str, ...],
+) -> asyncio.BaseProtocol:
+    """A TLS connection to `endpoint` offering `alpn`, within `connect_timeout`; the protocol
+    reads the chosen ALPN from its transport. Errors are UpstreamConnectFailure, with the
+    certificate's or the handshake's reason."""
+    name = tls.server_hostname(endpoint, upstream)
+    try:
+        context = tls.offering(alpn)
+    except TlsSetupError as exc:  # the files changed since check-config
+        raise UpstreamConnectFailure(f"TLS to {endpoint}: {exc}", upstream=upstream) from None
+    try:
+        async with asyncio.timeout(connect_timeout):
+            host = endpoint.host if dialer is None else await dialer(endpoint.host)
+            transport, proto = await asyncio.get_running_loop().create_connection(
+                factory, host, endpoint.port, ssl=context, server_hostname=name
+            )
+    except TimeoutError:
+        raise UpstreamConnectFailure(
+            f"connect to {endpoint} (TLS) timed out", upstream=upstream
+        ) from None
+    except ssl.SSLCertVerificationError as exc:
+        raise UpstreamConnectFailure(
+            f"TLS to {endpoint}: certificate not accepted for {name!r}: "
+            f"{exc.verify_message or exc.reason}",
+            upstream=upstream,
+        ) from None
+    except ssl.SSLError as exc:
+        raise UpstreamConnectFailure(
+            f"TLS handshake with {endpoint} failed: {exc.reason or exc}", upstream=upstream
+        ) from None
+    except OSError as exc:
+        raise UpstreamConnectFailure(
+            f"connect to {endpoint} failed: {exc.strerror or exc}", upstream=upstream
+        ) from None
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is not None:
+        context.remember(name, ssl_object)
+    return proto

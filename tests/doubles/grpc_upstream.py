@@ -84,7 +84,9 @@ class GrpcUpstream:
         for _ in range(count):
             yield block
 
-    async def start(self, port: int = 0) -> GrpcUpstream:
+    async def start(
+        self, port: int = 0, credentials: grpc.ServerCredentials | None = None
+    ) -> GrpcUpstream:
         kw = {"request_deserializer": _ident, "response_serializer": _ident}
         handler = grpc.method_handlers_generic_handler(
             SERVICE,
@@ -103,7 +105,11 @@ class GrpcUpstream:
             ]
         )
         self.server.add_generic_rpc_handlers((handler,))
-        self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
+        address = f"127.0.0.1:{port}"
+        if credentials is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, credentials)
         await self.server.start()
         return self
 

@@ -3,6 +3,7 @@ handshakes and records the SNI and client certificate of each."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 from dataclasses import dataclass, field
@@ -10,6 +11,8 @@ from typing import Any
 
 import trustme
 from aiohttp import web
+
+from tests.doubles.h2_upstream import H2Upstream, _Conn
 
 
 @dataclass
@@ -21,6 +24,7 @@ class TlsUpstream:
     client_subjects: list[str] = field(default_factory=list)
     resumed: list[bool] = field(default_factory=list)  # per request: on a resumed session?
     paths: list[str] = field(default_factory=list)  # per request
+    alpn: list[str] = field(default_factory=list)  # protocols it accepts in the handshake
     port: int = 0
     runner: web.AppRunner | None = None
 
@@ -48,6 +52,8 @@ class TlsUpstream:
             self.client_ca.configure_trust(ctx)
             ctx.verify_mode = ssl.CERT_OPTIONAL
         ctx.sni_callback = self._on_hello
+        if self.alpn:
+            ctx.set_alpn_protocols(self.alpn)
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self.handle)
         self.runner = web.AppRunner(app)
@@ -60,3 +66,35 @@ class TlsUpstream:
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
+
+
+class _TlsConn(_Conn):
+    def __init__(self, up: TlsH2Upstream) -> None:
+        super().__init__(up)
+        self.tls_up = up
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        self.tls_up.resumed.append(bool(ssl_object is not None and ssl_object.session_reused))
+        super().connection_made(transport)
+
+
+@dataclass
+class TlsH2Upstream(H2Upstream):
+    """The h2 upstream double (JSON echo of each request's pseudo-headers) over TLS, choosing
+    `h2` in the handshake; records the server names asked for and resumed sessions."""
+
+    cert: trustme.LeafCert | None = None
+    server_names: list[str | None] = field(default_factory=list)
+    resumed: list[bool] = field(default_factory=list)  # per connection
+
+    async def start(self) -> TlsH2Upstream:
+        assert self.cert is not None
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.cert.configure_cert(ctx)
+        ctx.set_alpn_protocols(["h2"])
+        ctx.sni_callback = lambda _obj, name, _ctx: self.server_names.append(name)
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: _TlsConn(self), "127.0.0.1", 0, ssl=ctx)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self

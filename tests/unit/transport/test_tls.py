@@ -3,6 +3,8 @@ endpoint address forms that turn TLS on."""
 
 from __future__ import annotations
 
+import ssl
+
 import pytest
 
 from sidecar.config import TlsConfig
@@ -55,3 +57,18 @@ def test_endpoint_address_forms(text: str, endpoint: Endpoint) -> None:
 def test_endpoint_address_errors_say_what_is_accepted(text: str, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
         parse_endpoint_address(text)
+
+
+def test_http2_contexts_are_built_once_per_alpn_list_with_the_same_policy() -> None:
+    tls = build_tls(TlsConfig(verify=False, alpn=["http/1.1"]))
+    assert tls is not None
+    h2 = tls.offering(("h2",))
+    # one context per list: set_alpn_protocols on a shared context would change the
+    # protocols of every connection it makes
+    assert tls.offering(("h2",)) is h2
+    assert h2 is not tls.context
+    assert tls.offering(("h2", "http/1.1")) not in (h2, tls.context)
+    assert tls.offering(("http/1.1",)) is tls.context
+    # the policy's settings carry over
+    assert h2.verify_mode == ssl.CERT_NONE and not h2.check_hostname
+    assert default_tls().offering(("h2",)).verify_mode == ssl.CERT_REQUIRED
