@@ -20,10 +20,9 @@ from sidecar.errors import NoHealthyEndpoints, SidecarError
 from sidecar.events import NullObserver, Observer
 from sidecar.http import Request, Response
 from sidecar.resilience.classify import Outcome, classify_error, classify_reply
-from sidecar.resilience.deadline import arriving
+from sidecar.resilience.deadline import ArrivingBody, arriving
 from sidecar.resilience.outlier import OutlierDetector
 from sidecar.stack import Exchange, Handler, alone
-from sidecar.transport.body import StreamBody
 
 # A cancellation this close to the attempt's time limit is the per-try timeout firing.
 _TIMEOUT_SLACK = 0.002
@@ -109,7 +108,7 @@ class BalanceLayer:
         """The retry stage's per-try timer cancels the attempt: that is a timeout (the
         endpoint did not answer in time), unlike a caller going away."""
         request, start = x.request, x.try_start
-        body: StreamBody | None = x.body
+        body: ArrivingBody | None = x.body
         limit = self._per_try
         if request.deadline is not None:
             limit = min(limit, request.deadline - start)
@@ -122,7 +121,7 @@ class BalanceLayer:
 
     def _feedback(self, x: Exchange, outcome: Outcome, status: int) -> None:
         state: EndpointState = x.picked
-        body: StreamBody | None = x.body
+        body: ArrivingBody | None = x.body
         balancer, outlier = self._balancer, self._outlier
         state.inflight -= 1
         now = self._clock.monotonic()

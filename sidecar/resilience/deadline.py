@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Protocol, runtime_checkable
 
 from sidecar.clock import Clock
 from sidecar.errors import BadRequest, DeadlineExceeded, UpstreamTimeout
@@ -39,15 +40,37 @@ _MAX_BUDGET_MS = 86_400_000
 _SLACK = 0.001
 
 
-def arriving(body: Body) -> StreamBody | None:
+@runtime_checkable
+class ArrivingBody(Protocol):
+    """A request body read from the client while it arrives (an HTTP/1.1 `StreamBody`, an
+    HTTP/2 stream's `H2Body`): what the timers need to tell the client's time from the
+    upstream's."""
+
+    @property
+    def received_at(self) -> float:
+        """time.monotonic() when the last byte arrived; 0.0 while it is still arriving."""
+        ...
+
+    @property
+    def error(self) -> BaseException | None: ...
+
+    @property
+    def throttled(self) -> bool:
+        """True while the client waits on us (we have not read what it sent)."""
+        ...
+
+
+def arriving(body: Body) -> ArrivingBody | None:
     """The request body if the client is still sending it, else None (the common case: the
     whole request came in one read)."""
     if isinstance(body, StreamBody):
         return body if body.received_at == 0.0 and body.error is None else None
     if isinstance(body, BytesBody):
         return None
+    if isinstance(body, ArrivingBody):  # an HTTP/2 stream's body
+        return body if body.received_at == 0.0 and body.error is None else None
     source = getattr(body, "source", None)  # a replay wrapper around the client's stream
-    if isinstance(source, StreamBody) and source.received_at == 0.0 and source.error is None:
+    if isinstance(source, ArrivingBody) and source.received_at == 0.0 and source.error is None:
         return source
     return None
 
@@ -60,7 +83,7 @@ class TryHold(Hold):
 
     __slots__ = ("_body", "_timeout")
 
-    def __init__(self, body: StreamBody, timeout: float) -> None:
+    def __init__(self, body: ArrivingBody, timeout: float) -> None:
         self._body = body
         self._timeout = timeout
 
@@ -81,7 +104,7 @@ class _TotalHold(Hold):
     __slots__ = ("_body", "_caller_bound", "_delay", "_request", "_since", "client_stalled")
 
     def __init__(
-        self, body: StreamBody, request: Request, delay: float, caller_bound: bool
+        self, body: ArrivingBody, request: Request, delay: float, caller_bound: bool
     ) -> None:
         self._body = body
         self._request = request

@@ -7,6 +7,7 @@ peer, not us, waits. Trailers that end the stream are kept on the body (`trailer
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -27,6 +28,7 @@ class H2Body:
         "_waiter",
         "buffered",
         "length",
+        "received_at",
         "replayable",
         "trailers",
     )
@@ -48,6 +50,10 @@ class H2Body:
         self._eof = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
+        # time.monotonic() when the stream's END_STREAM came; 0.0 while the body is still
+        # arriving (the deadline stages start the upstream's timers from here, as for
+        # HTTP/1.1 bodies: a slow client is not a slow upstream).
+        self.received_at = 0.0
 
     # ---- producer side (the connection)
     def feed(self, data: bytes, flow_len: int) -> None:
@@ -63,6 +69,8 @@ class H2Body:
         if trailers is not None:
             self.trailers = trailers
         self._eof = True
+        if not self.received_at:
+            self.received_at = time.monotonic()
         self._wake()
 
     def set_error(self, exc: BaseException) -> None:
@@ -73,6 +81,12 @@ class H2Body:
     @property
     def error(self) -> BaseException | None:
         return self._error
+
+    @property
+    def throttled(self) -> bool:
+        """True while received bytes wait for the consumer: the client's window is then
+        held by us (unacknowledged data), so a pause in its sending is not its doing."""
+        return self.buffered > 0
 
     @property
     def at_eof(self) -> bool:
