@@ -30,8 +30,9 @@ _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHI
 def new_request_id() -> str:
     # Uniqueness, not secrecy: the process-wide PRNG (seeded from urandom) avoids a
     # getrandom() syscall per request.
-    # randbytes().hex(), not a format spec: cheaper in the compiled build.
-    return random.randbytes(16).hex()
+    # Bytes to hex, not a format spec: cheaper in the compiled build. The same bytes as
+    # randbytes(16), without its interpreted frame.
+    return random.getrandbits(128).to_bytes(16, "little").hex()
 
 
 def _forwarded_value(value: str) -> str:

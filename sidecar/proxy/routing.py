@@ -140,6 +140,11 @@ class OutboundRouter:
         self._names: dict[str, str] = {}
 
     def upstream_name(self, request: Request) -> str:
+        name = self._name_of(request)
+        self._check_routable(name)
+        return name
+
+    def _name_of(self, request: Request) -> str:
         host = route_target(request)
         name = self._names.get(host)
         if name is None:
@@ -147,9 +152,11 @@ class OutboundRouter:
             if len(self._names) >= _NAME_CACHE_SIZE:
                 self._names.clear()  # bounded: Host values come from clients
             self._names[host] = name
+        return name
+
+    def _check_routable(self, name: str) -> None:
         if not (self._is_configured(name) or self._directory.is_routable(name)):
             raise NoRoute(f"unknown upstream {name!r}", upstream=name)
-        return name
 
     def path_for(self, request: Request) -> Handler | None:
         """The path of the upstream `request` is for, for the caller to continue on (a
@@ -158,14 +165,20 @@ class OutboundRouter:
         A refusal is raised here."""
         if request.upgrade == CONNECT_UPGRADE and self._connect is not None:
             return None
-        if not request.upstream:
-            request.upstream = self.upstream_name(request)
         name = request.upstream
+        # A name with a published snapshot is routable: on that (common) path the
+        # configured-or-discoverable check, a call into the composition root, is skipped.
+        snap = None
+        if not name:
+            name = request.upstream = self._name_of(request)
+            snap = self._directory.lookup(name)
+            if snap is None:
+                self._check_routable(name)
         if request.upgrade and self._upgrades_for is not None:
             refused = refused_upgrade(request.upgrade, self._upgrades_for(name), name)
             if refused is not None:
                 raise refused
-        if self._directory.lookup(name) is None:
+        if snap is None and self._directory.lookup(name) is None:
             return None
         return self._stack_for(name)
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import itertools
 import math
 from typing import Protocol, cast
+
+from sidecar.transport.driver import running_task
 
 # Disarmed entries tolerated in a queue before a compaction is considered.
 COMPACT_MIN = 256
@@ -31,7 +32,7 @@ class TimerQueue:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._heap: list[tuple[float, int, Expiry]] = []
-        self._seq = itertools.count()
+        self._seq = 0  # ties broken by arming order, never by comparing Expiry objects
         self._handle: asyncio.TimerHandle | None = None
         self._armed_at = math.inf
         self._disarmed = 0
@@ -41,7 +42,8 @@ class TimerQueue:
 
     def push(self, delay: float, expiry: Expiry) -> None:
         when = self.loop.time() + delay
-        heapq.heappush(self._heap, (when, next(self._seq), expiry))
+        self._seq += 1
+        heapq.heappush(self._heap, (when, self._seq, expiry))
         if when < self._armed_at:
             self._arm(when)
 
@@ -121,11 +123,11 @@ class Expiry:
     __slots__ = ("_cancelling", "_fired", "_hold", "_queue", "_task", "armed")
 
     def __init__(self, timers: TimerQueue, delay: float, hold: Hold | None = None) -> None:
-        task = asyncio.current_task(timers.loop)
+        task = running_task(timers.loop)
         if task is None:
             raise RuntimeError("Expiry must be used inside a task")
         self._task = cast(Cancellable, task)
-        self._cancelling = task.cancelling()
+        self._cancelling = self._task.cancelling()
         self._fired = False
         self._queue = timers
         self._hold = hold

@@ -97,7 +97,7 @@ class ServerTelemetryLayer:
         x.server_start = request.start or self._clock.monotonic()
         rid = request.headers.get("x-request-id")
         if rid is None or not _valid_request_id(rid):
-            rid = random.randbytes(16).hex()
+            rid = random.getrandbits(128).to_bytes(16, "little").hex()  # randbytes(16)
             request.headers.set("x-request-id", rid)
         request.request_id = rid
         method = method_label(request.method)

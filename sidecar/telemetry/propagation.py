@@ -15,7 +15,7 @@ from typing import Protocol
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter, Setter
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceState
 
 from sidecar.http import Headers
 from sidecar.telemetry import otelfast
@@ -53,13 +53,15 @@ class Ids:
     __slots__ = ("flags", "sampled", "span_hex", "trace_hex", "trace_state")
 
     def __init__(self, ctx: SpanContext) -> None:
-        trace_id, span_id, _remote, flags, state = ctx[:5]
+        # Fields by index, not `ctx[:5]` unpacked: no slice tuple per request.
+        trace_id: int = ctx[otelfast.TRACE_ID]
+        span_id: int = ctx[otelfast.SPAN_ID]
         # (to_bytes().hex(): cheaper than a format spec in the compiled build)
         self.trace_hex = trace_id.to_bytes(16, "big").hex()
         self.span_hex = span_id.to_bytes(8, "big").hex()
-        self.flags = int(flags)
-        self.sampled = bool(self.flags & TraceFlags.SAMPLED)
-        self.trace_state: TraceState | None = state
+        self.flags = int(ctx[otelfast.FLAGS])
+        self.sampled = bool(self.flags & otelfast.SAMPLED)
+        self.trace_state: TraceState | None = ctx[otelfast.STATE]
 
 
 class TraceFormat(Protocol):

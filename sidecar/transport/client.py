@@ -286,8 +286,14 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self._request_done = False
         self.received_any = False
         self._upgrade = upgrade
-        lines = [f"{method} {target} HTTP/1.1\r\n"]
-        lines += [f"{k}: {v}\r\n" for k, v in headers]
+        # The pieces joined once, not a formatted string per field (one allocation fewer
+        # per field in the compiled build).
+        lines = [method, " ", target, " HTTP/1.1\r\n"]
+        for k, v in headers:
+            lines.append(k)
+            lines.append(": ")
+            lines.append(v)
+            lines.append("\r\n")
         if isinstance(body, BytesBody):
             if body.data or method not in _BODYLESS_METHODS:
                 lines.append(f"content-length: {len(body.data)}\r\n")

@@ -22,6 +22,18 @@ log = logging.getLogger("sidecar.transport")
 _TaskSwitch = Callable[[asyncio.AbstractEventLoop, object], None]
 _enter_task = cast(_TaskSwitch, asyncio.tasks._enter_task)
 _leave_task = cast(_TaskSwitch, asyncio.tasks._leave_task)
+# The dict those functions write: reading it is what `asyncio.current_task(loop)` does, but
+# that is interpreted code on Python 3.11 (a function call per timer armed on the data path).
+_current_tasks: dict[asyncio.AbstractEventLoop, object] | None = getattr(
+    asyncio.tasks, "_current_tasks", None
+)
+
+
+def running_task(loop: asyncio.AbstractEventLoop) -> object | None:
+    """The task (or Driver) running on `loop` now, as `asyncio.current_task(loop)`."""
+    if _current_tasks is None:
+        return asyncio.current_task(loop)
+    return _current_tasks.get(loop)
 
 
 class Driver:

@@ -586,7 +586,11 @@ class ServerConnection(asyncio.Protocol):
                 continue
             if k == "connection":
                 continue
-            parts.append(f"{k}: {v}\r\n")
+            # Pieces joined once below, not a formatted string per field.
+            parts.append(k)
+            parts.append(": ")
+            parts.append(v)
+            parts.append("\r\n")
         body = response.body
         chunked = False
         if not head_only:

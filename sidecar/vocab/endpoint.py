@@ -15,6 +15,16 @@ class Endpoint:
     tags: tuple[str, ...] = ()
     meta: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
     tls: bool = False  # written as https://host:port: the sidecar speaks TLS to it
+    # Computed once: the connection pool hashes the endpoint on every request, and the
+    # `__hash__` dataclass would generate builds and hashes a tuple in interpreted code.
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        key = (self.host, self.port, self.weight, self.tags, self.tls)
+        object.__setattr__(self, "_hash", hash(key))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def address(self) -> str:

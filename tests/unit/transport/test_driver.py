@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from sidecar.resilience.expiry import Expiry, LoopRef
-from sidecar.transport.driver import Driver
+from sidecar.transport.driver import Driver, running_task
 
 
 async def _until(cond: object, within: float = 2.0) -> None:
@@ -122,3 +122,35 @@ def test_current_task_and_timeout_work_on_uvloop() -> None:
         loop.run_until_complete(main())
     finally:
         loop.close()
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_running_task_answers_as_current_task(loop_kind: str) -> None:
+    # running_task reads asyncio's private current-task dict: it must agree with
+    # asyncio.current_task for a Task, a Driver and outside both, on both loops we run.
+    if loop_kind == "uvloop":
+        loop = pytest.importorskip("uvloop").new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    seen: list[tuple[object, object]] = []
+
+    async def serve() -> None:
+        seen.append((running_task(loop), asyncio.current_task()))
+
+    async def main() -> None:
+        seen.append((running_task(loop), asyncio.current_task()))
+        driver = Driver(loop, serve())
+        await _until(driver.done)
+        loop.call_soon(lambda: seen.append((running_task(loop), asyncio.current_task(loop))))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    try:
+        task = loop.create_task(main())
+        loop.run_until_complete(task)
+    finally:
+        loop.close()
+    assert [a is b for a, b in seen] == [True, True, True]
+    assert seen[0][0] is task
+    assert seen[1][0] is not task and seen[1][0] is not None
+    assert seen[2][0] is None
