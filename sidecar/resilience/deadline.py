@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from sidecar.clock import Clock
 from sidecar.errors import BadRequest, DeadlineExceeded, UpstreamTimeout
@@ -32,6 +32,7 @@ from sidecar.http import Body, BytesBody, Request, Response
 from sidecar.resilience.expiry import Expiry, Hold, LoopRef, TimerQueue
 from sidecar.stack import Exchange, Handler, alone
 from sidecar.transport.body import StreamBody
+from sidecar.transport.h2_body import H2Body  # (small: not the HTTP/2 stack itself)
 from sidecar.vocab.headers import EXPECTED_TIMEOUT_HEADER
 
 # Larger values than a day are certainly bogus; treat them as "no caller deadline".
@@ -40,7 +41,6 @@ _MAX_BUDGET_MS = 86_400_000
 _SLACK = 0.001
 
 
-@runtime_checkable
 class ArrivingBody(Protocol):
     """A request body read from the client while it arrives (an HTTP/1.1 `StreamBody`, an
     HTTP/2 stream's `H2Body`): what the timers need to tell the client's time from the
@@ -67,10 +67,14 @@ def arriving(body: Body) -> ArrivingBody | None:
         return body if body.received_at == 0.0 and body.error is None else None
     if isinstance(body, BytesBody):
         return None
-    if isinstance(body, ArrivingBody):  # an HTTP/2 stream's body
+    if isinstance(body, H2Body):
         return body if body.received_at == 0.0 and body.error is None else None
     source = getattr(body, "source", None)  # a replay wrapper around the client's stream
-    if isinstance(source, ArrivingBody) and source.received_at == 0.0 and source.error is None:
+    if (
+        isinstance(source, StreamBody | H2Body)
+        and source.received_at == 0.0
+        and source.error is None
+    ):
         return source
     return None
 
