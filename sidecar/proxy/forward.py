@@ -65,8 +65,10 @@ class Forwarder:
                 except NotHttp2 as exc:
                     if self._h2_always or is_grpc(request.headers):
                         raise
-                    # (refused in the TLS handshake: not a byte of the body was taken)
-                    if not request.body.replayable and not isinstance(exc, AlpnHttp1):
+                    # (refused in the TLS handshake, or answered in HTTP/1.x before any of
+                    # the body was taken: the body is whole)
+                    intact = exc.body_intact or isinstance(exc, AlpnHttp1)
+                    if not request.body.replayable and not intact:
                         raise
             elif is_grpc(request.headers):
                 raise UpstreamConnectFailure(

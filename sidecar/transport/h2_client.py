@@ -66,13 +66,14 @@ MAX_REFUSED_RESENDS = 2
 
 
 class _Exchange:
-    __slots__ = ("body", "request_body", "response", "writer")
+    __slots__ = ("body", "body_taken", "request_body", "response", "writer")
 
     def __init__(self, response: asyncio.Future[Response], request_body: Body) -> None:
         self.response = response
         self.request_body = request_body
         self.body: H2Body | None = None
         self.writer: asyncio.Task[None] | None = None
+        self.body_taken = False  # the writer read from a streamed request body
 
 
 class H2ClientConnection(asyncio.Protocol):
@@ -88,6 +89,9 @@ class H2ClientConnection(asyncio.Protocol):
         self.closed = False
         self.going_away = False
         self.speaks_h2 = False
+        # Done at the upstream's first SETTINGS (it speaks HTTP/2), or when the connection is
+        # lost: a streamed request body is not touched before.
+        self._settled: asyncio.Future[None] = self._loop.create_future()
         # Over TLS, the protocol the server chose when it was not h2 ("": none at all).
         self.refused_alpn: str | None = None
         self.idle_since = time.monotonic()
@@ -117,13 +121,18 @@ class H2ClientConnection(asyncio.Protocol):
         self.closed = True
         self._flow.connection_lost()
         self._pool.forget(self)
-        if not self.speaks_h2 and self._first.startswith(b"HTTP/1."):
-            err: SidecarError = NotHttp2(
-                "upstream speaks HTTP/1.x, not HTTP/2", upstream=self._pool.upstream
-            )
-        else:
-            err = UpstreamReset("upstream closed the connection", upstream=self._pool.upstream)
-        for sid in list(self._exchanges):
+        if not self._settled.done():
+            self._settled.set_result(None)
+        http1 = not self.speaks_h2 and self._first.startswith(b"HTTP/1.")
+        for sid, ex in list(self._exchanges.items()):
+            if http1:
+                not_h2 = NotHttp2(
+                    "upstream speaks HTTP/1.x, not HTTP/2", upstream=self._pool.upstream
+                )
+                not_h2.body_intact = not ex.body_taken
+                err: SidecarError = not_h2
+            else:
+                err = UpstreamReset("upstream closed the connection", upstream=self._pool.upstream)
             self._fail(sid, err)
         self._waiters.wake_all()
 
@@ -206,6 +215,8 @@ class H2ClientConnection(asyncio.Protocol):
                 self._waiters.wake_all()
         elif kind == h2conn.SETTINGS:
             self.speaks_h2 = True
+            if not self._settled.done():
+                self._settled.set_result(None)
             self._waiters.wake_all()
         elif kind == h2conn.GOAWAY:
             self.going_away = True
@@ -342,6 +353,17 @@ class H2ClientConnection(asyncio.Protocol):
                 else:
                     await send_data(conn, sid, body.data, flush, waiters, flow, end_stream=True)
                 return
+            if not self._settled.done():
+                # A new connection: take nothing of a streamed body before the upstream's
+                # SETTINGS show it speaks HTTP/2 (an HTTP/1.x answer leaves the body whole,
+                # for the HTTP/1.1 fallback of `protocol: auto`). One round trip, once.
+                await self._settled
+                if self.closed:
+                    return
+            ex = self._exchanges.get(sid)
+            if ex is None:
+                return
+            ex.body_taken = True
             async for chunk in body:
                 await send_data(conn, sid, chunk, flush, waiters, flow)
             if sid in self._exchanges and not self.closed:

@@ -28,8 +28,12 @@ H2Handover = Callable[[asyncio.Transport, bytes, ConnectionBudget | None], None]
 
 
 class NotHttp2(UpstreamReset):
-    """The endpoint answered the HTTP/2 preface with HTTP/1.x: it never saw the request (but
-    part of a streamed body may be gone, so only a replayable one may be sent again)."""
+    """The endpoint answered the HTTP/2 preface with HTTP/1.x: it never saw the request.
+    `body_intact`: nothing of the request's body was taken (the client waits for the
+    upstream's SETTINGS before taking any of a streamed body), so it may go over HTTP/1.1
+    instead even when it could not be replayed."""
+
+    body_intact: bool = False
 
 
 class AlpnHttp1(NotHttp2):

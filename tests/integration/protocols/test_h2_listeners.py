@@ -152,3 +152,54 @@ async def test_obs_text_header_values_cross_to_h2_byte_for_byte(sidecar_factory)
         assert ("x-name", "caf\xe9") in up.seen[-1]
     finally:
         await up.stop()
+
+
+async def test_h2_caller_streaming_a_body_reaches_http1_upstream_under_auto(
+    upstreams, sidecar_factory
+):
+    """The first request to an endpoint not yet known to speak HTTP/1.1 only goes out as
+    HTTP/2; the endpoint answers the preface in HTTP/1.x. A body still streaming in from the
+    caller (not replayable) must not be lost to that probe: nothing of it is taken before the
+    upstream's SETTINGS, so the request crosses over to HTTP/1.1 whole."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    up = await upstreams("user-service")
+    sc = await sidecar_factory(
+        {
+            "service": {"name": "caller", "port": up.port},
+            "discovery": {"static": {"user-service": [f"127.0.0.1:{up.port}"]}},
+        }
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", sc.bound_port("listeners.outbound"))
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    head = [(":method", "POST"), (":scheme", "http"), (":authority", "user-service")]
+    conn.send_headers(1, [*head, (":path", "/echo"), ("content-length", "100")])
+    writer.write(conn.data_to_send())
+    status, body = "", b""
+    try:
+        async with asyncio.timeout(10):
+            for i in range(10):  # the body trickles in: it is a stream, not a replayable copy
+                await asyncio.sleep(0.02)
+                conn.send_data(1, b"x" * 10, end_stream=i == 9)
+                writer.write(conn.data_to_send())
+            done = False
+            while not done:
+                data = await reader.read(65536)
+                assert data, "connection closed before the response"
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.ResponseReceived):
+                        status = dict(ev.headers)[b":status"].decode()
+                    elif isinstance(ev, h2.events.DataReceived):
+                        body += ev.data
+                        conn.acknowledge_received_data(ev.flow_controlled_length, 1)
+                    elif isinstance(ev, h2.events.StreamEnded | h2.events.StreamReset):
+                        done = True
+                writer.write(conn.data_to_send())
+    finally:
+        writer.close()
+    assert status == "200", body
+    assert json.loads(body)["len"] == 100
+    assert [s.body_len for s in up.seen] == [100]
