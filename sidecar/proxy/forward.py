@@ -7,7 +7,7 @@ from sidecar.grpc import is_grpc
 from sidecar.http import Request, Response
 from sidecar.resilience.budget import RetryBudget
 from sidecar.transport.client import Dialer, EndpointPool, StaleConnection, UpstreamClient
-from sidecar.transport.h2_lazy import AlpnHttp1, LazyH2Client, NotHttp2
+from sidecar.transport.h2_lazy import LazyH2Client, NotHttp2
 from sidecar.transport.tls import TlsOrigination
 from sidecar.transport.tunnel import Tunnel
 from sidecar.vocab.methods import IDEMPOTENT_METHODS as _IDEMPOTENT
@@ -67,8 +67,7 @@ class Forwarder:
                         raise
                     # (refused in the TLS handshake, or answered in HTTP/1.x before any of
                     # the body was taken: the body is whole)
-                    intact = exc.body_intact or isinstance(exc, AlpnHttp1)
-                    if not request.body.replayable and not intact:
+                    if not request.body.replayable and not exc.body_intact:
                         raise
             elif is_grpc(request.headers):
                 raise UpstreamConnectFailure(

@@ -126,11 +126,11 @@ class H2ClientConnection(asyncio.Protocol):
         http1 = not self.speaks_h2 and self._first.startswith(b"HTTP/1.")
         for sid, ex in list(self._exchanges.items()):
             if http1:
-                not_h2 = NotHttp2(
-                    "upstream speaks HTTP/1.x, not HTTP/2", upstream=self._pool.upstream
+                err: SidecarError = NotHttp2(
+                    "upstream speaks HTTP/1.x, not HTTP/2",
+                    upstream=self._pool.upstream,
+                    body_intact=not ex.body_taken,
                 )
-                not_h2.body_intact = not ex.body_taken
-                err: SidecarError = not_h2
             else:
                 err = UpstreamReset("upstream closed the connection", upstream=self._pool.upstream)
             self._fail(sid, err)

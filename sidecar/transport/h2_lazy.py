@@ -33,12 +33,18 @@ class NotHttp2(UpstreamReset):
     upstream's SETTINGS before taking any of a streamed body), so it may go over HTTP/1.1
     instead even when it could not be replayed."""
 
-    body_intact: bool = False
+    def __init__(self, message: str, *, upstream: str = "", body_intact: bool = False) -> None:
+        super().__init__(message, upstream=upstream)
+        # (set here, not as a class default: this module is compiled, its base is not)
+        self.body_intact = body_intact
 
 
 class AlpnHttp1(NotHttp2):
     """The endpoint chose HTTP/1.1 (or no protocol) in the TLS handshake: nothing of the
     request was sent, so any request may go over HTTP/1.1 instead."""
+
+    def __init__(self, message: str, *, upstream: str = "") -> None:
+        super().__init__(message, upstream=upstream, body_intact=True)
 
 
 class RequestCounter(Protocol):
