@@ -32,7 +32,7 @@ from sidecar.http import Body, BytesBody, Request, Response
 from sidecar.resilience.expiry import Expiry, Hold, LoopRef, TimerQueue
 from sidecar.stack import Exchange, Handler, alone
 from sidecar.transport.body import StreamBody
-from sidecar.transport.h2_body import H2Body
+from sidecar.transport.h2_body import H2Body  # (small: not the HTTP/2 stack itself)
 from sidecar.vocab.headers import EXPECTED_TIMEOUT_HEADER
 
 # Larger values than a day are certainly bogus; treat them as "no caller deadline".
@@ -41,8 +41,6 @@ _MAX_BUDGET_MS = 86_400_000
 _SLACK = 0.001
 
 
-# Not runtime_checkable: the compiled build (mypyc) refuses that decorator on a protocol it
-# compiles, so `arriving` tells the two kinds apart by class.
 class ArrivingBody(Protocol):
     """A request body read from the client while it arrives (an HTTP/1.1 `StreamBody`, an
     HTTP/2 stream's `H2Body`): what the timers need to tell the client's time from the
@@ -69,12 +67,16 @@ def arriving(body: Body) -> ArrivingBody | None:
         return body if body.received_at == 0.0 and body.error is None else None
     if isinstance(body, BytesBody):
         return None
-    if isinstance(body, H2Body):  # an HTTP/2 stream's body
+    if isinstance(body, H2Body):
         return body if body.received_at == 0.0 and body.error is None else None
     source = getattr(body, "source", None)  # a replay wrapper around the client's stream
-    if not isinstance(source, (StreamBody, H2Body)):
-        return None
-    return source if source.received_at == 0.0 and source.error is None else None
+    if (
+        isinstance(source, StreamBody | H2Body)
+        and source.received_at == 0.0
+        and source.error is None
+    ):
+        return source
+    return None
 
 
 class TryHold(Hold):
