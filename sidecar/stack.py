@@ -43,6 +43,7 @@ class Exchange:
         "request",
         "server_call",
         "server_method",
+        "server_path",
         "server_recording",
         "server_route",
         "server_sc",
@@ -58,7 +59,8 @@ class Exchange:
     # server telemetry
     server_start: float
     server_method: str
-    server_route: str
+    server_route: str  # "" until needed (see ServerTelemetryLayer._route)
+    server_path: str
     server_sc: Any
     server_span: Any
     server_call: tuple[str, str] | None

@@ -101,9 +101,13 @@ class ServerTelemetryLayer:
             request.headers.set("x-request-id", rid)
         request.request_id = rid
         method = method_label(request.method)
-        route = self._routes.match(request.path)
+        path = request.path
+        # The route label feeds the server histogram (inbound) and sampled spans only: an
+        # outbound request sampled out never needs it unless it fails (see `_route`).
+        route = self._routes.match(path) if self._server_metrics else ""
         x.server_method = method
         x.server_route = route
+        x.server_path = path
 
         parent = propagator.extract(request.headers)
         call = rpc_call(request) if request.http_version == "2" else None
@@ -122,6 +126,9 @@ class ServerTelemetryLayer:
                 if self._inject:
                     propagator.inject_ids(request.headers, sc)
         else:
+            if not route:
+                route = self._routes.match(path)
+                x.server_route = route
             span = (
                 NonRecordingSpan(sc)
                 if sc is not None
@@ -147,7 +154,7 @@ class ServerTelemetryLayer:
     def on_error(self, x: Exchange, exc: BaseException) -> Response | None:
         self._inflight.dec()
         if not isinstance(exc, SidecarError):
-            self._failed(x.server_span, exc, x.server_method, x.server_route, x.server_start)
+            self._failed(x.server_span, exc, x.server_method, self._route(x), x.server_start)
             return None
         request = x.request
         if exc.code in REJECTIONS:
@@ -201,6 +208,14 @@ class ServerTelemetryLayer:
 
     def wrap(self, inner: Handler) -> Handler:
         return alone(self, inner)
+
+    def _route(self, x: Exchange) -> str:
+        """The route label of the path as it arrived (routing may rewrite the target)."""
+        route: str = x.server_route
+        if not route:
+            route = self._routes.match(x.server_path)
+            x.server_route = route
+        return route
 
     def _rpc_done(
         self, span: Span, call: tuple[str, str], start: float | None
@@ -288,7 +303,6 @@ class ClientTelemetryLayer:
             parent_sc = otelfast.span_context_of(parent)
         upstream = metrics.upstream(request.upstream or self._default_upstream)
         method = method_label(request.method)
-        route = self._routes.match(request.path)
         call = rpc_call(request) if request.http_version == "2" else None
         sc = starter.dropped(parent_sc)
         span: Span | None = None
@@ -300,6 +314,8 @@ class ClientTelemetryLayer:
         else:
             if parent is None:
                 parent = otelfast.with_span(NonRecordingSpan(parent_sc), Context())
+            # Only a span names the route here: a request sampled out skips the match.
+            route = self._routes.match(request.path)
             span = (
                 NonRecordingSpan(sc)
                 if sc is not None

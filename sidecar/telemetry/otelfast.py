@@ -9,7 +9,7 @@ OTel's context keys directly, which is why that test exists."""
 
 from __future__ import annotations
 
-from typing import Final, cast
+from typing import Any, Final, cast
 
 from opentelemetry.baggage import _BAGGAGE_KEY
 from opentelemetry.context import Context
@@ -28,9 +28,14 @@ from opentelemetry.trace import (
 from opentelemetry.trace.propagation import _SPAN_KEY
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
-_FLAGS = tuple(TraceFlags(i) for i in range(256))
-_TRACE_ID_LIMIT = 1 << 128
-_SPAN_ID_LIMIT = 1 << 64
+# Final: the compiled build reads these as constants, not from the module's dict (two
+# SpanContexts per request).
+_FLAGS: Final = tuple(TraceFlags(i) for i in range(256))
+_TRACE_ID_LIMIT: Final = 1 << 128
+_SPAN_ID_LIMIT: Final = 1 << 64
+_DEFAULT_STATE: Final = DEFAULT_TRACE_STATE
+_NEW_TUPLE: Final[Any] = tuple.__new__
+_SPAN_CONTEXT: Final[Any] = SpanContext
 SAMPLED = int(TraceFlags.SAMPLED)
 RANDOM_TRACE_ID = int(TraceFlags.RANDOM_TRACE_ID)
 
@@ -86,10 +91,11 @@ def span_context(
 ) -> SpanContext:
     """`SpanContext(trace_id, span_id, is_remote, TraceFlags(flags), state)`."""
     valid = 0 < trace_id < _TRACE_ID_LIMIT and 0 < span_id < _SPAN_ID_LIMIT
-    if not has_state(state):
-        state = DEFAULT_TRACE_STATE
+    if state is None or state is _DEFAULT_STATE or len(state) == 0:  # not has_state(state)
+        state = _DEFAULT_STATE
     fields = (trace_id, span_id, is_remote, _FLAGS[flags & 0xFF], state, valid)
-    return tuple.__new__(SpanContext, fields)
+    sc: SpanContext = _NEW_TUPLE(_SPAN_CONTEXT, fields)
+    return sc
 
 
 def span_sink(tracer: Tracer) -> tuple[SpanProcessor, Resource, InstrumentationScope | None] | None:

@@ -236,7 +236,7 @@ FORMATS: dict[str, type[TraceFormat]] = {
 class HeaderPropagator:
     """Extracts a parent Context from request headers and injects a span into headers."""
 
-    __slots__ = ("_baggage", "_formats", "names")
+    __slots__ = ("_baggage", "_formats", "_unions", "names")
 
     def __init__(self, names: Iterable[str] = ("tracecontext", "baggage")) -> None:
         wanted = [n for n in names if n in FORMATS]
@@ -249,6 +249,7 @@ class HeaderPropagator:
         self.names: Sequence[str] = tuple(seen)
         self._formats: tuple[TraceFormat, ...] = tuple(FORMATS[n]() for n in self.names)
         self._baggage = W3CBaggagePropagator()
+        self._unions: dict[tuple[frozenset[str], ...], frozenset[str]] = {}
 
     def extract(self, headers: Headers) -> Context:
         ctx = Context()
@@ -273,12 +274,20 @@ class HeaderPropagator:
             # this is the same as injecting each format in turn).
             formats, ids = self._formats, Ids(sc)
             if len(formats) == 1:
-                headers.replace(*formats[0].fields(ids))
+                names, fields = formats[0].fields(ids)
             else:
-                names: frozenset[str] = frozenset()
-                fields: list[tuple[str, str]] = []
+                parts: list[frozenset[str]] = []
+                fields = []
                 for fmt in formats:
                     n, f = fmt.fields(ids)
-                    names |= n
+                    parts.append(n)
                     fields += f
-                headers.replace(names, fields)
+                # The union of the formats' name sets, made once per combination (each
+                # format returns one of a few constant sets) rather than per request.
+                key = tuple(parts)
+                union = self._unions.get(key)
+                if union is None:
+                    union = frozenset().union(*parts)
+                    self._unions[key] = union
+                names = union
+            headers.replace(names, fields)

@@ -382,6 +382,30 @@ async def test_unexpected_exception_is_recorded_and_reraised() -> None:
     assert env.sample("sidecar_inflight_requests", direction="outbound", upstream="") == 0
 
 
+async def test_outbound_bug_sampled_out_counts_under_the_arriving_route() -> None:
+    # Sampled out on outbound, the route is matched only when something needs it: a bug
+    # after routing rewrote the target must still count under the arriving path's route.
+    env = Env(sampler="always_off")
+
+    async def broken(request: Request) -> Response:
+        request.target = "/elsewhere"
+        raise RuntimeError("bug")
+
+    with pytest.raises(RuntimeError):
+        await compose([env.server, env.client], broken)(req())
+    assert len(env.tracing.buffer) == 0
+    assert (
+        env.sample(
+            "http_server_request_duration_seconds_count",
+            http_request_method="GET",
+            http_route="/users/{id}",
+            http_response_status_code="500",
+            error_type="internal",
+        )
+        == 1
+    )
+
+
 async def test_client_layer_classifies_raised_errors() -> None:
     env = Env()
 

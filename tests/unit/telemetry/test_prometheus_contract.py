@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from sidecar.telemetry.metrics import DURATION_BUCKETS, HistogramCell
+from sidecar.telemetry.metrics import DURATION_BUCKETS, OVERHEAD_BUCKETS, HistogramCell
 
 OBSERVATIONS = (0.0001, 0.004, 0.005, 0.0051, 0.09, 0.3, 2.0, 9.99, 10.0, 42.0)
 
@@ -40,6 +40,26 @@ def test_exposition_is_identical_to_prometheus_clients_own(render: object) -> No
         cell.observe(value)
         child.observe(value)
     assert render(ours) == render(theirs)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("buckets", [DURATION_BUCKETS, OVERHEAD_BUCKETS])
+def test_every_value_lands_in_the_bucket_prometheus_client_puts_it_in(
+    buckets: tuple[float, ...],
+) -> None:
+    # The cell finds the bucket itself (a scan, not prometheus_client's loop): each bound,
+    # just under and over it, zero and past the last bound.
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    a = Histogram("o_seconds", "o", ["d"], buckets=buckets, registry=ours)
+    b = Histogram("o_seconds", "o", ["d"], buckets=buckets, registry=theirs)
+    cell, child = HistogramCell(a.labels("x")), b.labels("x")
+    child._created = a.labels("x")._created
+    values = [0.0, buckets[-1] * 2]
+    for bound in buckets:
+        values += [bound, bound * 0.999, bound * 1.001]
+    for value in values:
+        cell.observe(value)
+        child.observe(value)
+    assert generate_latest(ours) == generate_latest(theirs)
 
 
 def test_exemplars_reach_openmetrics_on_the_observed_bucket() -> None:

@@ -160,3 +160,28 @@ def test_w3c_rules_and_tracestate_roundtrip() -> None:
     p.inject(out, ctx)
     assert out.get("tracestate") == "vendor=abc,other=1"
     assert "baggage" not in out  # nothing to carry
+
+
+def test_several_formats_at_once_equal_each_format_in_turn_with_and_without_tracestate() -> None:
+    # The formats' name sets are combined once per combination and reused: a context with a
+    # tracestate replaces the caller's, one without leaves it, call after call.
+    names = ["tracecontext", "b3", "b3multi"]
+    together = HeaderPropagator(names)
+    each = [HeaderPropagator([n]) for n in names]
+    incoming = [
+        ("tracestate", "caller=1"),
+        ("x-b3-parentspanid", "stale"),
+        ("b3", "stale"),
+        ("accept", "*/*"),
+    ]
+    with_state = HeaderPropagator(["tracecontext"]).extract(
+        Headers([("traceparent", f"00-{TRACE_HEX}-{SPAN_HEX}-01"), ("tracestate", "ours=2")])
+    )
+    for ctx in (with_state, context_for(TRACE, SPAN), with_state, context_for(TRACE, SPAN, False)):
+        one = Headers(list(incoming))
+        together.inject(one, ctx)
+        turn = Headers(list(incoming))
+        for p in each:
+            p.inject(turn, ctx)
+        assert sorted(one) == sorted(turn)
+        assert one.get("tracestate") == ("ours=2" if ctx is with_state else "caller=1")
