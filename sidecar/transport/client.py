@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import select
-import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -23,7 +22,7 @@ from sidecar.http import EMPTY_BODY, Body, BytesBody, Headers, Request, Response
 from sidecar.transport.body import StreamBody
 from sidecar.transport.flow import WriteFlow
 from sidecar.transport.inert import NoCallbacks
-from sidecar.transport.tls import TlsOrigination, default_tls
+from sidecar.transport.tls import TlsOrigination, default_tls, dial_tls
 from sidecar.transport.tunnel import Tunnel, protocol_label
 from sidecar.vocab.endpoint import Endpoint
 from sidecar.vocab.headers import HOP_BY_HOP, connection_tokens, end_to_end
@@ -460,10 +459,9 @@ class EndpointPool:
         return None
 
     async def acquire_fresh(self) -> tuple[UpstreamConnection, bool]:
-        loop = asyncio.get_running_loop()
         tls = self.tls if self.tls is not None or not self.endpoint.tls else default_tls()
         if tls is not None:
-            return await self._connect_tls(loop, tls), False
+            return await self._connect_tls(tls), False
         proto = cast(
             UpstreamConnection,
             await dial(
@@ -477,46 +475,26 @@ class EndpointPool:
         self._open.add(proto)
         return proto, False
 
-    async def _connect_tls(
-        self, loop: asyncio.AbstractEventLoop, tls: TlsOrigination
-    ) -> UpstreamConnection:
+    async def _connect_tls(self, tls: TlsOrigination) -> UpstreamConnection:
         endpoint = self.endpoint
-        name = tls.server_hostname(endpoint, self.upstream)
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                host = endpoint.host if self.dialer is None else await self.dialer(endpoint.host)
-                transport, proto = await loop.create_connection(
-                    lambda: UpstreamConnection(self),
-                    host,
-                    endpoint.port,
-                    ssl=tls.context,
-                    server_hostname=name,
-                )
-        except TimeoutError:
-            raise UpstreamConnectFailure(
-                f"connect to {endpoint} (TLS) timed out", upstream=self.upstream
-            ) from None
-        except ssl.SSLCertVerificationError as exc:
-            raise UpstreamConnectFailure(
-                f"TLS to {endpoint}: certificate not accepted for {name!r}: "
-                f"{exc.verify_message or exc.reason}",
-                upstream=self.upstream,
-            ) from None
-        except ssl.SSLError as exc:
-            raise UpstreamConnectFailure(
-                f"TLS handshake with {endpoint} failed: {exc.reason or exc}",
-                upstream=self.upstream,
-            ) from None
-        except OSError as exc:
-            raise UpstreamConnectFailure(
-                f"connect to {endpoint} failed: {exc.strerror or exc}", upstream=self.upstream
-            ) from None
-        ssl_object = transport.get_extra_info("ssl_object")
-        if ssl_object is not None:
-            tls.context.remember(name, ssl_object)
+        proto = cast(
+            UpstreamConnection,
+            await dial_tls(
+                lambda: UpstreamConnection(self),
+                endpoint,
+                self.dialer,
+                self.connect_timeout,
+                self.upstream,
+                tls,
+                tls.alpn,  # the policy's own list: its own context
+            ),
+        )
+        transport = proto._transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
         chosen = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
         if chosen not in (None, "http/1.1"):
-            transport.close()
+            if transport is not None:
+                transport.close()
             raise UpstreamConnectFailure(
                 f"{endpoint} chose ALPN {chosen!r}, which this connection does not speak",
                 upstream=self.upstream,
