@@ -25,7 +25,7 @@ from sidecar.resilience.outlier import OutlierDetector
 from sidecar.stack import Handler
 from sidecar.telemetry.metrics import Metrics
 from sidecar.transport.client import UpstreamClient
-from sidecar.transport.tls import TlsOrigination, build_tls, default_tls
+from sidecar.transport.tls import TlsOrigination, build_tls, endpoint_tls
 from sidecar.vocab.endpoint import Endpoint
 
 
@@ -113,9 +113,7 @@ class UpstreamRegistry:
         return self._tls[name]
 
     def tls_state(self, name: str, endpoint: Endpoint) -> dict[str, object] | bool:
-        tls = self.tls_for(name)
-        if tls is None and endpoint.tls:
-            tls = default_tls()
+        tls = endpoint_tls(self.tls_for(name), endpoint)
         return tls.describe() if tls is not None else False
 
     def reload(self, config: Config) -> None:

@@ -32,7 +32,7 @@ from sidecar.balance.cluster import ActiveState, Cluster, EndpointState
 from sidecar.clock import Clock
 from sidecar.config import HealthCheckConfig
 from sidecar.resilience.log_limit import LogLimiter
-from sidecar.transport.tls import TlsOrigination, default_tls
+from sidecar.transport.tls import TlsOrigination, endpoint_tls
 from sidecar.vocab.endpoint import Endpoint
 
 log = logging.getLogger(__name__)
@@ -228,12 +228,9 @@ class HealthChecker:
         if isinstance(tls, str):  # the TLS policy can't be built: requests would fail too
             result, detail = "connect_failure", tls
         else:
-            # As requests go: the upstream's TLS policy, else the default one for https://.
-            if tls is None and endpoint.tls:
-                tls = default_tls()
             async with self._limit:
                 result, detail = await self._probe(
-                    endpoint, self._cluster.name, cfg.path, cfg.timeout, tls
+                    endpoint, self._cluster.name, cfg.path, cfg.timeout, endpoint_tls(tls, endpoint)
                 )
         if self._observer is not None:
             self._observer.health_check(self._cluster.name, result)

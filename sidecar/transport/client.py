@@ -22,7 +22,7 @@ from sidecar.http import EMPTY_BODY, Body, BytesBody, Headers, Request, Response
 from sidecar.transport.body import StreamBody
 from sidecar.transport.flow import WriteFlow
 from sidecar.transport.inert import NoCallbacks
-from sidecar.transport.tls import TlsOrigination, default_tls, dial_tls
+from sidecar.transport.tls import TlsOrigination, dial_tls, endpoint_tls
 from sidecar.transport.tunnel import Tunnel, protocol_label
 from sidecar.vocab.endpoint import Endpoint
 from sidecar.vocab.headers import HOP_BY_HOP, connection_tokens, end_to_end
@@ -459,7 +459,7 @@ class EndpointPool:
         return None
 
     async def acquire_fresh(self) -> tuple[UpstreamConnection, bool]:
-        tls = self.tls if self.tls is not None or not self.endpoint.tls else default_tls()
+        tls = endpoint_tls(self.tls, self.endpoint)
         if tls is not None:
             return await self._connect_tls(tls), False
         proto = cast(

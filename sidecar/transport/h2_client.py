@@ -44,8 +44,8 @@ from sidecar.transport.tls import (
     ALPN_H2,
     ALPN_H2_OR_HTTP1,
     TlsOrigination,
-    default_tls,
     dial_tls,
+    endpoint_tls,
 )
 from sidecar.vocab.endpoint import Endpoint
 
@@ -579,8 +579,7 @@ class H2Client:
         after remembering it."""
         endpoint = request.endpoint
         assert endpoint is not None, "the balance layer sets request.endpoint"
-        if tls is None and endpoint.tls:
-            tls = default_tls()
+        tls = endpoint_tls(tls, endpoint)
         pool = self.pool(request.upstream, endpoint, connect_timeout, dialer, tls, fallback)
         fields = request_fields(request, https=tls is not None)
         resends = 0

@@ -132,6 +132,15 @@ def _context(config: TlsConfig, alpn: tuple[str, ...]) -> ResumingContext:
     return context
 
 
+def endpoint_tls(policy: TlsOrigination | None, endpoint: Endpoint) -> TlsOrigination | None:
+    """The TLS an endpoint's connections use: the upstream's policy, else the default one for
+    an endpoint written https://, else none (plaintext). One rule for requests over HTTP/1.1
+    and HTTP/2, health checks and /admin/endpoints."""
+    if policy is None and endpoint.tls:
+        return default_tls()
+    return policy
+
+
 @functools.cache
 def default_tls() -> TlsOrigination:
     """For endpoints written https://host:port under an upstream without a `tls` policy:
