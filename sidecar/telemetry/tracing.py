@@ -269,15 +269,6 @@ class PresetIdGenerator(RandomIdGenerator):
             return trace_id
         return super().generate_trace_id()
 
-    def take_trace_id(self) -> int:
-        """The preset id if there is one, else a fresh random one (`generate_trace_id`
-        without the method dispatch)."""
-        trace_id = self._next
-        if trace_id:
-            self._next = 0
-            return trace_id
-        return random.getrandbits(128) or 1
-
 
 @dataclass(frozen=True, slots=True)
 class Tracing:
@@ -427,19 +418,20 @@ class SpanStarter:
         sink, gen = self._lean, self._gen
         if sink is None or gen is None:
             return self._tracer.start_span(name, context, kind=kind)
-        parent: SpanContext | None = otelfast.span_context_of(context)
-        if parent is not None and otelfast.is_valid(parent):
-            trace_id: int = parent[otelfast.TRACE_ID]
-            flags = otelfast.SAMPLED | (parent[otelfast.FLAGS] & otelfast.RANDOM_TRACE_ID)
-            state: TraceState | None = parent[otelfast.STATE]
+        sc = otelfast.span_context_of(context)
+        parent: SpanContext | None = None  # a root span unless the context holds a valid one
+        state: TraceState | None = None
+        if otelfast.is_valid(sc):
+            parent, state = sc, sc[otelfast.STATE]
+            trace_id: int = sc[otelfast.TRACE_ID]
+            flags = otelfast.SAMPLED | (sc[otelfast.FLAGS] & otelfast.RANDOM_TRACE_ID)
         else:
-            parent, state = None, None
-            trace_id = gen.take_trace_id()
+            trace_id = gen.generate_trace_id()  # the id `dropped` drew, if it drew one
             flags = otelfast.SAMPLED | otelfast.RANDOM_TRACE_ID
         span_id = random.getrandbits(64) or 1
-        sc = otelfast.span_context(trace_id, span_id, False, flags, state)
+        own = otelfast.span_context(trace_id, span_id, False, flags, state)
         processor, resource, scope = sink
-        return LeanSpan(name, sc, parent, kind, processor, resource, scope)
+        return LeanSpan(name, own, parent, kind, processor, resource, scope)
 
 
 def _dropped(trace_id: int, flags: int, trace_state: TraceState | None) -> SpanContext:
