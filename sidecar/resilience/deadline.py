@@ -63,19 +63,16 @@ class ArrivingBody(Protocol):
 def arriving(body: Body) -> ArrivingBody | None:
     """The request body if the client is still sending it, else None (the common case: the
     whole request came in one read)."""
-    if isinstance(body, StreamBody):
-        return body if body.received_at == 0.0 and body.error is None else None
     if isinstance(body, BytesBody):
         return None
-    if isinstance(body, H2Body):
-        return body if body.received_at == 0.0 and body.error is None else None
-    source = getattr(body, "source", None)  # a replay wrapper around the client's stream
+    # The client's stream itself, or the one a replay wrapper reads from (`source`).
+    stream = body if isinstance(body, StreamBody | H2Body) else getattr(body, "source", None)
     if (
-        isinstance(source, StreamBody | H2Body)
-        and source.received_at == 0.0
-        and source.error is None
+        isinstance(stream, StreamBody | H2Body)
+        and stream.received_at == 0.0
+        and stream.error is None
     ):
-        return source
+        return stream
     return None
 
 
