@@ -65,10 +65,11 @@ def arriving(body: Body) -> ArrivingBody | None:
     whole request came in one read)."""
     if isinstance(body, BytesBody):
         return None
-    # The client's stream itself, or the one a replay wrapper reads from (`source`).
-    stream = body if isinstance(body, StreamBody | H2Body) else getattr(body, "source", None)
+    # The client's stream itself, or the one a replay wrapper reads from (`source`). (A tuple,
+    # not `StreamBody | H2Body`: mypyc turns it into two type checks, a union is built per call.)
+    stream = body if isinstance(body, (StreamBody, H2Body)) else getattr(body, "source", None)
     if (
-        isinstance(stream, StreamBody | H2Body)
+        isinstance(stream, (StreamBody, H2Body))
         and stream.received_at == 0.0
         and stream.error is None
     ):
