@@ -10,6 +10,7 @@ import socket
 from sidecar.transport.budget import ConnectionBudget
 from sidecar.transport.client import STALE_CHECK_AFTER, EndpointPool
 from sidecar.vocab.endpoint import Endpoint
+from tests.unit.discovery.fakes import eventually
 
 
 async def _server() -> tuple[asyncio.Server, list[asyncio.StreamWriter]]:
@@ -80,3 +81,52 @@ def test_budget_evicts_the_connection_idle_longest_and_refuses_when_none_is_idle
     assert not budget.admit(d), "every slot busy: refused"
     budget.release(a)
     assert budget.admit(d)
+
+
+async def test_every_connection_of_a_busy_endpoint_is_kept_for_reuse() -> None:
+    # 300 requests in flight at once (the bench's c=256 and then some): when they finish, all
+    # 300 connections go back to the pool and carry the next 300 requests. A cap of 128 idle
+    # closed the rest, so every burst dialled ~170 connections again.
+    server, peers = await _server()
+    port = server.sockets[0].getsockname()[1]
+    pool = EndpointPool(Endpoint("127.0.0.1", port), "up", 5.0, 60.0)
+    first = [conn for conn, _ in await asyncio.gather(*(pool.acquire() for _ in range(300)))]
+    for conn in first:
+        pool.release(conn)
+    again = [pool.take_idle() for _ in range(300)]
+    assert all(conn is not None for conn in again)
+    assert {id(c) for c in again} == {id(c) for c in first}
+    for conn in first:
+        conn.close()
+    server.close()
+
+
+async def test_connections_idle_past_the_timeout_are_closed_without_traffic() -> None:
+    # Keeping up to 1,024 idle connections is only bounded if the ones a burst left behind
+    # go away on their own, also when no request comes to pick them up.
+    server, peers = await _server()
+    port = server.sockets[0].getsockname()[1]
+    pool = EndpointPool(Endpoint("127.0.0.1", port), "up", 5.0, 0.2)
+    conns = [conn for conn, _ in await asyncio.gather(*(pool.acquire() for _ in range(5)))]
+    for conn in conns:
+        pool.release(conn)
+    assert not any(conn.closed for conn in conns)
+    await eventually(lambda: all(conn.closed for conn in conns), within=5.0)
+    assert pool.take_idle() is None
+    server.close()
+
+
+async def test_a_connection_used_again_is_not_closed_by_an_earlier_idle_deadline() -> None:
+    server, peers = await _server()
+    port = server.sockets[0].getsockname()[1]
+    pool = EndpointPool(Endpoint("127.0.0.1", port), "up", 5.0, 0.6)
+    old, _ = await pool.acquire()
+    busy, _ = await pool.acquire()
+    pool.release(old)  # arms the sweep for 0.6 s from now
+    await asyncio.sleep(0.4)  # not synchronisation: the age `old` has when `busy` goes idle
+    pool.release(busy)  # idle from now: due 0.4 s after `old`
+    await eventually(lambda: old.closed, within=5.0)
+    assert not busy.closed, "closed before its own idle timeout"
+    assert pool.take_idle() is busy
+    busy.close()
+    server.close()
