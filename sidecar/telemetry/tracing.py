@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from opentelemetry.context import Context
@@ -41,9 +40,6 @@ from sidecar.telemetry.export_health import ExportMonitor
 from sidecar.telemetry.lean_span import LeanSpan
 from sidecar.telemetry.propagation import HeaderPropagator
 from sidecar.telemetry.span_buffer import SpanBuffer
-
-if TYPE_CHECKING:
-    from opentelemetry.exporter.http.transport._base import BaseHTTPTransport
 
 DropCounter = Callable[[int], None]
 
@@ -83,45 +79,25 @@ def make_exporter(config: TracingConfig, timeout: float) -> SpanExporter | None:
             insecure=not config.endpoint.startswith("https://"),
             timeout=timeout,
         )
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-        OTLPSpanExporter as HttpExporter,
+    from sidecar.telemetry.otlp_http import (
+        OtlpHttpClient,
+        OtlpHttpSpanExporter,
+        settings_from_environment,
     )
 
     url = otlp_http_traces_url(config.endpoint)
-    try:
-        transport = _urllib3_transport()
-        return HttpExporter(endpoint=url, timeout=timeout, _transport=transport)
-    except (ImportError, TypeError):  # pragma: no cover - an SDK without pluggable transports
-        return HttpExporter(endpoint=url, timeout=timeout)
-
-
-def _urllib3_transport() -> BaseHTTPTransport:
-    """The SDK's urllib3 transport for the OTLP/HTTP exporter. Its default transport builds a
-    `requests.Session`, and importing requests (with charset_normalizer) costs ~3.5 MiB of
-    RSS in every sidecar for nothing urllib3 can't do. TLS settings come from the same
-    environment variables the default transport reads."""
-    import os
-
-    from opentelemetry.exporter.http.transport._urllib3 import Urllib3HTTPTransport
-    from opentelemetry.sdk.environment_variables import (
-        OTEL_EXPORTER_OTLP_CERTIFICATE,
-        OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE,
-        OTEL_EXPORTER_OTLP_CLIENT_KEY,
-        OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE,
-        OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE,
-        OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY,
+    return OtlpHttpSpanExporter(
+        OtlpHttpClient(settings_from_environment(url, timeout)), _sdk_encoder()
     )
 
-    env = os.environ.get
-    verify: bool | str = (
-        env(OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE) or env(OTEL_EXPORTER_OTLP_CERTIFICATE) or True
-    )
-    key = env(OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY) or env(OTEL_EXPORTER_OTLP_CLIENT_KEY)
-    cert_file = env(OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE) or env(
-        OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE
-    )
-    cert = (cert_file, key) if cert_file and key else cert_file
-    return Urllib3HTTPTransport(verify=verify, cert=cert)
+
+def _sdk_encoder() -> Callable[[Sequence[ReadableSpan]], bytes]:
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    def encode(spans: Sequence[ReadableSpan]) -> bytes:
+        return bytes(encode_spans(spans).SerializeToString())
+
+    return encode
 
 
 def _export_target(config: TracingConfig) -> str:

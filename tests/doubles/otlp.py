@@ -8,7 +8,6 @@ our exporter's calls. `reject = True` makes both endpoints fail like an unavaila
 from __future__ import annotations
 
 import asyncio
-import gzip
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,6 +78,13 @@ class OtlpReceiver:
     rejected: int = 0  # export requests refused while `reject` was set
     http_port: int = 0
     grpc_port: int = 0
+    # OTLP/HTTP only: refuse the next `fail_next` requests with `fail_status` (and a
+    # Retry-After of `retry_after` when set), and what each request's headers and peer were.
+    fail_next: int = 0
+    fail_status: int = 503
+    retry_after: str | None = None
+    http_headers: list[dict[str, str]] = field(default_factory=list)
+    http_peers: list[tuple[str, int]] = field(default_factory=list)
     _runner: web.AppRunner | None = None
     _grpc: grpc.aio.Server | None = None
 
@@ -97,12 +103,18 @@ class OtlpReceiver:
     async def _http_export(self, request: web.Request) -> web.Response:
         if request.content_type != "application/x-protobuf":
             return web.Response(status=415, text="expected application/x-protobuf")
+        self.http_headers.append({k.lower(): v for k, v in request.headers.items()})
+        if request.transport is not None:
+            self.http_peers.append(request.transport.get_extra_info("peername"))
         if self.reject:
             self.rejected += 1
             return web.Response(status=503, text="unavailable")
-        body = await request.read()
-        if request.headers.get("Content-Encoding") == "gzip":
-            body = gzip.decompress(body)
+        body = await request.read()  # aiohttp has undone a gzip/deflate Content-Encoding
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            self.rejected += 1
+            extra = {"Retry-After": self.retry_after} if self.retry_after is not None else {}
+            return web.Response(status=self.fail_status, text="refused", headers=extra)
         msg = trace_service_pb2.ExportTraceServiceRequest()
         msg.ParseFromString(body)
         self._record(msg, "http")
@@ -114,7 +126,7 @@ class OtlpReceiver:
         app.router.add_post("/v1/traces", self._http_export)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, 0)
+        site = web.TCPSite(self._runner, self.host, self.http_port)  # 0: any free port
         await site.start()
         server = site._server
         assert server is not None and server.sockets
