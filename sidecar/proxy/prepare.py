@@ -17,7 +17,7 @@ import random
 from collections.abc import Iterable
 
 from sidecar.http import Headers, Request
-from sidecar.vocab.headers import HOP_BY_HOP, connection_tokens
+from sidecar.vocab.headers import HOP_BY_HOP, REQUEST_ID_HEADER, connection_tokens
 
 VIA = "1.1 sidecar"
 # Hop-by-hop fields, plus framing: recomputed from the body actually forwarded.
@@ -80,7 +80,7 @@ def prepare_request(request: Request, trusted: bool = False) -> None:
             # Rewritten at the end: ours alone, or (trusted) appended to what came.
             forwarded = v if forwarded is None else f"{forwarded}, {v}"
             continue
-        if k == "x-request-id":
+        if k == REQUEST_ID_HEADER:
             if rid is None:
                 rid = v
         elif k == "host":
@@ -97,7 +97,7 @@ def prepare_request(request: Request, trusted: bool = False) -> None:
         kept.append((k, v))
     if not rid:
         rid = new_request_id()
-        kept.append(("x-request-id", rid))
+        kept.append((REQUEST_ID_HEADER, rid))
     request.request_id = rid
     if client:
         kept.append(("x-forwarded-for", f"{xff}, {client}" if xff else client))

@@ -37,7 +37,7 @@ from sidecar.telemetry.labels import OTHER, RouteMatcher, method_label
 from sidecar.telemetry.metrics import LiveCount, Metrics
 from sidecar.telemetry.rpc import rpc_call
 from sidecar.telemetry.tracing import SpanStarter, Tracing
-from sidecar.vocab.headers import EXPECTED_TIMEOUT_HEADER
+from sidecar.vocab.headers import EXPECTED_TIMEOUT_HEADER, REQUEST_ID_HEADER
 
 _MAX_REQUEST_ID = 200
 # Rejections decided before any upstream policy runs; the resilience layers report their own
@@ -95,10 +95,10 @@ class ServerTelemetryLayer:
     def on_request(self, x: Exchange) -> Response | None:
         request, propagator, starter = x.request, self._propagator, self._starter
         x.server_start = request.start or self._clock.monotonic()
-        rid = request.headers.get("x-request-id")
+        rid = request.headers.get(REQUEST_ID_HEADER)
         if rid is None or not _valid_request_id(rid):
             rid = random.getrandbits(128).to_bytes(16, "little").hex()  # randbytes(16)
-            request.headers.set("x-request-id", rid)
+            request.headers.set(REQUEST_ID_HEADER, rid)
         request.request_id = rid
         method = method_label(request.method)
         path = request.path
