@@ -71,8 +71,8 @@ class ConnectHandler:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(connect_timeout):
-                address = await self._dial(name)
-                transport, buffer = await loop.create_connection(_Buffer, address, port)
+                sock = await self._dial(name, port, connect_timeout)
+                transport, buffer = await loop.create_connection(_Buffer, sock=sock)
         except TimeoutError:
             self._connect_error(name)
             raise UpstreamConnectFailure(

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import select
+import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -33,7 +34,9 @@ log = logging.getLogger(__name__)
 MAX_RESPONSE_HEAD_BYTES = 64 * 1024
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 # host name → the address to connect to (egress: resolved and checked at every connect).
-Dialer = Callable[[str], Awaitable[str]]
+# Egress: opens the TCP connection to a name itself (resolved, each address checked, the next
+# one tried on a connect failure) within the connect timeout, and hands the socket over.
+Dialer = Callable[[str, int, float], Awaitable[socket.socket]]
 # A pooled connection idle longer than this is checked for a FIN (or stray bytes) the loop has
 # not processed yet before it is reused: one poll syscall, paid only by connections that sat
 # idle (those an upstream's keep-alive timeout closes), not by busy ones.
@@ -614,14 +617,16 @@ async def dial(
     upstream: str,
 ) -> asyncio.BaseProtocol:
     """A plain TCP connection to `endpoint` within `connect_timeout`, for either protocol's
-    pool. The host goes through `dialer` first when there is one (egress: resolved, and the
-    address checked, at every connect). Errors are UpstreamConnectFailure."""
+    pool. With a `dialer` (egress), it opens the connection to the host (resolved, and the
+    addresses checked, at every connect). Errors are UpstreamConnectFailure."""
     try:
         async with asyncio.timeout(connect_timeout):
-            host = endpoint.host if dialer is None else await dialer(endpoint.host)
-            _, proto = await asyncio.get_running_loop().create_connection(
-                factory, host, endpoint.port
-            )
+            loop = asyncio.get_running_loop()
+            if dialer is None:
+                _, proto = await loop.create_connection(factory, endpoint.host, endpoint.port)
+            else:
+                sock = await dialer(endpoint.host, endpoint.port, connect_timeout)
+                _, proto = await loop.create_connection(factory, sock=sock)
     except TimeoutError:
         raise UpstreamConnectFailure(
             f"connect to {endpoint} timed out", upstream=upstream

@@ -8,6 +8,7 @@ goes to an upstream over HTTP/2, imports the real thing."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -77,7 +78,7 @@ class LazyH2Client:
         connect_timeout: float,
         *,
         fallback: bool,
-        dialer: Callable[[str], Awaitable[str]] | None = None,
+        dialer: Callable[[str, int, float], Awaitable[socket.socket]] | None = None,
         tls: TlsOrigination | None = None,
     ) -> Awaitable[Response]:
         # The client's own coroutine, handed back to be awaited: no coroutine of ours around it.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -153,7 +154,7 @@ def default_tls() -> TlsOrigination:
 async def dial_tls(
     factory: Callable[[], asyncio.BaseProtocol],
     endpoint: Endpoint,
-    dialer: Callable[[str], Awaitable[str]] | None,
+    dialer: Callable[[str, int, float], Awaitable[socket.socket]] | None,
     connect_timeout: float,
     upstream: str,
     tls: TlsOrigination,
@@ -169,10 +170,16 @@ async def dial_tls(
         raise UpstreamConnectFailure(f"TLS to {endpoint}: {exc}", upstream=upstream) from None
     try:
         async with asyncio.timeout(connect_timeout):
-            host = endpoint.host if dialer is None else await dialer(endpoint.host)
-            transport, proto = await asyncio.get_running_loop().create_connection(
-                factory, host, endpoint.port, ssl=context, server_hostname=name
-            )
+            loop = asyncio.get_running_loop()
+            if dialer is None:
+                transport, proto = await loop.create_connection(
+                    factory, endpoint.host, endpoint.port, ssl=context, server_hostname=name
+                )
+            else:
+                sock = await dialer(endpoint.host, endpoint.port, connect_timeout)
+                transport, proto = await loop.create_connection(
+                    factory, sock=sock, ssl=context, server_hostname=name
+                )
     except TimeoutError:
         raise UpstreamConnectFailure(
             f"connect to {endpoint} (TLS) timed out", upstream=upstream

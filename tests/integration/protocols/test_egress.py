@@ -22,8 +22,12 @@ from tests.conftest import free_port, require_binary
 from tests.integration.protocols.tls_upstream import TlsUpstream
 
 API = "api.example.test"
+MULTI = "multi.example.test"  # its first address refuses, its second is the upstream
+DEAD = "dead.example.test"  # every address refuses
 DNS = {
     API: ["127.0.0.1"],
+    MULTI: ["127.0.0.2", "127.0.0.1"],
+    DEAD: ["127.0.0.2", "127.0.0.4"],
     "metadata.example.test": ["169.254.169.254"],
     "intranet.example.test": ["10.20.30.40"],
 }
@@ -50,20 +54,22 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     ca = trustme.CA()
     ca_file = str(tmp_path / "ca.pem")
     ca.cert_pem.write_to_path(ca_file)
-    up = await TlsUpstream(ca.issue_cert(API)).start()
+    up = await TlsUpstream(ca.issue_cert(API, MULTI, DEAD)).start()
     config = build_config(
         {
             "service": {"name": "app"},
             "listeners": {k: f"127.0.0.1:{free_port()}" for k in ("inbound", "outbound", "admin")},
             "tracing": {"exporter": "none"},
             "egress": {
-                "allow": [API, "metadata.example.test", "intranet.example.test"],
-                "allow_private": ["127.0.0.1/32"],
+                "allow": [API, MULTI, DEAD, "metadata.example.test", "intranet.example.test"],
+                "allow_private": ["127.0.0.1/32", "127.0.0.2/32", "127.0.0.4/32"],
                 "connect_ports": [443, up.port],
             },
             "upstreams": {
                 "default": {"retries": {"attempts": 0}},
                 API: {"tls": {"ca_file": ca_file}},
+                MULTI: {"tls": {"ca_file": ca_file}},
+                DEAD: {"tls": {"ca_file": ca_file}},
             },
         },
         env={},
@@ -142,6 +148,28 @@ async def test_connect_tunnel_with_curl(env: Env) -> None:
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     assert json.loads(out)["path"] == "/curl"
+
+
+async def test_a_refusing_address_hands_over_to_the_next_one(env: Env) -> None:
+    status, _, body = await _get(env, f"{MULTI}:{env.up.port}", "/second-address")
+    assert status == 200 and body["path"] == "/second-address"
+    assert env.up.server_names == [MULTI]  # TLS to the name, on the address that answered
+    # CONNECT tunnels walk the addresses the same way.
+    reader, writer = await asyncio.open_connection("127.0.0.1", _port(env))
+    target = f"{MULTI}:{env.up.port}"
+    writer.write(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 200")
+
+
+async def test_every_address_refusing_is_a_connect_failure(env: Env) -> None:
+    status, headers, body = await _get(env, f"{DEAD}:{env.up.port}")
+    assert status == 502 and headers["x-sidecar-error"] == "upstream_connect_failure"
+    assert body["error"] == "upstream_connect_failure"
+    # The last address's error, in the message an unanswered connect has always had.
+    assert body["message"].startswith(f"connect to {DEAD}:{env.up.port} failed: ")
+    assert "127.0.0.4" in body["message"]
 
 
 async def test_names_outside_the_allow_list_have_no_route(env: Env) -> None:

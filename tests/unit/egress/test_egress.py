@@ -114,10 +114,12 @@ async def test_dialer_checks_the_address_it_returns_on_every_connect() -> None:
         return answers.pop(0)
 
     dialer = EgressDialer(_policy(), DnsCache(lookup, clock, ttl=30))
-    assert await dialer("api.example.com") == "93.184.216.34"
+    assert await dialer.permitted("api.example.com") == ("93.184.216.34",)
     clock.advance(31)
     with pytest.raises(UpstreamConnectFailure, match=r"169\.254\.169\.254 \(link-local\)"):
-        await dialer("api.example.com")
+        await dialer.permitted("api.example.com")
+    with pytest.raises(UpstreamConnectFailure, match=r"169\.254\.169\.254 \(link-local\)"):
+        await dialer("api.example.com", 443, 1.0)  # refused before any connect
 
 
 async def test_dialer_skips_forbidden_addresses_for_a_permitted_one() -> None:
@@ -125,7 +127,7 @@ async def test_dialer_skips_forbidden_addresses_for_a_permitted_one() -> None:
         return ["10.0.0.5", "93.184.216.34"]
 
     dialer = EgressDialer(_policy(), DnsCache(lookup, FakeClock()))
-    assert await dialer("api.example.com") == "93.184.216.34"
+    assert await dialer.permitted("api.example.com") == ("93.184.216.34",)
 
 
 def _connect(target: str) -> Request:
