@@ -20,7 +20,6 @@ docs/architecture.md maps each stage to its module.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 from sidecar.admin.server import AdminServer
@@ -30,12 +29,11 @@ from sidecar.balance.cluster import Cluster
 from sidecar.clock import Clock, SystemClock
 from sidecar.config import Config
 from sidecar.discovery.build import build_discovery
-from sidecar.egress.connect import ConnectHandler
+from sidecar.egress.build import Egress
 from sidecar.egress.dialer import EgressDialer
 from sidecar.egress.discovery import EgressResolver
 from sidecar.egress.dns import DnsCache, HostLookup
 from sidecar.egress.forward import EgressForwarder
-from sidecar.egress.policy import EgressPolicy
 from sidecar.http import BytesBody, Headers, Request, Response
 from sidecar.proxy.forward import Forwarder
 from sidecar.proxy.local import ToLocalApp
@@ -69,14 +67,6 @@ __all__ = ["Egress", "ListenError", "Sidecar"]
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Egress:
-    policy: EgressPolicy
-    dialer: EgressDialer
-    resolver: EgressResolver
-    connect: ConnectHandler
-
-
 class Sidecar:
     def __init__(
         self,
@@ -106,7 +96,7 @@ class Sidecar:
             self.metrics,
             self.clock,
             config_dir,
-            last=[self.egress.resolver] if self.egress is not None else [],
+            last=[self.egress.resolver],
         )
         self.directory = self.discovery.directory
         self.lifecycle = self.discovery.lifecycle
@@ -130,7 +120,7 @@ class Sidecar:
             ),
             TunnelRegistry(self.metrics),
         )
-        self.state.allow_connect = self.egress is not None
+        self.state.allow_connect = self.egress.enabled
         # The HTTP/2 stack is imported by the first HTTP/2 connection or upstream call.
         self.h2_connections = LazyH2Connections(
             self.state,
@@ -148,7 +138,7 @@ class Sidecar:
             self.upstreams.stack_for,
             self._is_configured,
             upgrades_for=self._upgrades_for,
-            connect=self.egress.connect if self.egress is not None else None,
+            connect=self.egress.connect,
         )
         self.outbound = self._outbound_path()
         default = config.policy(config.service.name)
@@ -316,31 +306,28 @@ class Sidecar:
             name in self._configured
             or name == self.config.service.name
             or self.directory.get(name) is not None
-            or (self.egress is not None and self.egress.policy.allows(name))
+            or self.egress.policy.allows(name)
         )
 
-    def _build_egress(self, host_lookup: HostLookup | None) -> Egress | None:
-        cfg = self.config.egress
-        if cfg is None:
-            return None
-        policy = EgressPolicy(cfg)
-        dialer = EgressDialer(policy, DnsCache(host_lookup, self.clock))
+    def _build_egress(self, host_lookup: HostLookup | None) -> Egress:
+        """Built even without an `egress` section (allowing nothing), so reload can turn it on."""
 
         def timeouts_for(name: str) -> tuple[float, float]:
             t = self.config.policy(name).timeouts
             return t.connect, t.stream_idle
 
         return Egress(
-            policy=policy,
-            dialer=dialer,
-            resolver=EgressResolver(policy, lambda n: 443 if self.upstreams.tls_for(n) else 80),
-            connect=ConnectHandler(policy, dialer, timeouts_for, self.metrics),
+            self.config.egress,
+            DnsCache(host_lookup, self.clock),
+            lambda n: 443 if self.upstreams.tls_for(n) else 80,
+            timeouts_for,
+            self.metrics,
         )
 
     def _egress_dialer(self, name: str) -> EgressDialer | None:
         """The dialer for an upstream that is an egress name (resolved by no other source)."""
         snap = self.directory.get(name)
-        if self.egress is None or snap is None or snap.source != EgressResolver.source:
+        if snap is None or snap.source != EgressResolver.source:
             return None
         return self.egress.dialer
 
@@ -382,14 +369,17 @@ class Sidecar:
         await self.runtime.stop()
 
     def reload(self, config: Config) -> None:
-        """Swap policies and static endpoints; open connections stay. Listener addresses,
-        egress and discovery sources are bound at start and need a restart to change."""
+        """Swap policies, static endpoints and egress; open connections stay. Listener
+        addresses and discovery sources are bound at start and need a restart to change."""
         for warning in restart_needed(self.config, config):
             log.warning("%s", warning)
         self.config = config
         self._configured = frozenset(config.configured_upstreams())
         self.preparer.trust(config.trusted_proxies)
         self.discovery.reload(config)
+        for name in self.egress.reload(config.egress):
+            self.directory.withdraw(EgressResolver.source, name)
+        self.state.allow_connect = self.egress.enabled
         self.upstreams.reload(config)
         log.info("configuration reloaded")
 

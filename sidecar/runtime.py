@@ -240,8 +240,6 @@ def restart_needed(old: Config, new: Config) -> list[str]:
     changes = []
     if new.listen_addresses() != old.listen_addresses():
         changes.append("listener addresses changed in the new config: restart to apply them")
-    if new.egress != old.egress:
-        changes.append("egress changed in the new config: restart to apply it")
     if new.discovery.file != old.discovery.file or new.discovery.consul != old.discovery.consul:
         changes.append("discovery.file / discovery.consul changed: restart to apply them")
     return changes

@@ -38,7 +38,7 @@ class ConnectHandler:
         timeouts_for: Callable[[str], tuple[float, float]],  # (connect, stream_idle)
         observer: ConnectObserver | None = None,
     ) -> None:
-        self._policy = policy
+        self.policy = policy  # replaced whole on reload
         self._dial = dialer
         self._timeouts_for = timeouts_for
         self._observer = observer
@@ -50,15 +50,15 @@ class ConnectHandler:
         if not port_text:
             raise BadRequest("CONNECT needs host:port")
         name, port = normalise_name(host), int(port_text)
-        if is_address_like(host) or not self._policy.allows(name):
+        if is_address_like(host) or not self.policy.allows(name):
             raise BadRequest(
                 f"CONNECT to {name!r} is not allowed: it is not listed in egress.allow",
                 status=403,
             )
-        if port not in self._policy.connect_ports:
+        if port not in self.policy.connect_ports:
             raise BadRequest(
                 f"CONNECT to port {port} is not allowed: egress.connect_ports is "
-                f"{sorted(self._policy.connect_ports)}",
+                f"{sorted(self.policy.connect_ports)}",
                 status=403,
                 upstream=name,
             )

@@ -23,7 +23,7 @@ def attempt_share(left: float, remaining_addresses: int) -> float:
 
 class EgressDialer:
     def __init__(self, policy: EgressPolicy, dns: DnsCache) -> None:
-        self._policy = policy
+        self.policy = policy  # replaced whole on reload
         self._dns = dns
 
     async def permitted(self, name: str) -> tuple[str, ...]:
@@ -33,7 +33,7 @@ class EgressDialer:
         allowed: list[str] = []
         refused: list[str] = []
         for address in addresses:
-            reason = self._policy.refusal(address)
+            reason = self.policy.refusal(address)
             if reason is None:
                 allowed.append(address)
             else:

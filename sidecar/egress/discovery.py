@@ -21,6 +21,16 @@ class EgressResolver:
         self._port_for = port_for  # 443 where the policy originates TLS, else 80
         self._publish: Publish | None = None
         self._pending: list[str] = []
+        self._published: set[str] = set()
+
+    def replace(self, policy: EgressPolicy) -> list[str]:
+        """Allow what `policy` allows from now on; the names published before that it no
+        longer allows (to be withdrawn from the directory)."""
+        self._policy = policy
+        gone = sorted(n for n in self._published if not policy.allows(n))
+        self._published.difference_update(gone)
+        self._pending = [n for n in self._pending if policy.allows(n)]
+        return gone
 
     def static_names(self) -> frozenset[str]:
         return frozenset()
@@ -29,6 +39,7 @@ class EgressResolver:
         return self._policy.allows(name)
 
     def start_watch(self, name: str) -> None:
+        self._published.add(name)
         if self._publish is None:
             self._pending.append(name)
         else:

@@ -16,6 +16,7 @@ from sidecar.egress.forward import authority_port
 from sidecar.egress.policy import EgressPolicy
 from sidecar.errors import BadRequest, UpstreamConnectFailure
 from sidecar.http import EMPTY_BODY, Headers, Request
+from sidecar.runtime import restart_needed
 from tests.unit.resilience.fakes import FakeClock
 
 
@@ -169,3 +170,10 @@ def test_egress_names_with_a_policy_are_not_watched_in_consul() -> None:
         env={},
     )
     assert consul_names(config) == {"users"}
+
+
+def test_an_egress_change_needs_no_restart() -> None:
+    base = {"service": {"name": "svc"}}
+    off = build_config(base, env={})
+    on = build_config({**base, "egress": {"allow": ["api.example.com"]}}, env={})
+    assert restart_needed(off, on) == [] and restart_needed(on, off) == []
