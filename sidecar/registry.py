@@ -58,7 +58,9 @@ class UpstreamRegistry:
         self.breakers: dict[str, CircuitBreaker] = {}
         self.outliers: dict[str, OutlierDetector] = {}
         self.balancers: dict[str, Balancer] = {}
-        self.health_checks = HealthChecks(clock, metrics, tls_for=self.tls_for)
+        self.health_checks = HealthChecks(
+            clock, metrics, tls_for=self.tls_for, protocol_for=self._protocol_for
+        )
         self._stacks: dict[str, Handler] = {}
         self._tls: dict[str, TlsOrigination | None] = {}
         # Set by the composition root before the first request.
@@ -111,6 +113,9 @@ class UpstreamRegistry:
         if name not in self._tls:
             self._tls[name] = build_tls(self.config.policy(name).tls)
         return self._tls[name]
+
+    def _protocol_for(self, name: str) -> str:
+        return self.config.policy(name).protocol
 
     def tls_state(self, name: str, endpoint: Endpoint) -> dict[str, object] | bool:
         tls = endpoint_tls(self.tls_for(name), endpoint)

@@ -5,8 +5,11 @@ cluster each `interval` (shortened by up to 15 % at random, so upstreams and sid
 together drift apart; never lengthened, so the detection bounds below hold), on a connection
 of its own with `Connection: close`, over TLS when requests to that endpoint go over TLS (the
 upstream's `tls` policy, or an endpoint written `https://`), with the same trust, server
-name and client certificate. A 2xx answer within `timeout` passes; anything else (other
-status, refused, reset, timeout, a certificate not accepted) fails. Probes only ever go to the
+name and client certificate. An upstream with `protocol: h2` or `h2c` is probed as its
+requests go: over HTTP/2 (prior knowledge, or TLS with ALPN `h2`), one GET on a connection of
+its own, its `:status` read (`auto` may get either, and keeps HTTP/1.1 probes). A 2xx
+answer within `timeout` passes; anything else (other status, refused, reset, timeout, a
+certificate not accepted) fails. Probes only ever go to the
 endpoints discovery lists for that upstream, and at most `max_concurrent` run at once across
 all upstreams.
 
@@ -31,6 +34,8 @@ from typing import Protocol
 from sidecar.balance.cluster import ActiveState, Cluster, EndpointState
 from sidecar.clock import Clock
 from sidecar.config import HealthCheckConfig
+from sidecar.errors import SidecarError, UpstreamConnectFailure
+from sidecar.http import EMPTY_BODY, Headers, Request
 from sidecar.resilience.log_limit import LogLimiter
 from sidecar.transport.tls import TlsOrigination, endpoint_tls
 from sidecar.vocab.endpoint import Endpoint
@@ -63,6 +68,15 @@ TlsFor = Callable[[str], TlsOrigination | None]
 
 def _no_tls(upstream: str) -> TlsOrigination | None:
     return None
+
+
+# The upstream's `protocol` policy (http1 | h2 | h2c | auto).
+ProtocolFor = Callable[[str], str]
+HTTP2_PROTOCOLS = frozenset({"h2", "h2c"})
+
+
+def _http1(upstream: str) -> str:
+    return "http1"
 
 
 class HealthObserver(Protocol):
@@ -146,6 +160,44 @@ async def http_probe(
     return (SUCCESS, "") if 200 <= status <= 299 else ("status", f"status {status}")
 
 
+async def h2_probe(
+    endpoint: Endpoint,
+    host: str,
+    path: str,
+    timeout: float,
+    tls: TlsOrigination | None = None,
+) -> tuple[str, str]:
+    """One `GET path` over HTTP/2 on a connection of its own, opened as the data path opens
+    one to this endpoint (prior knowledge, or TLS offering only `h2` with `tls`); only the
+    `:status` is read."""
+    # The HTTP/2 stack is imported only when an upstream that speaks it is checked.
+    from sidecar.transport.h2_client import H2Client
+
+    client = H2Client()
+    request = Request(
+        "GET",
+        path,
+        Headers.from_lower([("host", host), ("user-agent", "sidecar-health-check")]),
+        EMPTY_BODY,
+        upstream=host,
+        authority=host,
+        endpoint=endpoint,
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            response = await client.send(request, timeout, fallback=False, tls=tls)
+    except TimeoutError:
+        return "timeout", f"no answer within {timeout * 1000:.0f} ms"
+    except UpstreamConnectFailure as exc:  # refused, TLS, ALPN other than h2, stream refused
+        return "connect_failure", exc.message
+    except SidecarError as exc:  # the connection or stream reset, not HTTP/2 at all
+        return "reset", exc.message
+    finally:
+        client.close()  # the probe's own connection: the body is not read
+    status = response.status
+    return (SUCCESS, "") if 200 <= status <= 299 else ("status", f"status {status}")
+
+
 class HealthChecker:
     """The checks of one upstream: a task that probes, then sleeps, until stopped."""
 
@@ -155,11 +207,11 @@ class HealthChecker:
         "_limit",
         "_log",
         "_observer",
-        "_probe",
         "_rng",
         "_task",
         "_trackers",
         "config",
+        "probe",
         "tls",
     )
 
@@ -180,7 +232,7 @@ class HealthChecker:
         self._clock = clock
         self._limit = limit
         self._observer = observer
-        self._probe = probe
+        self.probe = probe  # HTTP/1.1 or HTTP/2, as the upstream's requests go
         self._rng = rng or random.Random()
         self._log = LogLimiter()
         self._trackers: dict[EndpointState, ActiveHealthTracker] = {}
@@ -229,7 +281,7 @@ class HealthChecker:
             result, detail = "connect_failure", tls
         else:
             async with self._limit:
-                result, detail = await self._probe(
+                result, detail = await self.probe(
                     endpoint, self._cluster.name, cfg.path, cfg.timeout, endpoint_tls(tls, endpoint)
                 )
         if self._observer is not None:
@@ -274,9 +326,11 @@ class HealthChecks:
     __slots__ = (
         "_checkers",
         "_clock",
+        "_h2_probe",
         "_limit",
         "_observer",
         "_probe",
+        "_protocol_for",
         "_running",
         "_tls_for",
     )
@@ -288,11 +342,15 @@ class HealthChecks:
         max_concurrent: int = MAX_CONCURRENT_PROBES,
         probe: Probe = http_probe,
         tls_for: TlsFor = _no_tls,
+        protocol_for: ProtocolFor = _http1,
+        h2_probe: Probe = h2_probe,
     ) -> None:
         self._clock = clock
         self._observer = observer
         self._probe = probe
+        self._h2_probe = h2_probe
         self._tls_for = tls_for
+        self._protocol_for = protocol_for
         # Shared by every checker (created here, bound to the loop on first use).
         self._limit = asyncio.Semaphore(max_concurrent)
         self._checkers: dict[str, HealthChecker] = {}
@@ -310,8 +368,12 @@ class HealthChecks:
                 tls = self._tls_for(cluster.name)
             except ValueError as exc:  # TlsSetupError: files that can't be used
                 tls = f"TLS policy: {exc}"
+        probe = (
+            self._h2_probe if self._protocol_for(cluster.name) in HTTP2_PROTOCOLS else self._probe
+        )
         if current is not None and current.config == wanted:
             current.tls = tls  # after a reload: new certificates, same verdicts
+            current.probe = probe
             return
         if current is not None:
             del self._checkers[cluster.name]
@@ -326,7 +388,7 @@ class HealthChecks:
             self._clock,
             self._limit,
             self._observer,
-            self._probe,
+            probe,
             tls=tls,
         )
         self._checkers[cluster.name] = checker

@@ -1,7 +1,10 @@
 """An h2c (HTTP/2 cleartext, prior knowledge) upstream double on the h2 library.
 
 Answers every request with JSON {"method", "path", "authority", "body_len", "protocol": "h2"}
-after reading the whole body; records the requests' header lists in `seen`."""
+after reading the whole body; records the requests' header lists in `seen`. `status` sets the
+answer's status, `silent` makes it answer nothing (tests/integration/protocols/tls_upstream.py
+serves it over TLS). It speaks only HTTP/2: a connection that opens with anything but
+the HTTP/2 preface (an HTTP/1.1 request) is counted in `refused_http1` and closed."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from dataclasses import dataclass, field
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 
 
 class _Conn(asyncio.Protocol):
@@ -35,7 +39,14 @@ class _Conn(asyncio.Protocol):
         self.transport.write(self.conn.data_to_send())
 
     def data_received(self, data: bytes) -> None:
-        for ev in self.conn.receive_data(data):
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            self.up.refused_http1 += 1
+            assert self.transport is not None
+            self.transport.close()
+            return
+        for ev in events:
             if isinstance(ev, h2.events.RequestReceived):
                 self.heads[ev.stream_id] = dict(ev.headers)  # type: ignore[arg-type]
                 self.up.seen.append(list(ev.headers))  # type: ignore[arg-type]
@@ -51,7 +62,7 @@ class _Conn(asyncio.Protocol):
 
     def respond(self, sid: int) -> None:
         head = self.heads.pop(sid, None)
-        if head is None:
+        if head is None or self.up.silent:
             return
         body = json.dumps(
             {
@@ -65,7 +76,7 @@ class _Conn(asyncio.Protocol):
         self.conn.send_headers(
             sid,
             [
-                (":status", "200"),
+                (":status", str(self.up.status)),
                 ("content-type", "application/json"),
                 ("content-length", str(len(body))),
             ],
@@ -79,6 +90,9 @@ class H2Upstream:
     connections: int = 0
     seen: list[list[tuple[str, str]]] = field(default_factory=list)
     server: asyncio.Server | None = None
+    status: int = 200
+    silent: bool = False
+    refused_http1: int = 0
 
     async def start(self) -> H2Upstream:
         loop = asyncio.get_running_loop()
