@@ -378,7 +378,7 @@ class Sidecar:
         self.preparer.trust(config.trusted_proxies)
         self.discovery.reload(config)
         for name in self.egress.reload(config.egress):
-            self.directory.withdraw(EgressResolver.source, name)
+            self.upstreams.withdraw(EgressResolver.source, name)
         self.state.allow_connect = self.egress.enabled
         self.upstreams.reload(config)
         log.info("configuration reloaded")

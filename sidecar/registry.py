@@ -9,6 +9,7 @@ which order, is the composition root's business (sidecar/app.py): it passes `bui
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -107,6 +108,17 @@ class UpstreamRegistry:
         ejected = sum(1 for s in cluster.states if s.is_ejected(now))
         self.metrics.endpoints(snapshot.upstream, len(cluster.states) - ejected, ejected)
         self.metrics.discovery_update(snapshot.upstream, snapshot.source, snapshot.updated_at)
+
+    def withdraw(self, source: str, name: str) -> None:
+        """`source` no longer lists `name` (an egress name no longer allowed). When no other
+        source does, its cluster is emptied, so nothing is picked for it, even on a path its
+        `upstreams.<name>` policy keeps routable (the directory tells subscribers only about
+        a snapshot that replaces one). Requests in flight keep their connections."""
+        self.directory.withdraw(source, name)
+        cluster = self.clusters.get(name)
+        if cluster is not None and self.directory.get(name) is None:
+            cluster.update(EndpointSet(name, (), source, time.time()))
+            self.metrics.endpoints(name, 0, 0)
 
     def tls_for(self, name: str) -> TlsOrigination | None:
         """The upstream's TLS origination, built once per policy (reload clears these)."""

@@ -32,13 +32,14 @@ class Env:
         self.up = up
         self.listeners = {k: f"127.0.0.1:{free_port()}" for k in ("inbound", "outbound", "admin")}
         self.sc: Sidecar | None = None
+        self.policies: dict[str, Any] = {}  # upstreams.<name> sections besides default
 
     def config(self, egress: dict[str, Any] | None) -> Config:
         data: dict[str, Any] = {
             "service": {"name": "app"},
             "listeners": self.listeners,
             "tracing": {"exporter": "none"},
-            "upstreams": {"default": {"retries": {"attempts": 0}}},
+            "upstreams": {"default": {"retries": {"attempts": 0}}, **self.policies},
         }
         if egress is not None:
             data["egress"] = {"allow_private": ["127.0.0.1/32"], **egress}
@@ -134,3 +135,16 @@ async def test_the_egress_section_turns_on_and_off_on_reload(env: Env) -> None:
     env.reload(None)
     assert await env.connect(ONE) == 405
     assert (await env.get(ONE))[0] == 404
+
+
+async def test_a_removed_name_with_its_own_policy_is_not_dialled_any_more(env: Env) -> None:
+    # Its `upstreams.<name>` section keeps it a configured name: with no source listing it,
+    # it has no endpoint (as at start), never a connect that skips the egress checks.
+    env.policies = {ONE: {"timeouts": {"total": "2s"}}}
+    await env.start({"allow": [ONE]})
+    assert (await env.get(ONE))[0] == 200
+    served = len(env.up.seen)
+    env.reload({"allow": [TWO]})
+    status, body = await env.get(ONE)
+    assert status == 503 and body["error"] == "no_healthy_endpoints"
+    assert len(env.up.seen) == served
