@@ -9,6 +9,10 @@ NaN double is compared as bytes only (NaN != NaN fails message equality)."""
 from __future__ import annotations
 
 import math
+import statistics
+import sys
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,6 +31,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
+from sidecar.telemetry import otlp_wire
 from sidecar.telemetry.otlp_wire import encode_spans
 
 RESOURCE = Resource.create({"service.name": "bff", "service.version": "1.2.3"})
@@ -229,6 +234,37 @@ def test_pause_is_called_between_slices_of_spans() -> None:
     ours = encode_spans(spans, lambda: calls.append(1), every=32)
     assert len(calls) == 3  # after 32, 64 and 96 spans
     assert ours == encode_spans_sdk(spans).SerializeToString()
+
+
+def test_encoding_a_batch_lets_another_thread_run_between_slices() -> None:
+    """While the export thread encodes a large batch, a thread that wakes up every 200 µs
+    (the event loop, when a request arrives) gets the GIL within a slice or so, not after the
+    interpreter's 5 ms switch interval."""
+    batch = [
+        span(span_id=i + 1, attributes={"url.path": f"/api/{i}", "server.port": 8080})
+        for i in range(3000)
+    ]
+    started, done = threading.Event(), threading.Event()
+
+    def export_thread() -> None:
+        started.set()
+        while not done.is_set():
+            otlp_wire.export_request(batch)
+
+    thread = threading.Thread(target=export_thread, daemon=True)
+    thread.start()
+    started.wait(5)
+    late: list[float] = []
+    try:
+        for _ in range(200):
+            t0 = time.perf_counter()
+            time.sleep(0.0002)
+            late.append(time.perf_counter() - t0 - 0.0002)
+    finally:
+        done.set()
+        thread.join(10)
+    assert statistics.median(late) < 0.002, f"median wake-up delay {statistics.median(late)}"
+    assert sys.getswitchinterval() >= 0.004  # what the delay would be without the pauses
 
 
 # Hypothesis: random spans, values and batch shapes.
