@@ -83,6 +83,15 @@ _ANY_BYTES: Final = 0x3A
 _HAS_IS_REMOTE: Final = 0x100
 _IS_REMOTE: Final = 0x200
 
+# Enum members as module constants: the compiled module reads them without a class lookup.
+_SERVER: Final = SpanKind.SERVER
+_CLIENT: Final = SpanKind.CLIENT
+_INTERNAL: Final = SpanKind.INTERNAL
+_PRODUCER: Final = SpanKind.PRODUCER
+_CONSUMER: Final = SpanKind.CONSUMER
+_ERROR: Final = StatusCode.ERROR
+_OK: Final = StatusCode.OK
+
 _INT64_MIN: Final = -(1 << 63)
 _INT64_MAX: Final = (1 << 63) - 1
 _UINT64: Final = 1 << 64
@@ -187,7 +196,7 @@ def _span(out: bytearray, span: ReadableSpan, cache: _Cache) -> None:
     out += _SPAN_SPAN_ID
     out += span_id.to_bytes(8, "big")
     state = cast("TraceState | None", context[otelfast.STATE])
-    if state is not None and len(state) > 0:
+    if state is not None and otelfast.has_state(state):
         _string(out, _SPAN_TRACE_STATE, ",".join([f"{k}={v}" for k, v in state.items()]))
     parent = span.parent
     if parent is not None:
@@ -230,15 +239,15 @@ def _span(out: bytearray, span: ReadableSpan, cache: _Cache) -> None:
 
 def _kind(kind: SpanKind) -> int:
     # SpanKind.X.value + 1, without the enum's interpreted `value` property.
-    if kind is SpanKind.SERVER:
+    if kind is _SERVER:
         return 2
-    if kind is SpanKind.CLIENT:
+    if kind is _CLIENT:
         return 3
-    if kind is SpanKind.INTERNAL:
+    if kind is _INTERNAL:
         return 1
-    if kind is SpanKind.PRODUCER:
+    if kind is _PRODUCER:
         return 4
-    if kind is SpanKind.CONSUMER:
+    if kind is _CONSUMER:
         return 5
     raise KeyError(kind)  # the SDK's map lookup fails the batch the same way
 
@@ -274,10 +283,10 @@ def _link(out: bytearray, link: Link, cache: _Cache) -> None:
 def _status(out: bytearray, status: Status) -> None:
     _string(out, _STATUS_MESSAGE, status.description)
     code = status.status_code
-    if code is StatusCode.ERROR:
+    if code is _ERROR:
         out.append(_STATUS_CODE)
         out.append(2)
-    elif code is StatusCode.OK:
+    elif code is _OK:
         out.append(_STATUS_CODE)
         out.append(1)
 
