@@ -35,7 +35,7 @@ from opentelemetry.trace import Span as ApiSpan
 
 from sidecar import __version__
 from sidecar.config import TracingConfig
-from sidecar.telemetry import otelfast
+from sidecar.telemetry import otelfast, otlp_sdk, otlp_wire
 from sidecar.telemetry.export_health import ExportMonitor
 from sidecar.telemetry.lean_span import LeanSpan
 from sidecar.telemetry.propagation import HeaderPropagator
@@ -69,15 +69,11 @@ def make_exporter(config: TracingConfig, timeout: float) -> SpanExporter | None:
     stack is heavy and not needed when export is off."""
     if config.exporter == "none":
         return None
+    # Both send requests encoded by `otlp_wire`: the SDK's own encoder costs ~33 µs a span,
+    # holding the GIL, and requests on the event loop wait behind every batch.
     if config.exporter == "otlp_grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-            OTLPSpanExporter as GrpcExporter,
-        )
-
-        return GrpcExporter(
-            endpoint=config.endpoint,
-            insecure=not config.endpoint.startswith("https://"),
-            timeout=timeout,
+        return otlp_sdk.grpc_exporter(
+            config.endpoint, not config.endpoint.startswith("https://"), timeout
         )
     from sidecar.telemetry.otlp_http import (
         OtlpHttpClient,
@@ -87,17 +83,8 @@ def make_exporter(config: TracingConfig, timeout: float) -> SpanExporter | None:
 
     url = otlp_http_traces_url(config.endpoint)
     return OtlpHttpSpanExporter(
-        OtlpHttpClient(settings_from_environment(url, timeout)), _sdk_encoder()
+        OtlpHttpClient(settings_from_environment(url, timeout)), otlp_wire.export_request
     )
-
-
-def _sdk_encoder() -> Callable[[Sequence[ReadableSpan]], bytes]:
-    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-
-    def encode(spans: Sequence[ReadableSpan]) -> bytes:
-        return bytes(encode_spans(spans).SerializeToString())
-
-    return encode
 
 
 def _export_target(config: TracingConfig) -> str:
