@@ -5,9 +5,11 @@ Nothing here sets OTel's global provider; app.py builds a `Tracing` and passes i
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -233,6 +235,56 @@ class PresetIdGenerator(RandomIdGenerator):
         return super().generate_trace_id()
 
 
+class EndAfterReply(SpanProcessor):
+    """Hands the sampled spans that end during a loop callback to the span processors once
+    that callback is over. A request's spans end just before its response is written, and
+    what their processors do (the /debug/traces record, the export queue) is worth ~30 µs
+    of a c=1 request: done after the write, it overlaps the response's way to the client
+    instead of delaying it, and sampled requests stop being the slowest 1 %. One callback per
+    loop iteration, whatever the number of spans; from outside a running loop (a thread,
+    a shutdown) spans go through at once, and `flush` delivers what waits from any thread."""
+
+    def __init__(self, inner: SpanProcessor) -> None:
+        self._inner = inner
+        self._pending: deque[ReadableSpan] = deque()
+        self._scheduled = False
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self._pending.append(span)
+        if self._scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._scheduled = True
+        loop.call_soon(self._after_callback)
+
+    def _after_callback(self) -> None:
+        self._scheduled = False
+        self.flush()
+
+    def flush(self) -> None:
+        pending, inner = self._pending, self._inner
+        while pending:
+            try:
+                span = pending.popleft()
+            except IndexError:  # another thread took the last one
+                return
+            inner.on_end(span)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        self.flush()
+        return True
+
+    def shutdown(self) -> None:
+        self.flush()
+
+
 @dataclass(frozen=True, slots=True)
 class Tracing:
     provider: TracerProvider
@@ -242,12 +294,18 @@ class Tracing:
     exporting: bool
     sampler: str = ""  # the configured sampler's name ("" : unknown, always ask the SDK)
     ratio: float = 1.0
+    # Where the span starter's lean spans end (None: the tracer is not the SDK's).
+    ends: EndAfterReply | None = None
 
     def force_flush(self, timeout: float = 5.0) -> bool:
+        if self.ends is not None:
+            self.ends.flush()
         return self.provider.force_flush(int(timeout * 1000))
 
     def shutdown(self) -> None:
         """Flush and stop the exporter (blocking; call it off the event loop)."""
+        if self.ends is not None:
+            self.ends.flush()
         self.provider.shutdown()
 
 
@@ -284,14 +342,17 @@ def build_tracing(
                 monitor=ExportMonitor(_export_target(config), time.monotonic),
             )
         )
+    tracer = provider.get_tracer("sidecar", __version__)
+    sink = otelfast.span_sink(tracer)
     return Tracing(
         provider=provider,
-        tracer=provider.get_tracer("sidecar", __version__),
+        tracer=tracer,
         buffer=buffer,
         propagator=HeaderPropagator(config.propagators),
         exporting=exporter is not None,
         sampler=config.sampler,
         ratio=config.ratio,
+        ends=EndAfterReply(sink[0]) if sink is not None else None,
     )
 
 
@@ -333,12 +394,12 @@ class SpanStarter:
         name = tracing.sampler
         gen = getattr(tracing.provider, "id_generator", None)
         self._gen = gen if isinstance(gen, PresetIdGenerator) else None
-        # Where LeanSpans go when they end: the provider's processors, resource and scope.
-        self._lean = (
-            otelfast.span_sink(tracing.tracer)
-            if name in _KNOWN_SAMPLERS and self._gen is not None
-            else None
-        )
+        # Where LeanSpans go when they end: the provider's processors (after the current
+        # loop callback when the tracing has an EndAfterReply), resource and scope.
+        sink = otelfast.span_sink(tracing.tracer)
+        if sink is not None and tracing.ends is not None:
+            sink = (tracing.ends, sink[1], sink[2])
+        self._lean = sink if name in _KNOWN_SAMPLERS and self._gen is not None else None
         self._ratio_based = name in _RATIO_SAMPLERS
         self._root_drop = name in _ROOT_DROPPERS
         self._parent_based = name.startswith("parentbased_")

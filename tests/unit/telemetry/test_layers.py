@@ -93,6 +93,9 @@ class Env:
         )
 
     def spans(self, kind: str) -> list[ReadableSpan]:
+        # Spans reach the buffer once the loop callback that ended them is over; the test
+        # reads them within that callback.
+        self.tracing.force_flush()
         return [s for s in self.tracing.buffer.spans() if s.kind.name == kind.upper()]
 
     def sample(self, name: str, **labels: str) -> float | None:

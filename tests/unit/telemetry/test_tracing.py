@@ -1,17 +1,22 @@
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Sequence
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.trace import SpanKind
 
 from sidecar.config import TracingConfig
 from sidecar.telemetry.tracing import (
     BoundedExportProcessor,
+    EndAfterReply,
+    SpanStarter,
     build_tracing,
     make_sampler,
     otlp_http_traces_url,
@@ -158,3 +163,43 @@ def test_no_global_provider_is_set() -> None:
     before = trace.get_tracer_provider()
     build_tracing(TracingConfig(exporter="none"), "bff")
     assert trace.get_tracer_provider() is before
+
+
+class Seen(SpanProcessor):
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.names.append(span.name)
+
+
+def ended(name: str) -> ReadableSpan:
+    return ReadableSpan(name=name)
+
+
+async def test_spans_ended_in_a_callback_are_processed_after_it() -> None:
+    # A request's spans end before its response is written: their processing (buffer record,
+    # export queue) must wait until the callback that writes the response is over.
+    seen = Seen()
+    ends = EndAfterReply(seen)
+    for name in ("server", "client", "retry"):
+        ends.on_end(ended(name))
+    assert seen.names == []
+    await asyncio.sleep(0)  # one loop iteration
+    assert seen.names == ["server", "client", "retry"]
+
+
+def test_spans_ended_outside_a_loop_are_processed_at_once() -> None:
+    seen = Seen()
+    EndAfterReply(seen).on_end(ended("shutdown"))
+    assert seen.names == ["shutdown"]
+
+
+async def test_a_flush_from_another_thread_delivers_what_waits() -> None:
+    tracing = build_tracing(TracingConfig(exporter="none", sampler="always_on"), "bff")
+    span = SpanStarter(tracing).start_sampled("GET /x", Context(), SpanKind.SERVER)
+    span.end()
+    assert len(tracing.buffer) == 0
+    # Tracing.force_flush is what shutdown and tests call, off the loop.
+    await asyncio.to_thread(tracing.force_flush)
+    assert [s.name for s in tracing.buffer.spans()] == ["GET /x"]
