@@ -376,7 +376,8 @@ class Sidecar:
         self.config = config
         self._configured = frozenset(config.configured_upstreams())
         self.preparer.trust(config.trusted_proxies)
-        self.discovery.reload(config)
+        for source, name in self.discovery.reload(config):
+            self.upstreams.withdraw(source, name)
         for name in self.egress.reload(config.egress):
             self.upstreams.withdraw(EgressResolver.source, name)
         self.state.allow_connect = self.egress.enabled

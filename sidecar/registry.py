@@ -110,10 +110,11 @@ class UpstreamRegistry:
         self.metrics.discovery_update(snapshot.upstream, snapshot.source, snapshot.updated_at)
 
     def withdraw(self, source: str, name: str) -> None:
-        """`source` no longer lists `name` (an egress name no longer allowed). When no other
-        source does, its cluster is emptied, so nothing is picked for it, even on a path its
-        `upstreams.<name>` policy keeps routable (the directory tells subscribers only about
-        a snapshot that replaces one). Requests in flight keep their connections."""
+        """`source` no longer lists `name` (a name removed from `discovery.static`, an egress
+        name no longer allowed). When no other source does, its cluster is emptied, so nothing
+        is picked for it, even on a path its `upstreams.<name>` policy keeps routable (the
+        directory tells subscribers only about a snapshot that replaces one). Requests in
+        flight keep their connections."""
         self.directory.withdraw(source, name)
         cluster = self.clusters.get(name)
         if cluster is not None and self.directory.get(name) is None:
