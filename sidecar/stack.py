@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
+from mypy_extensions import mypyc_attr
+
 from sidecar.errors import SidecarError
 from sidecar.http import Request, Response
 
@@ -96,18 +98,29 @@ class Exchange:
         self.deadline_lazy = False
 
 
-class Filter(Protocol):
-    """A stage that acts before and after the call without waiting.
+@mypyc_attr(allow_interpreted_subclasses=True)
+class Filter:
+    """A stage that acts before and after the call without waiting: a subclass overrides
+    the hooks it needs.
 
     `on_request`: None to go on, or a Response to answer at once (the filters inside it
     and the terminal are not called); raise a SidecarError to refuse.
     `on_response`: the response on its way out (returned as is, or another one).
     `on_error`: the exception on its way out: None lets it go on, a Response answers
-    instead, raising replaces it. Only filters whose `on_request` returned None see either."""
+    instead, raising replaces it. Only filters whose `on_request` returned None see either.
 
-    def on_request(self, x: Exchange) -> Response | None: ...
-    def on_response(self, x: Exchange, response: Response) -> Response: ...
-    def on_error(self, x: Exchange, exc: BaseException) -> Response | None: ...
+    A base class, not a Protocol, for speed: compiled, the chain calls a filter's hooks
+    through the class's method table instead of looking each one up by name (~18 hooks per
+    request)."""
+
+    def on_request(self, x: Exchange) -> Response | None:
+        return None
+
+    def on_response(self, x: Exchange, response: Response) -> Response:
+        return response
+
+    def on_error(self, x: Exchange, exc: BaseException) -> Response | None:
+        return None
 
 
 class Layer(Protocol):

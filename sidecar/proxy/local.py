@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from sidecar.http import Response
-from sidecar.stack import Exchange
+from sidecar.stack import Exchange, Filter
 from sidecar.transport.tunnel import refused_upgrade
 from sidecar.vocab.endpoint import Endpoint
 
 
-class ToLocalApp:
+class ToLocalApp(Filter):
     """Names the local app as the upstream and its address as the endpoint; refuses a
     protocol switch its policy does not allow (`upstreams.<service>.upgrades`)."""
 

@@ -15,7 +15,7 @@ import httptools
 from sidecar.discovery.resolver import Directory
 from sidecar.errors import BadRequest, NoRoute
 from sidecar.http import Request, Response
-from sidecar.stack import Exchange, Handler
+from sidecar.stack import Exchange, Filter, Handler
 from sidecar.transport.tunnel import CONNECT_UPGRADE, refused_upgrade
 from sidecar.vocab.addresses import is_literal_ip
 
@@ -202,7 +202,7 @@ class OutboundRouter:
         return await self._stack_for(name)(request)
 
 
-class PinnedUpstream:
+class PinnedUpstream(Filter):
     """A filter for a listener bound to one upstream (`upstreams.<name>.listen`): every
     request on it is for that upstream, whatever its Host says."""
 

@@ -22,13 +22,13 @@ from sidecar.http import Request, Response
 from sidecar.resilience.classify import Outcome, classify_error, classify_reply
 from sidecar.resilience.deadline import ArrivingBody, arriving
 from sidecar.resilience.outlier import OutlierDetector
-from sidecar.stack import Exchange, Handler, alone
+from sidecar.stack import Exchange, Filter, Handler, alone
 
 # A cancellation this close to the attempt's time limit is the per-try timeout firing.
 _TIMEOUT_SLACK = 0.002
 
 
-class BalanceLayer:
+class BalanceLayer(Filter):
     __slots__ = ("_balancer", "_clock", "_cluster", "_observer", "_outlier", "_per_try")
 
     def __init__(

@@ -28,7 +28,7 @@ from sidecar.http import Response
 from sidecar.resilience.classify import Outcome, classify_error, classify_reply
 from sidecar.resilience.log_limit import LogLimiter
 from sidecar.resilience.window import BucketedCounter
-from sidecar.stack import Exchange, Handler, alone
+from sidecar.stack import Exchange, Filter, Handler, alone
 
 _CALLS = 0
 _FAILURES = 1
@@ -193,7 +193,7 @@ class CircuitBreaker:
         }
 
 
-class CircuitBreakerLayer:
+class CircuitBreakerLayer(Filter):
     """Refuses calls while the breaker is open (no upstream I/O: a few microseconds) and feeds
     every admitted call's classified outcome back to it."""
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 from sidecar.errors import Overloaded
 from sidecar.events import NullObserver, Observer
 from sidecar.http import Response
-from sidecar.stack import Exchange, Handler, alone
+from sidecar.stack import Exchange, Filter, Handler, alone
 
 RETRY_AFTER_S = 1.0
 
 
-class ConcurrencyLimitLayer:
+class ConcurrencyLimitLayer(Filter):
     __slots__ = ("_inflight", "_limit", "_observer", "_upstream")
 
     def __init__(

@@ -30,7 +30,7 @@ from sidecar.errors import BadRequest, DeadlineExceeded, UpstreamTimeout
 from sidecar.events import NullObserver, Observer
 from sidecar.http import Body, BytesBody, Request, Response
 from sidecar.resilience.expiry import Expiry, Hold, LoopRef, TimerQueue
-from sidecar.stack import Exchange, Handler, alone
+from sidecar.stack import Exchange, Filter, Handler, alone
 from sidecar.transport.body import StreamBody
 from sidecar.transport.h2_body import H2Body  # (small: not the HTTP/2 stack itself)
 from sidecar.vocab.headers import EXPECTED_TIMEOUT_HEADER
@@ -160,7 +160,7 @@ def stamp_remaining(request: Request, now: float) -> None:
     request.headers.set(EXPECTED_TIMEOUT_HEADER, str(ms))
 
 
-class DeadlineLayer:
+class DeadlineLayer(Filter):
     """Sets `request.deadline`, refuses already-spent budgets, and enforces the total timeout
     around everything inside it (breaker, retries with their backoff, balancer, upstream)."""
 

@@ -19,7 +19,7 @@ from sidecar.errors import CircuitOpen, NoHealthyEndpoints, SidecarError
 from sidecar.events import NullObserver, Observer
 from sidecar.http import BytesBody, Headers, Request, Response
 from sidecar.resilience.last_good import CachedResponse, LastGoodCache
-from sidecar.stack import Exchange, Handler, alone
+from sidecar.stack import Exchange, Filter, Handler, alone
 from sidecar.vocab.headers import ERROR_HEADER, FALLBACK_HEADER
 
 _CODES = {"circuit_open": CircuitOpen.code, "no_healthy_endpoints": NoHealthyEndpoints.code}
@@ -47,7 +47,7 @@ async def _read_all(response: Response) -> bytes:
     return b"".join(chunks)
 
 
-class FallbackLayer:
+class FallbackLayer(Filter):
     __slots__ = ("_cache", "_clock", "_codes", "_observer", "_static", "_upstream")
 
     def __init__(

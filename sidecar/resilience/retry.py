@@ -25,7 +25,7 @@ from sidecar.resilience.deadline import TryHold, arm_total, arriving, stamp_rema
 from sidecar.resilience.expiry import Expiry, LoopRef
 from sidecar.resilience.grpc_replay import RecordingBody
 from sidecar.resilience.replay import ReplayBuffers, discard_body
-from sidecar.stack import Chain, Exchange, Handler
+from sidecar.stack import Chain, Exchange, Filter, Handler
 from sidecar.vocab.headers import ATTEMPT_HEADER
 from sidecar.vocab.methods import IDEMPOTENT_METHODS
 
@@ -86,7 +86,7 @@ def backoff_delay(retry: int, base: float, cap: float, rng: random.Random) -> fl
     return step / 2 + rng.uniform(0.0, step / 2)
 
 
-class TryTimeout:
+class TryTimeout(Filter):
     """The router's per-try timeout, a filter around each attempt: caps the try at the
     deadline, stamps the budget left on the request, and turns its own timer firing into
     UpstreamTimeout (a retryable timeout, unlike the deadline's)."""

@@ -30,7 +30,7 @@ from sidecar.errors import SidecarError, error_response
 from sidecar.grpc import is_grpc, status_for_error
 from sidecar.http import Request, Response
 from sidecar.resilience.classify import error_type_of_exception, error_type_of_status
-from sidecar.stack import Exchange, Handler, alone
+from sidecar.stack import Exchange, Filter, Handler, alone
 from sidecar.telemetry import otelfast, rpc
 from sidecar.telemetry.access_log import AccessLog
 from sidecar.telemetry.labels import OTHER, RouteMatcher, method_label
@@ -60,7 +60,7 @@ def _valid_request_id(value: str | None) -> bool:
     return bool(value) and len(value or "") <= _MAX_REQUEST_ID and (value or "").isprintable()
 
 
-class ServerTelemetryLayer:
+class ServerTelemetryLayer(Filter):
     def __init__(
         self,
         direction: str,
@@ -267,7 +267,7 @@ class ServerTelemetryLayer:
             self._metrics.observe_server(method, route, 500, error_type, elapsed)
 
 
-class ClientTelemetryLayer:
+class ClientTelemetryLayer(Filter):
     """Per-attempt CLIENT span and client metrics. `default_upstream` names the next hop
     when routing did not set `request.upstream` (on inbound: the local app)."""
 

@@ -22,6 +22,7 @@ IMPORTED_AS = {
     "PyYAML": "yaml",
     "rich": "rich",
     "h2": "h2",
+    "mypy-extensions": "mypy_extensions",
 }
 
 

@@ -11,11 +11,11 @@ import pytest
 
 from sidecar.errors import SidecarError, UpstreamReset
 from sidecar.http import Request, Response
-from sidecar.stack import Chain, Exchange, Handler, Router, compose
+from sidecar.stack import Chain, Exchange, Filter, Handler, Router, compose
 from tests.unit.resilience.fakes import make_request, response
 
 
-class Recorder:
+class Recorder(Filter):
     """A filter that logs its hooks into a shared list, and can be told to answer, refuse
     or replace what passes through it."""
 
