@@ -414,7 +414,9 @@ async def test_active_checks_take_a_failing_endpoint_out_and_bring_it_back() -> 
         took = await wait_active(
             ports["admin"], "checked", b.address, "healthy", interval * healthy + 0.5
         )
-        assert took <= interval * healthy + 0.15, took
+        # `healthy` passing probes in a row; on a loaded machine one probe can miss its 100 ms
+        # timeout and restart the count (seen once in a full run: 0.76 s), so one interval more.
+        assert took <= interval * (healthy + 1) + 0.15, took
         results = await drive(ports["outbound"], "checked", 20, concurrency=1)
         assert not failed(results) and b.requests == before + 10  # round robin again
         metrics = await admin_get(ports["admin"], "/metrics")
