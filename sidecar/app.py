@@ -376,10 +376,9 @@ class Sidecar:
         self.config = config
         self._configured = frozenset(config.configured_upstreams())
         self.preparer.trust(config.trusted_proxies)
-        for source, name in self.discovery.reload(config):
-            self.upstreams.withdraw(source, name)
+        self.discovery.reload(config)
         for name in self.egress.reload(config.egress):
-            self.upstreams.withdraw(EgressResolver.source, name)
+            self.directory.withdraw(EgressResolver.source, name)
         self.state.allow_connect = self.egress.enabled
         self.upstreams.reload(config)
         log.info("configuration reloaded")

@@ -67,6 +67,7 @@ class UpstreamRegistry:
         # Set by the composition root before the first request.
         self.build: Callable[[str], Handler] | None = None
         directory.subscribe(self.on_snapshot)
+        directory.subscribe_gone(self.on_gone)
 
     def stack_for(self, name: str) -> Handler:
         stack = self._stacks.get(name)
@@ -109,15 +110,13 @@ class UpstreamRegistry:
         self.metrics.endpoints(snapshot.upstream, len(cluster.states) - ejected, ejected)
         self.metrics.discovery_update(snapshot.upstream, snapshot.source, snapshot.updated_at)
 
-    def withdraw(self, source: str, name: str) -> None:
-        """`source` no longer lists `name` (a name removed from `discovery.static`, an egress
-        name no longer allowed). When no other source does, its cluster is emptied, so nothing
-        is picked for it, even on a path its `upstreams.<name>` policy keeps routable (the
-        directory tells subscribers only about a snapshot that replaces one). Requests in
-        flight keep their connections."""
-        self.directory.withdraw(source, name)
+    def on_gone(self, source: str, name: str) -> None:
+        """No source lists `name` any more (removed from `discovery.static` or the endpoint
+        file, an egress name no longer allowed, a Consul watch stopped): its cluster is
+        emptied, so nothing is picked for it, even on a path its `upstreams.<name>` policy
+        keeps routable. Requests in flight keep their connections."""
         cluster = self.clusters.get(name)
-        if cluster is not None and self.directory.get(name) is None:
+        if cluster is not None:
             cluster.update(EndpointSet(name, (), source, time.time()))
             self.metrics.endpoints(name, 0, 0)
 

@@ -57,14 +57,12 @@ class Discovery:
     registration: ConsulRegistration | None
     lifecycle: Lifecycle
 
-    def reload(self, config: Config) -> list[tuple[str, str]]:
-        """Apply what a reloaded config can change without a restart; returns the (source,
-        name) pairs a source no longer lists, for the caller to withdraw (the directory and
-        the name's cluster, which a withdrawal alone does not empty)."""
-        gone = [(self.static.source, n) for n in self.static.replace(config.discovery.static)]
+    def reload(self, config: Config) -> None:
+        """Apply what a reloaded config can change without a restart."""
+        for name in self.static.replace(config.discovery.static):
+            self.directory.withdraw(self.static.source, name)
         if self.consul is not None:
             self.consul.set_names(consul_names(config))
-        return gone
 
     async def close(self) -> None:
         await self.directory.stop()

@@ -48,6 +48,7 @@ class Directory:
         self._by_source: dict[str, dict[str, EndpointSet]] = {r.source: {} for r in resolvers}
         self._current: dict[str, EndpointSet] = {}
         self._subscribers: list[Callable[[EndpointSet], None]] = []
+        self._gone: list[Callable[[str, str], None]] = []
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         # Names with a snapshot the data path looked up since the last `take_used` (lazy
@@ -60,6 +61,11 @@ class Directory:
 
     def subscribe(self, callback: Callable[[EndpointSet], None]) -> None:
         self._subscribers.append(callback)
+
+    def subscribe_gone(self, callback: Callable[[str, str], None]) -> None:
+        """`callback(source, name)` when a withdrawal leaves a known name with no source: no
+        snapshot replaces the last one, so `subscribe`'s callbacks don't hear of it."""
+        self._gone.append(callback)
 
     def publish(self, snapshot: EndpointSet) -> None:
         self._by_source.setdefault(snapshot.source, {})[snapshot.upstream] = snapshot
@@ -80,11 +86,14 @@ class Directory:
         self._by_source.get(source, {}).pop(name, None)
         best = self._best(name)
         if best is None:
-            self._current.pop(name, None)
+            known = self._current.pop(name, None) is not None
             # Someone waiting for this name's first snapshot gets the answer now: none.
             for fut in self._waiters.pop(name, []):
                 if not fut.done():
                     fut.set_result(None)
+            if known:
+                for gone in self._gone:
+                    gone(source, name)
         else:
             self._current[name] = best
             for cb in self._subscribers:

@@ -93,3 +93,30 @@ def test_a_reload_names_what_needs_a_restart() -> None:
     assert restart_needed(same, policy_only) == []
     [warning] = restart_needed(same, moved)
     assert "listener addresses" in warning
+
+
+class _Source:
+    """A second discovery source, by name only (the directory merges by `source`)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+
+def test_a_name_no_source_lists_any_more_has_its_cluster_emptied() -> None:
+    # Whichever source drops it (a reload's static table, the endpoint file, egress, a Consul
+    # watch): no snapshot replaces the last one, so the directory says so to the registry.
+    config = _config(users={"timeouts": {"total": "2s"}})
+    directory = Directory([StaticResolver({}), _Source("file")])  # type: ignore[list-item]
+    registry = UpstreamRegistry(
+        config, SystemClock(), Metrics("svc", []), directory, UpstreamClient()
+    )
+    directory.publish(_snapshot("users", 8001))
+    file_snapshot = EndpointSet("users", (Endpoint("127.0.0.1", 8002),), "file", time.time())
+    directory.publish(file_snapshot)
+    cluster = registry.cluster("users")
+    directory.withdraw("static", "users")  # the file still lists it: its endpoint stays
+    assert [s.endpoint.port for s in cluster.states] == [8002]
+    directory.withdraw("file", "users")
+    assert cluster.states == [] and directory.get("users") is None
+    directory.withdraw("file", "orders")  # never known: nothing to tell
+    assert "orders" not in registry.clusters
