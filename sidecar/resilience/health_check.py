@@ -156,8 +156,7 @@ async def http_probe(
     parts = line.split(b" ", 2)
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
         return "reset", "no HTTP status line" if not line else f"bad status line {line[:40]!r}"
-    status = int(parts[1])
-    return (SUCCESS, "") if 200 <= status <= 299 else ("status", f"status {status}")
+    return _verdict(int(parts[1]))
 
 
 async def h2_probe(
@@ -194,7 +193,11 @@ async def h2_probe(
         return "reset", exc.message
     finally:
         client.close()  # the probe's own connection: the body is not read
-    status = response.status
+    return _verdict(response.status)
+
+
+def _verdict(status: int) -> tuple[str, str]:
+    """A probe's result from the status it got: 2xx passes."""
     return (SUCCESS, "") if 200 <= status <= 299 else ("status", f"status {status}")
 
 

@@ -93,10 +93,13 @@ class Env:
         )
 
     def spans(self, kind: str) -> list[ReadableSpan]:
+        return [s for s in self.buffered() if s.kind.name == kind.upper()]
+
+    def buffered(self) -> list[ReadableSpan]:
         # Spans reach the buffer once the loop callback that ended them is over; the test
         # reads them within that callback.
         self.tracing.force_flush()
-        return [s for s in self.tracing.buffer.spans() if s.kind.name == kind.upper()]
+        return self.tracing.buffer.spans()
 
     def sample(self, name: str, **labels: str) -> float | None:
         return self.metrics.registry.get_sample_value(name, {"service": "bff", **labels})
@@ -345,7 +348,7 @@ async def test_sampled_out_requests_record_nothing_but_still_propagate() -> None
     await compose([env.server, env.client], up)(
         req([("traceparent", f"00-{CALLER_TRACE}-{CALLER_SPAN}-00")])
     )
-    assert len(env.tracing.buffer) == 0
+    assert env.buffered() == []
     sent = up.seen[0].get("traceparent", "")
     assert sent.startswith(f"00-{CALLER_TRACE}-") and sent.endswith("-00")
     body, _ = env.metrics.render("application/openmetrics-text")
@@ -396,7 +399,7 @@ async def test_outbound_bug_sampled_out_counts_under_the_arriving_route() -> Non
 
     with pytest.raises(RuntimeError):
         await compose([env.server, env.client], broken)(req())
-    assert len(env.tracing.buffer) == 0
+    assert env.buffered() == []
     assert (
         env.sample(
             "http_server_request_duration_seconds_count",
@@ -488,7 +491,7 @@ async def test_sampled_out_ids_reach_the_upstream_in_every_format_with_a_fresh_s
     assert first[1] == second[1] == CALLER_TRACE and first[3] == second[3] == "00"
     assert CALLER_SPAN not in (first[2], second[2]) and first[2] != second[2]
     assert up.seen[0].get("b3") == f"{CALLER_TRACE}-{first[2]}-0"
-    assert len(env.tracing.buffer) == 0
+    assert env.buffered() == []
 
 
 async def test_sampled_out_requests_keep_baggage_and_the_trace_id_in_error_replies() -> None:
